@@ -1,0 +1,71 @@
+"""The Typer application object and its global options."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from .common import STATE
+
+app = typer.Typer(
+    name="iqa",
+    help="Frozen-CLIP embeddings in an HDF5 cache, and LDS/FDS regression heads trained on them in seconds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            return f"error: {msg}"
+        if record.levelno >= logging.WARNING:
+            return f"warning: {msg}"
+        return msg
+
+
+class _QuietThirdParty(logging.Filter):
+    """OpenCLIP logs chatter on the root logger; show it only with -v."""
+
+    def __init__(self, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("iqa_cache") or record.name.startswith("cli"):
+            return True
+        return self.verbose or record.levelno >= logging.ERROR
+
+
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """Configure logging once: messages on stderr, warnings prefixed."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_iqa", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._iqa = True  # type: ignore[attr-defined]
+    handler.setFormatter(_Formatter())
+    handler.addFilter(_QuietThirdParty(verbose))
+    root.addHandler(handler)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    root.setLevel(level)
+    for name in ("iqa_cache", "cli"):
+        logging.getLogger(name).setLevel(level)
+
+
+@app.callback()
+def _global(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output (includes OpenCLIP's).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+) -> None:
+    STATE.debug = debug or os.environ.get("IQA_DEBUG", "") not in ("", "0")
+    setup_logging(verbose, quiet)

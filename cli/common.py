@@ -1,0 +1,138 @@
+"""Shared CLI pieces: error handling, choice enums, option parsers."""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from typing import Callable, TypeVar
+
+import typer
+
+from iqa_cache.errors import IqaError
+
+log = logging.getLogger("cli")
+
+EXIT_BAD_INPUT = 2
+EXIT_WITH_FAILURES = 3
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class _State:
+    debug: bool = False
+
+
+STATE = _State()
+F = TypeVar("F", bound=Callable)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into a one-line message and an exit code (a
+    traceback only with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except IqaError as e:
+            if STATE.debug:
+                raise
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if STATE.debug:
+                raise
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except OSError as e:
+            if STATE.debug:
+                raise
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            typer.echo(f"error: {e.strerror or e}{where}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ResizeMode(str, Enum):
+    squash = "squash"
+    shortest = "shortest"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class DatasetName(str, Enum):
+    koniq = "koniq"
+    spaq = "spaq"
+    csv = "csv"
+    demo = "demo"
+
+
+class KernelName(str, Enum):
+    gaussian = "gaussian"
+    triang = "triang"
+    laplace = "laplace"
+
+
+class ReweightName(str, Enum):
+    none = "none"
+    inverse = "inverse"
+    sqrt_inv = "sqrt_inv"
+
+
+class TableFormat(str, Enum):
+    markdown = "markdown"
+    csv = "csv"
+    latex = "latex"
+
+
+class OutOfRange(str, Enum):
+    error = "error"
+    clip = "clip"
+    drop = "drop"
+
+
+def odd_kernel_size(value: int | None) -> int | None:
+    """Typer callback: kernel sizes must be odd."""
+    if value is not None and value % 2 == 0:
+        raise typer.BadParameter(
+            f"{value} is even; use an odd kernel size (the reference code silently uses ks-1 = {value - 1} "
+            "for even sizes, so the paper's N(12, 10) is --lds-ks 11 --lds-sigma 10)")
+    return value
+
+
+def positive_float(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} must be a positive number")
+    return value
+
+
+def parse_range(text: str | None) -> tuple[float, float] | None:
+    """'LO,HI' → (lo, hi)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not LO,HI (two numbers separated by a comma)") from None
+    if not lo < hi:
+        raise typer.BadParameter(f"'{text}': LO must be below HI")
+    return lo, hi
+
+
+def echo_out(text: str) -> None:
+    """Tables and results go to stdout."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()

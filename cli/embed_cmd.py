@@ -1,0 +1,88 @@
+"""`iqa embed`: stage one."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from iqa_cache.cache import default_cache_path
+from iqa_cache.datasets import load_dataset
+from iqa_cache.embed import EmbedConfig, embed
+from iqa_cache.encoder import EncoderConfig, PreprocessConfig
+
+from .app import app
+from .common import (EXIT_WITH_FAILURES, DatasetName, Device, OutOfRange, Precision, ResizeMode, echo_out,
+                     handle_errors, parse_range)
+
+
+@app.command("embed")
+@handle_errors
+def embed_command(
+    dataset: Annotated[DatasetName, typer.Option(help="Dataset layout to read.")] = DatasetName.koniq,
+    root: Annotated[Optional[Path], typer.Option(help="Dataset folder (for demo: where to generate it; "
+                                                     "default cache/demo-data).")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Label CSV (required for --dataset csv; overrides the "
+                                                    "default file for koniq/spaq).")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="KonIQ image folder: 1024x768 or 512x384 "
+                                                           "(default: whichever exists, 1024x768 first).")] = None,
+    image_col: Annotated[Optional[str], typer.Option(help="CSV column with image paths (relative to --root).")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="CSV column with labels.")] = None,
+    split_col: Annotated[Optional[str], typer.Option(help="CSV column with train/val/test (optional).")] = None,
+    label_range: Annotated[Optional[str], typer.Option(help="Declared label range LO,HI for --dataset csv "
+                                                            "(default: whole numbers around the labels).")] = None,
+    out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside the range: error, clip or drop.")
+                            ] = OutOfRange.error,
+    split_seed: Annotated[int, typer.Option(help="Seed of the random split when the data has none.")] = 0,
+    model: Annotated[str, typer.Option(help="OpenCLIP model name, or a model-config .json.")] = "ViT-B-32",
+    pretrained: Annotated[str, typer.Option(help="OpenCLIP tag, checkpoint file, or 'none' (random weights).")
+                          ] = "laion2b_s34b_b79k",
+    resize_mode: Annotated[ResizeMode, typer.Option(help="squash: whole image to 224x224 (the paper); "
+                                                         "shortest: OpenCLIP's resize + center crop.")
+                           ] = ResizeMode.squash,
+    precision: Annotated[Precision, typer.Option(help="Encoder precision (bf16/fp16 autocast on GPU).")
+                         ] = Precision.fp32,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes (default: from the "
+                                                               "core count).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Embed only the first N images.")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels "
+                                                                  "(default: Pillow's bomb limit).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Cache file (default: cache/<dataset>_<model>_<weights>_"
+                                                     "<resize>.h5).")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Folder for default cache names.")] = Path("cache"),
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache made differently.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Run the frozen OpenCLIP image encoder once over a dataset into an HDF5 cache.
+
+    Rerunning the same command completes an interrupted cache and does
+    nothing on a complete one.  Exit codes: 0 all images embedded; 3 finished
+    but some images failed (listed in the cache); 2 bad input; 130
+    interrupted (rerun to complete).
+    """
+    manifest = load_dataset(dataset.value, root, csv=csv, resolution=resolution, image_col=image_col,
+                            label_col=label_col, split_col=split_col, label_range=parse_range(label_range),
+                            split_seed=split_seed, out_of_range=out_of_range.value).head(limit)
+    cfg = EmbedConfig(
+        encoder=EncoderConfig(model=model, pretrained=pretrained, precision=precision.value,
+                              preprocess=PreprocessConfig(resize_mode=resize_mode.value)),
+        device=device.value, batch_size=batch_size, workers=workers, max_pixels=max_pixels, overwrite=overwrite)
+    if out is None:
+        out = default_cache_path(cache_dir, manifest.name, model, pretrained, resize_mode.value, limit=limit,
+                                 precision=precision.value)
+    s = embed(manifest, cfg, out, progress=progress)
+    if s.already_complete:
+        echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")
+    else:
+        echo_out(f"{s.path}: {s.n_embedded} of {s.n_images} images embedded, {s.n_failed} failed "
+                 f"({s.n_processed_now} processed in {s.seconds:.1f} s, {s.images_per_s:.1f} images/s on {s.device})")
+    if s.attrs.get("pretrained_kind") == "none":
+        echo_out("note: --pretrained none: random encoder weights; features are for testing only")
+    if s.n_failed:
+        for image_id, reason in s.failures[:5]:
+            echo_out(f"  failed: {image_id}: {reason}")
+        if len(s.failures) > 5:
+            echo_out(f"  ... and {len(s.failures) - 5} more (see the cache's /error dataset)")
+        raise typer.Exit(EXIT_WITH_FAILURES)

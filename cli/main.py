@@ -1,0 +1,13 @@
+"""Entry point of the `iqa` console script."""
+from __future__ import annotations
+
+from . import demo_cmd, embed_cmd, report_cmd, train_cmd  # noqa: F401  (register commands)
+from .app import app
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""`iqa train-head`: stage two."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from iqa_cache import cache as cache_mod
+from iqa_cache.head import HeadConfig
+from iqa_cache.imbalance import FDSConfig, LDSConfig
+from iqa_cache.report import format_table, per_bin_table
+from iqa_cache.runs import check_out_dir, load_run, write_run
+from iqa_cache.train import PRESETS, OptimConfig, TrainConfig, train_head
+
+from .app import app
+from .common import (Device, KernelName, ReweightName, echo_out, handle_errors, odd_kernel_size, parse_range,
+                     positive_float)
+
+
+def run_name(lds: bool, fds: bool, seed: int) -> str:
+    tag = "+".join(t for t, on in (("lds", lds), ("fds", fds)) if on) or "vanilla"
+    return f"{tag}_s{seed}"
+
+
+def apply_preset(ctx: typer.Context, preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """Preset values replace defaults, never options given on the command line."""
+    if preset is None:
+        return values
+    if preset not in PRESETS:
+        raise typer.BadParameter(f"'{preset}' is not one of {', '.join(PRESETS)}", param_hint="--preset")
+    out = dict(values)
+    for k, v in PRESETS[preset].items():
+        src = ctx.get_parameter_source(k) if k in ctx.params else None
+        if k not in out or src is None or src.name == "DEFAULT":
+            out[k] = v
+    return out
+
+
+@app.command("train-head")
+@handle_errors
+def train_head_command(
+    ctx: typer.Context,
+    cache: Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed`.")],
+    lds: Annotated[bool, typer.Option("--lds/--no-lds", help="Label distribution smoothing of the loss weights.")
+                   ] = False,
+    fds: Annotated[bool, typer.Option("--fds/--no-fds", help="Feature distribution smoothing layer.")] = False,
+    reweight: Annotated[Optional[ReweightName], typer.Option(help="Loss weights: inverse or sqrt_inv of the "
+                                                                  "(smoothed) label density [default: sqrt_inv "
+                                                                  "with --lds, else none].")] = None,
+    bin_size: Annotated[float, typer.Option(callback=positive_float, help="Label bin width for LDS/FDS.")] = 1.0,
+    label_range: Annotated[Optional[str], typer.Option(help="Bin range LO,HI [default: the cache's].")] = None,
+    lds_kernel: Annotated[KernelName, typer.Option(help="LDS kernel.")] = KernelName.gaussian,
+    lds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="LDS kernel size (odd).")] = 5,
+    lds_sigma: Annotated[float, typer.Option(callback=positive_float, help="LDS kernel sigma.")] = 2.0,
+    fds_kernel: Annotated[KernelName, typer.Option(help="FDS kernel.")] = KernelName.gaussian,
+    fds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="FDS kernel size (odd).")] = 5,
+    fds_sigma: Annotated[float, typer.Option(callback=positive_float, help="FDS kernel sigma.")] = 2.0,
+    fds_momentum: Annotated[float, typer.Option(min=0.0, max=0.999, help="FDS running-statistics momentum.")
+                            ] = 0.9,
+    fds_start_update: Annotated[int, typer.Option(min=0, help="First epoch whose features update FDS stats.")] = 0,
+    fds_start_smooth: Annotated[int, typer.Option(min=0, help="First epoch that calibrates features.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1)] = 200,
+    lr: Annotated[float, typer.Option(callback=positive_float, help="Adam learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    schedule: Annotated[str, typer.Option(help="constant, cosine or step.")] = "constant",
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    loss: Annotated[str, typer.Option(help="l1, mse or huber (weighted by LDS).")] = "l1",
+    hidden: Annotated[int, typer.Option(min=1, help="Head width.")] = 512,
+    blocks: Annotated[int, typer.Option(min=0, help="Residual blocks.")] = 2,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
+    preset: Annotated[Optional[str], typer.Option(help=f"Settings preset: {', '.join(PRESETS)} (options given "
+                                                       "explicitly still win).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<cache>/<lds+fds>_s<seed>].")
+                   ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Train a residual MLP head on cached features, with optional LDS and FDS.
+
+    Writes config.json, head.pt, predictions.csv, metrics.json and
+    history.csv into the run directory and prints the test MAE per label range.
+    """
+    v = apply_preset(ctx, preset, {
+        "lr": lr, "epochs": epochs, "bin_size": bin_size, "weight_decay": weight_decay,
+        "label_range": parse_range(label_range), "fds_kernel": fds_kernel.value, "fds_ks": fds_ks,
+        "fds_sigma": fds_sigma, "fds_start_update": fds_start_update, "fds_start_smooth": fds_start_smooth,
+    })
+    if lds and reweight == ReweightName.none:
+        raise typer.BadParameter("--lds needs --reweight inverse or sqrt_inv (LDS smooths the label density "
+                                 "that the weights invert)", param_hint="--reweight")
+    rw = reweight.value if reweight is not None else ("sqrt_inv" if lds else "none")
+    cfg = TrainConfig(
+        head=HeadConfig(hidden_dim=hidden, n_blocks=blocks, dropout=dropout),
+        lds=LDSConfig(enabled=lds, reweight=rw, kernel=lds_kernel.value, ks=lds_ks, sigma=lds_sigma),
+        fds=FDSConfig(enabled=fds, kernel=v["fds_kernel"], ks=v["fds_ks"], sigma=v["fds_sigma"],
+                      momentum=fds_momentum, start_update=v["fds_start_update"],
+                      start_smooth=v["fds_start_smooth"]),
+        optim=OptimConfig(lr=v["lr"], betas=v.get("betas", (0.9, 0.999)), eps=v.get("eps", 1e-8),
+                          weight_decay=v["weight_decay"], schedule=schedule),
+        bin_size=v["bin_size"], label_range=v["label_range"], epochs=v["epochs"], batch_size=batch_size,
+        loss=loss, seed=seed, device=device.value,
+    )
+    if out is None:
+        out = Path("runs") / cache.stem / run_name(lds, fds, seed)
+    check_out_dir(out, overwrite)
+    data = cache_mod.load(cache)
+    result = train_head(data, cfg, progress=progress)
+    write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": preset or ""})
+    echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "
+             f"trained in {result.seconds:.1f} s on {result.device}")
+    echo_out(format_table(per_bin_table([load_run(out)])))

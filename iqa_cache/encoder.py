@@ -1,0 +1,410 @@
+"""The frozen OpenCLIP image encoder and its preprocessing.
+
+The feature is the image tower's pooled CLS token after ``ln_post`` and
+*before* the projection (``visual.proj``): 768-d for ViT-B/32.  Weights come
+from an OpenCLIP pretrained tag (downloaded from the Hugging Face hub by
+OpenCLIP on a machine with a network), a local checkpoint file, or ``none``
+(seeded random init, for offline machines and tests).
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+from PIL import Image, ImageOps
+
+from .errors import ConfigError, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+RESIZE_MODES = ("squash", "shortest")
+INTERPOLATIONS = ("bicubic", "bilinear")
+PRECISIONS = ("fp32", "bf16", "fp16")
+FEATURE_NAME = "visual.ln_post(CLS token), before visual.proj"
+INIT_SEED = 0  # random-init (--pretrained none) weights are seeded, so reruns match
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the encoder's input tensor.
+
+    ``squash`` resizes the whole image to ``image_size`` x ``image_size``
+    ignoring the aspect ratio (the paper's setting); ``shortest`` is
+    OpenCLIP's default: resize the shorter side, then center-crop.
+    """
+
+    image_size: int = 224
+    resize_mode: str = "squash"
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
+    exif_transpose: bool = True
+
+    def __post_init__(self) -> None:
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"--resize-mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
+        if self.image_size < 8:
+            raise ConfigError(f"image size {self.image_size} is too small")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which OpenCLIP model and weights.  ``model`` is an OpenCLIP model name
+    or the path of a model-config JSON file; ``pretrained`` is a tag, a
+    checkpoint path, or ``none``."""
+
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    precision: str = "fp32"
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Where encoder weights come from, resolved and checksummed."""
+
+    kind: str  # 'tag' | 'file' | 'none'
+    value: str  # the tag, the file path, or 'none'
+    path: str = ""  # checkpoint file actually loaded
+    sha256: str = ""
+    hf_hub: str = ""
+
+    @property
+    def identity(self) -> str:
+        """What makes two weights the same: the checksum, or 'none'."""
+        return "none" if self.kind == "none" else f"sha256:{self.sha256}"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def resolve_model_name(model: str) -> tuple[str, str]:
+    """Return (OpenCLIP model name, model-config JSON text or '').  A path to
+    a ``.json`` model config is registered with OpenCLIP under its stem."""
+    import open_clip
+
+    if model.endswith(".json"):
+        p = Path(model)
+        if not p.is_file():
+            raise ConfigError(f"--model {model}: model-config file does not exist")
+        text = p.read_text(encoding="utf-8")
+        try:
+            cfg = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"--model {model}: not valid JSON ({e})") from None
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "embed_dim" not in cfg:
+            raise ConfigError(f"--model {model}: an OpenCLIP model config needs 'embed_dim' and 'vision_cfg'")
+        open_clip.add_model_config(p)
+        return p.stem, text
+    known = open_clip.list_models()
+    if model not in known:
+        close = difflib.get_close_matches(model, known, n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"--model '{model}' is not an OpenCLIP model{hint} "
+                          "(see open_clip.list_models(), or pass a model-config .json)")
+    return model, ""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(repo: str) -> str | None:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - open_clip pulls it in
+        return None
+    for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        p = try_to_load_from_cache(repo.rstrip("/"), fname)
+        if isinstance(p, str) and os.path.isfile(p):
+            return p
+    return None
+
+
+def resolve_weights(model_name: str, pretrained: str, *, download: bool = True) -> Weights:
+    """Turn ``--pretrained`` into a checkpoint file (downloading a tag's
+    weights through OpenCLIP when needed) and checksum it.  Fails early, with
+    the valid tags, on an unknown tag; fails fast when the hub is out of
+    reach."""
+    import open_clip
+
+    if pretrained.lower() == "none":
+        return Weights(kind="none", value="none")
+    if os.path.isfile(pretrained):
+        log.info("checksumming %s", pretrained)
+        return Weights(kind="file", value=str(pretrained), path=os.path.abspath(pretrained),
+                       sha256=sha256_file(pretrained))
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    cfg = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained in tags else {}
+    if not cfg:
+        looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors", ".npz"))
+        if looks_like_path:
+            raise WeightsUnavailable(f"--pretrained {pretrained}: checkpoint file does not exist")
+        valid = ", ".join(tags) if tags else "(OpenCLIP has no pretrained tags for this model)"
+        raise ConfigError(f"--pretrained '{pretrained}' is not a tag of {model_name}; valid tags: {valid}; "
+                          "or pass a checkpoint file, or 'none' for random weights")
+    hub = cfg.get("hf_hub", "")
+    path = _cached_hub_file(hub) if hub else None
+    if path is None:
+        if not download:
+            raise WeightsUnavailable(f"weights for {model_name}/{pretrained} are not in the local cache")
+        if hub and not _hub_reachable():
+            raise WeightsUnavailable(
+                f"cannot download the {model_name} '{pretrained}' weights: the Hugging Face hub is out of reach "
+                "(no network, or HF_HUB_OFFLINE is set); pass --pretrained PATH with a local checkpoint, "
+                "or --pretrained none for random weights")
+        try:
+            path = open_clip.download_pretrained(cfg)
+        except Exception as e:  # network errors come in many types
+            raise WeightsUnavailable(f"cannot download the {model_name} '{pretrained}' weights: "
+                                     f"{str(e).splitlines()[0]}") from None
+        if not path:
+            raise WeightsUnavailable(f"OpenCLIP returned no file for {model_name} '{pretrained}'")
+    log.info("checksumming %s", path)
+    return Weights(kind="tag", value=pretrained, path=str(path), sha256=sha256_file(path), hf_hub=hub)
+
+
+def preprocess_for(model_name: str, weights: Weights, resize_mode: str, image_size: int | None = None,
+                   interpolation: str = "bicubic") -> PreprocessConfig:
+    """The preprocessing a tag was trained with (mean/std, size), with the
+    chosen resize mode."""
+    import open_clip
+
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    size = image_size
+    if weights.kind == "tag":
+        cfg = open_clip.get_pretrained_cfg(model_name, weights.value)
+        mean = tuple(cfg.get("mean", mean))
+        std = tuple(cfg.get("std", std))
+    if size is None:
+        vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
+        s = vision.get("image_size", 224)
+        size = int(s if isinstance(s, int) else s[0])
+    return PreprocessConfig(image_size=size, resize_mode=resize_mode, interpolation=interpolation,
+                            mean=tuple(float(x) for x in mean), std=tuple(float(x) for x in std))
+
+
+def build_transform(pre: PreprocessConfig) -> Callable[[Image.Image], torch.Tensor]:
+    """OpenCLIP's own evaluation transform for these settings (PIL in,
+    normalised CHW float tensor out)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    cfg = PreprocessCfg(size=pre.image_size, mean=pre.mean, std=pre.std, interpolation=pre.interpolation,
+                        resize_mode=pre.resize_mode)
+    return image_transform_v2(cfg, is_train=False)
+
+
+class ImageLoadError(Exception):
+    """An image could not be decoded; the message is the reason recorded."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+        img = Image.fromarray((a * (255.0 / top)).round().clip(0, 255).astype("uint8"), mode="L")
+    elif img.mode == "F":
+        import numpy as np
+
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(a.round().astype("uint8"), mode="L")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixels: int | None = None) -> Image.Image:
+    """Open an image as RGB: EXIF orientation applied, 16-bit and float
+    images scaled to 8 bits, palette/alpha/CMYK/grayscale converted.  Raises
+    :class:`ImageLoadError` with a short reason."""
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise ImageLoadError("file not found") from None
+    except OSError as e:
+        raise ImageLoadError(f"cannot read file: {e.strerror}") from None
+    if size == 0:
+        raise ImageLoadError("empty file (0 bytes)")
+    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if limit is not None and im.width * im.height > limit:
+                    raise ImageLoadError(f"{im.width}x{im.height} pixels exceeds the limit of {limit:,} "
+                                         "(decompression-bomb guard; raise it with --max-pixels)")
+                im.load()
+                if exif_transpose:
+                    im = ImageOps.exif_transpose(im)
+                return _to_rgb(im)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(f"decompression-bomb guard: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError("not an image file Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"cannot decode: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+@dataclass
+class Encoder:
+    """A loaded image tower that returns pre-projection features."""
+
+    visual: torch.nn.Module
+    config: EncoderConfig
+    weights: Weights
+    model_name: str
+    model_config_json: str
+    feature_dim: int
+    device: str
+
+    def transform(self) -> Callable[[Image.Image], torch.Tensor]:
+        return build_transform(self.config.preprocess)
+
+    def autocast(self):
+        if self.config.precision == "fp32":
+            return torch.autocast(device_type=self.device.split(":")[0], enabled=False)
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.visual(x.to(self.device, non_blocking=True)).float()
+
+    def provenance(self) -> dict[str, Any]:
+        return provenance(self.config, self.weights, self.model_name, self.model_config_json, self.feature_dim)
+
+
+def feature_width(model_name: str) -> int:
+    """The width of a model's image tower (its pre-projection feature size),
+    read from its OpenCLIP config without building it."""
+    import open_clip
+
+    vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
+    return int(vision.get("width", 768))
+
+
+def provenance(cfg: EncoderConfig, weights: Weights, model_name: str, model_config_json: str,
+               feature_dim: int) -> dict[str, Any]:
+    """Everything a cache records about how its features were made."""
+    import open_clip
+
+    pre = cfg.preprocess
+    return {
+        "model": model_name,
+        "model_config_json": model_config_json,
+        "pretrained": weights.value,
+        "pretrained_kind": weights.kind,
+        "pretrained_sha256": weights.sha256,
+        "pretrained_file": os.path.basename(weights.path) if weights.path else "",
+        "pretrained_hf_hub": weights.hf_hub,
+        "init_seed": INIT_SEED if weights.kind == "none" else -1,
+        "precision": cfg.precision,
+        "feature": FEATURE_NAME,
+        "feature_dim": int(feature_dim),
+        "image_size": pre.image_size,
+        "resize_mode": pre.resize_mode,
+        "interpolation": pre.interpolation,
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "exif_transpose": pre.exif_transpose,
+        "open_clip_version": open_clip.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def strip_projection(visual: torch.nn.Module, model_name: str) -> torch.nn.Module:
+    """Make an OpenCLIP VisionTransformer return the CLS token after ln_post
+    instead of its projection."""
+    from open_clip.transformer import VisionTransformer
+
+    if not isinstance(visual, VisionTransformer):
+        raise ConfigError(f"--model {model_name}: its image tower is {type(visual).__name__}, not an OpenCLIP "
+                          "VisionTransformer; the pre-projection CLS feature is defined only for those")
+    if visual.attn_pool is not None or visual.pool_type != "tok":
+        raise ConfigError(f"--model {model_name}: its image tower pools with '{visual.pool_type}'"
+                          f"{' and an attention pooler' if visual.attn_pool is not None else ''}, "
+                          "not the CLS token")
+    visual.proj = None
+    return visual
+
+
+def load_encoder(cfg: EncoderConfig, device: str = "cpu", weights: Weights | None = None) -> Encoder:
+    """Build the frozen image tower on ``device`` (a string: 'cpu', 'cuda',
+    'cuda:1').  Pass already-resolved ``weights`` to skip resolving again."""
+    import open_clip
+
+    model_name, config_json = resolve_model_name(cfg.model)
+    if weights is None:
+        weights = resolve_weights(model_name, cfg.pretrained)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(INIT_SEED)
+        try:
+            model = open_clip.create_model(model_name, pretrained=weights.path or None, device="cpu",
+                                           precision="fp32")
+        except RuntimeError as e:
+            if weights.kind == "file":
+                raise ConfigError(f"--pretrained {weights.value}: not a checkpoint of {model_name} "
+                                  f"({str(e).splitlines()[0][:300]})") from None
+            raise
+    visual = strip_projection(model.visual, model_name)
+    del model
+    visual.eval().requires_grad_(False)
+    visual.to(device)
+    dim = int(visual.ln_post.normalized_shape[0])
+    return Encoder(visual=visual, config=cfg, weights=weights, model_name=model_name,
+                   model_config_json=config_json, feature_dim=dim, device=device)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' → 'cuda' when a GPU is present, else 'cpu'; anything else is
+    checked and returned."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); "
+                          "use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda")
+    return device
+

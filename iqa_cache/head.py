@@ -1,0 +1,82 @@
+"""The residual MLP regression head (paper Fig. 2).
+
+    x (D) → Linear(D, H) → act → [ResidualBlock(H)] × n_blocks → FDS → Linear(H, 1)
+
+A residual block is ``act(h + Linear(drop(act(Linear(h)))))``.  FDS (when
+enabled) recalibrates the final hidden features during training only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .imbalance import FDS, FDSConfig
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Head shape.  Defaults: 768 → 512, two residual blocks, ReLU, no
+    dropout."""
+
+    in_dim: int = 768
+    hidden_dim: int = 512
+    n_blocks: int = 2
+    dropout: float = 0.0
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if self.in_dim < 1 or self.hidden_dim < 1:
+            raise ConfigError(f"head widths must be positive (in {self.in_dim}, hidden {self.hidden_dim})")
+        if self.n_blocks < 0:
+            raise ConfigError(f"--blocks must be 0 or more, got {self.n_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int, activation: str, dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        self.act = ACTIVATIONS[activation]()
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act(h + self.fc2(self.drop(self.act(self.fc1(h)))))
+
+
+class ResidualMLPHead(nn.Module):
+    def __init__(self, cfg: HeadConfig, fds: FDSConfig | None = None, n_bins: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.proj = nn.Linear(cfg.in_dim, cfg.hidden_dim)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden_dim, cfg.activation, cfg.dropout)
+                                    for _ in range(cfg.n_blocks))
+        if fds is not None and fds.enabled:
+            if n_bins is None:
+                raise ConfigError("FDS needs the number of label bins")
+            self.fds: FDS | None = FDS(cfg.hidden_dim, n_bins, fds)
+        else:
+            self.fds = None
+        self.fc = nn.Linear(cfg.hidden_dim, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden features that FDS calibrates (before the final layer)."""
+        h = self.act(self.proj(x))
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def forward(self, x: torch.Tensor, bins: torch.Tensor | None = None, epoch: int | None = None) -> torch.Tensor:
+        z = self.features(x)
+        if self.fds is not None:
+            z = self.fds(z, bins, epoch)
+        return self.fc(z).squeeze(-1)

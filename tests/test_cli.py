@@ -1,0 +1,189 @@
+"""The `iqa` command line through Typer's CliRunner: help, train-head,
+report formats, presets, one-line errors, and the demo."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+
+from .conftest import learnable_problem, write_feature_cache
+
+runner = CliRunner()
+
+
+def iqa(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    x, y, split = learnable_problem(n=500)
+    return write_feature_cache(tmp_path_factory.mktemp("fc") / "koniq_feats.h5", x, y, split)
+
+
+def test_help_lists_commands_and_options():
+    r = iqa("--help")
+    assert r.exit_code == 0
+    for cmd in ("embed", "train-head", "report", "demo"):
+        assert cmd in r.output
+    for cmd, opts in {"embed": ["--dataset", "--pretrained", "--resize-mode", "--limit", "--out"],
+                      "train-head": ["--lds / --no-lds", "--fds / --no-fds", "--reweight", "--lds-ks",
+                                     "--fds-momentum", "--preset"],
+                      "report": ["--bins", "--format"], "demo": ["--offline"]}.items():
+        h = iqa(cmd, "--help")
+        assert h.exit_code == 0, h.output
+        for o in opts:
+            assert o in h.output, (cmd, o)
+
+
+def test_train_head_then_report_all_formats(feature_cache, tmp_path):
+    runs = []
+    for name, flags in (("vanilla", []), ("lds", ["--lds"]), ("ldsfds", ["--lds", "--fds"])):
+        out = tmp_path / name
+        r = iqa("train-head", "--cache", feature_cache, *flags, "--epochs", 6, "--hidden", 32, "--out", out,
+                "--device", "cpu", "--no-progress")
+        assert r.exit_code == 0, r.output
+        assert "[0,20)" in r.stdout and "best epoch" in r.stdout
+        runs.append(out)
+    cfg = json.loads((runs[2] / "config.json").read_text())
+    assert cfg["train"]["lds"]["enabled"] and cfg["train"]["lds"]["reweight"] == "sqrt_inv"
+    assert cfg["train"]["fds"]["enabled"] and cfg["cache"]["path"] == str(feature_cache.resolve())
+
+    md = iqa("report", *runs)
+    assert md.exit_code == 0, md.output
+    lines = md.stdout.splitlines()
+    assert lines[0] == "| run | [0,20) | [20,40) | [40,60) | [60,80) | [80,100] | All |"
+    assert sum(1 for line in lines if line.startswith("| vanilla") or line.startswith("| lds")) == 3
+    assert "n (test images)" in md.stdout
+
+    c = iqa("report", *runs, "--format", "csv")
+    assert c.stdout.startswith("run,")
+    rows = list(csv.reader(io.StringIO(c.stdout)))
+    assert rows[0] == ["run", "[0,20)", "[20,40)", "[40,60)", "[60,80)", "[80,100]", "All"]
+    assert [r[0] for r in rows[1:4]] == ["vanilla", "lds", "ldsfds"]
+
+    tex = iqa("report", *runs, "--format", "latex")
+    assert r"\toprule" in tex.stdout and r"\bottomrule" in tex.stdout and "ldsfds" in tex.stdout
+
+    custom = iqa("report", runs[0], "--bins", "0,50,100", "--format", "csv")
+    assert custom.stdout.splitlines()[0] == "run,\"[0,50)\",\"[50,100]\",All"
+
+
+def test_report_recomputes_from_predictions(feature_cache, tmp_path):
+    out = tmp_path / "run"
+    assert iqa("train-head", "--cache", feature_cache, "--epochs", 2, "--out", out, "--no-progress").exit_code == 0
+    p = pd.read_csv(out / "predictions.csv")
+    test = p[p["split"] == "test"]
+    want = np.abs(test["label"] - test["pred"]).mean()
+    r = iqa("report", out, "--format", "csv")
+    got = float(list(csv.reader(io.StringIO(r.stdout)))[1][-1])
+    assert got == pytest.approx(want, abs=1e-4)
+    p.loc[p["split"] == "test", "pred"] = p.loc[p["split"] == "test", "label"] + 2.5
+    p.to_csv(out / "predictions.csv", index=False)
+    r = iqa("report", out, "--format", "csv")
+    assert list(csv.reader(io.StringIO(r.stdout)))[1][1:] == ["2.5000"] * 6
+
+
+def test_random_weights_and_mixed_caches_are_flagged(tmp_path):
+    x, y, split = learnable_problem(n=300)
+    a = write_feature_cache(tmp_path / "a.h5", x, y, split, pretrained_kind="none")
+    b = write_feature_cache(tmp_path / "b.h5", x, y, split, pretrained_kind="tag")
+    for c, out in ((a, tmp_path / "ra"), (b, tmp_path / "rb")):
+        assert iqa("train-head", "--cache", c, "--epochs", 2, "--out", out, "--no-progress").exit_code == 0
+    r = iqa("report", tmp_path / "ra", tmp_path / "rb")
+    assert "randomly initialised encoder (--pretrained none)" in r.stdout
+    assert "different caches" in r.stdout
+    rc = iqa("report", tmp_path / "ra", "--format", "csv")
+    assert rc.stdout.startswith("run,") and "# warning: run 'ra'" in rc.stdout
+
+
+def test_even_kernel_size_is_a_usage_error(feature_cache, tmp_path):
+    r = iqa("train-head", "--cache", feature_cache, "--lds", "--lds-ks", 12, "--out", tmp_path / "x")
+    assert r.exit_code == 2
+    assert "--lds-ks" in r.output and "even" in r.output and "ks-1 = 11" in r.output
+    assert not (tmp_path / "x").exists()
+    r = iqa("train-head", "--cache", feature_cache, "--lds", "--reweight", "none", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--reweight" in r.output
+    r = iqa("train-head", "--cache", feature_cache, "--fds-sigma", "0", "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--fds-sigma" in r.output
+
+
+def test_preset_fills_defaults_but_explicit_options_win(feature_cache, tmp_path):
+    assert iqa("train-head", "--cache", feature_cache, "--preset", "paper-koniq", "--epochs", 2,
+               "--out", tmp_path / "p", "--no-progress").exit_code == 0
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["train"]["optim"]["lr"] == 0.1 and cfg["train"]["epochs"] == 2
+    assert cfg["train"]["label_range"] == [0.0, 100.0] and cfg["preset"] == "paper-koniq"
+    assert iqa("train-head", "--cache", feature_cache, "--preset", "paper-koniq", "--lr", "0.01", "--epochs", 1,
+               "--out", tmp_path / "q", "--no-progress").exit_code == 0
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["train"]["optim"]["lr"] == 0.01
+    r = iqa("train-head", "--cache", feature_cache, "--preset", "nope", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "paper-koniq" in r.output
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, feature_cache):
+    r = iqa("train-head", "--cache", tmp_path / "missing.h5", "--out", tmp_path / "r")
+    assert r.exit_code == 2
+    assert r.stderr.strip().startswith("error: cache") and "missing.h5" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5 at all")
+    r = iqa("train-head", "--cache", tmp_path / "junk.h5", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "damaged or not an HDF5 file" in r.stderr
+    r = iqa("report", tmp_path / "nothing")
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    (tmp_path / "d.csv").write_text("image,label\na.jpg,x\n")
+    r = iqa("embed", "--dataset", "csv", "--root", tmp_path, "--csv", tmp_path / "d.csv", "--pretrained", "none")
+    assert r.exit_code == 2 and "line 2 (image a.jpg): label 'x'" in r.stderr
+    # existing run directories are not overwritten
+    out = tmp_path / "run"
+    assert iqa("train-head", "--cache", feature_cache, "--epochs", 1, "--out", out, "--no-progress").exit_code == 0
+    before = (out / "predictions.csv").read_bytes()
+    r = iqa("train-head", "--cache", feature_cache, "--epochs", 2, "--seed", 3, "--out", out, "--no-progress")
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert (out / "predictions.csv").read_bytes() == before
+
+
+def test_debug_shows_the_exception(tmp_path):
+    r = iqa("--debug", "train-head", "--cache", tmp_path / "missing.h5")
+    assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "CacheError"
+
+
+def test_embed_and_train_on_a_csv_dataset(tmp_path, tiny_model, koniq_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    df = pd.read_csv(koniq_root / "koniq10k_distributions_sets.csv")
+    (tmp_path / "labels.csv").write_text("\n".join(["path,score,split"] + [
+        f"512x384/{n},{m / 25:.4f},{ {'training': 'train', 'validation': 'val', 'test': 'test'}[s]}"
+        for n, m, s in zip(df["image_name"], df["MOS"], df["set"])]) + "\n")
+    r = iqa("embed", "--dataset", "csv", "--root", koniq_root, "--csv", tmp_path / "labels.csv",
+            "--label-range", "0,4", "--model", tiny_model, "--pretrained", "none", "--no-progress")
+    assert r.exit_code == 0, r.output
+    made = list((tmp_path / "cache").glob("*.h5"))
+    assert [p.name for p in made] == ["csv_iqa-tiny-vit_none_squash.h5"]
+    r = iqa("embed", "--dataset", "csv", "--root", koniq_root, "--csv", tmp_path / "labels.csv",
+            "--label-range", "0,4", "--model", tiny_model, "--pretrained", "none", "--no-progress")
+    assert r.exit_code == 0 and "already complete" in r.stdout
+    r = iqa("train-head", "--cache", made[0], "--lds", "--bin-size", "0.1", "--lds-ks", "3", "--epochs", 3,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "[0,0.8)" in r.stdout and "[3.2,4]" in r.stdout
+    assert (tmp_path / "runs" / "csv_iqa-tiny-vit_none_squash" / "lds_s0" / "head.pt").is_file()
+
+
+@pytest.mark.slow
+def test_demo_offline_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = iqa("demo", "--offline", "--n-images", 60, "--epochs", 5, "--no-progress")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("| run | [0,20)")
+    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["vanilla", "lds", "lds+fds"]
+    assert "randomly initialised encoder" in r.stdout
+    assert (tmp_path / "cache" / "demo_ViT-B-32_none_squash.h5").is_file()
+    assert (tmp_path / "cache" / "demo-data" / "512x384").is_dir()
