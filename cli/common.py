@@ -132,6 +132,28 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+EXPECT_KEYS = {"model": str, "pretrained": str, "pretrained_kind": str, "pretrained_sha256": str,
+               "resize_mode": str, "image_size": int, "interpolation": str, "precision": str, "dataset": str,
+               "feature_dim": int}
+
+
+def parse_expect(items: list[str] | None) -> dict:
+    """['pretrained=laion2b_s34b_b79k', 'image_size=224'] → typed dict of
+    cache attributes that must match."""
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in EXPECT_KEYS:
+            raise typer.BadParameter(f"'{item}' is not KEY=VALUE with KEY one of {', '.join(EXPECT_KEYS)}",
+                                     param_hint="--expect")
+        try:
+            out[key] = EXPECT_KEYS[key](value.strip())
+        except ValueError:
+            raise typer.BadParameter(f"'{item}': {key} must be a whole number", param_hint="--expect") from None
+    return out
+
+
 def echo_out(text: str) -> None:
     """Tables and results go to stdout."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")

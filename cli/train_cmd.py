@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, List, Optional
 
 import typer
 
@@ -14,8 +14,8 @@ from iqa_cache.runs import check_out_dir, load_run, write_run
 from iqa_cache.train import PRESETS, OptimConfig, TrainConfig, train_head
 
 from .app import app
-from .common import (Device, KernelName, ReweightName, echo_out, handle_errors, odd_kernel_size, parse_range,
-                     positive_float)
+from .common import (Device, KernelName, ReweightName, echo_out, handle_errors, odd_kernel_size, parse_expect,
+                     parse_range, positive_float)
 
 
 def run_name(lds: bool, fds: bool, seed: int) -> str:
@@ -76,6 +76,9 @@ def train_head_command(
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<cache>/<lds+fds>_s<seed>].")
                    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
+                                                             "VALUE (repeatable), e.g. pretrained=laion2b_s34b_b79k, "
+                                                             "resize_mode=squash, model=ViT-B-32.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Train a residual MLP head on cached features, with optional LDS and FDS.
@@ -83,6 +86,7 @@ def train_head_command(
     Writes config.json, head.pt, predictions.csv, metrics.json and
     history.csv into the run directory and prints the test MAE per label range.
     """
+    expected = parse_expect(expect)
     v = apply_preset(ctx, preset, {
         "lr": lr, "epochs": epochs, "bin_size": bin_size, "weight_decay": weight_decay,
         "label_range": parse_range(label_range), "fds_kernel": fds_kernel.value, "fds_ks": fds_ks,
@@ -106,7 +110,7 @@ def train_head_command(
     if out is None:
         out = Path("runs") / cache.stem / run_name(lds, fds, seed)
     check_out_dir(out, overwrite)
-    data = cache_mod.load(cache)
+    data = cache_mod.load(cache, expect=expected)
     result = train_head(data, cfg, progress=progress)
     write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": preset or ""})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "

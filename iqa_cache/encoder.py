@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import socket
 import warnings
 from dataclasses import dataclass, field
@@ -382,10 +383,14 @@ def load_encoder(cfg: EncoderConfig, device: str = "cpu", weights: Weights | Non
         try:
             model = open_clip.create_model(model_name, pretrained=weights.path or None, device="cpu",
                                            precision="fp32")
-        except RuntimeError as e:
+        except pickle.UnpicklingError:
+            # OpenCLIP loads with torch.load(weights_only=True): a file that needs code to unpickle is refused
+            raise ConfigError(f"--pretrained {weights.value}: refused, not a plain tensor checkpoint (loading "
+                              "it would run code stored in the file)") from None
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as e:
             if weights.kind == "file":
                 raise ConfigError(f"--pretrained {weights.value}: not a checkpoint of {model_name} "
-                                  f"({str(e).splitlines()[0][:300]})") from None
+                                  f"({str(e).splitlines()[0][:300] if str(e) else type(e).__name__})") from None
             raise
     visual = strip_projection(model.visual, model_name)
     del model
