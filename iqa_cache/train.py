@@ -239,6 +239,9 @@ def train_head(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> 
         if improved:
             best_mae, best_epoch = (val_mae if len(va) else math.nan), epoch
             best_state = copy.deepcopy(head.state_dict())
+    if best_state is None:
+        raise TrainingDiverged(f"the validation MAE was never finite in {cfg.epochs} epochs (lr {cfg.optim.lr:g}); "
+                               "try a lower --lr")
     head.load_state_dict(best_state)
     pred_all = predict(head, x_all).cpu().numpy().astype(np.float64)
     if not np.isfinite(pred_all).all():
