@@ -215,15 +215,48 @@ def logistic4(x, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
     return (b1 - b2) / (1.0 + np.exp(np.clip(z, -700, 700))) + b2
 
 
-def fit_logistic4(preds, labels) -> tuple[np.ndarray | None, str]:
-    """Least-squares fit of :func:`logistic4` from predictions to labels
-    (``scipy.optimize.curve_fit`` from b1 = max label, b2 = min label,
-    b3 = mean or median prediction, b4 = the std of the predictions or a
-    quarter of it; the best of these four starts).  Returns (parameters, '')
-    or (None, why it failed)."""
-    import warnings
+def _logistic_grid_start(xs: np.ndarray, ys: np.ndarray) -> list[float]:
+    """Initial values for the 4-parameter fit: over a grid of centres (b3,
+    quantiles of the predictions) and scales (b4, 0.05 to 100 prediction
+    std), b1 and b2 enter linearly and are solved for by least squares; the
+    grid point with the smallest residual wins."""
+    centres = np.quantile(xs, np.linspace(0.02, 0.98, 17))
+    yc = ys - ys.mean()
+    best, best_r2 = [float(ys.max()), float(ys.min()), 0.0, 1.0], -1.0
+    for w in np.logspace(np.log10(0.05), 2, 20):
+        sig = 1.0 / (1.0 + np.exp(np.clip(-(xs[None, :] - centres[:, None]) / w, -700, 700)))  # (17, n)
+        sc = sig - sig.mean(axis=1, keepdims=True)
+        var = (sc * sc).sum(axis=1)
+        cov = sc @ yc
+        r2 = np.where(var > 0, cov * cov / np.where(var > 0, var, 1.0), -1.0) / max(float(yc @ yc), 1e-300)
+        i = int(np.argmax(r2))
+        if r2[i] > best_r2:
+            slope = cov[i] / var[i]
+            b2 = float(ys.mean() - slope * sig[i].mean())
+            best, best_r2 = [b2 + float(slope), b2, float(centres[i]), float(w)], float(r2[i])
+    return best
 
-    from scipy.optimize import OptimizeWarning, curve_fit
+
+def fit_logistic4(preds, labels) -> tuple[np.ndarray | None, str]:
+    """Least-squares fit of :func:`logistic4` from predictions to labels.
+
+    Both are standardised first (well conditioned whatever the label scale).
+    Initial values come from a grid over the centre and scale with b1, b2
+    solved for exactly (:func:`_logistic_grid_start`); scipy's bounded
+    least-squares (``scipy.optimize.least_squares``, trf: what ``curve_fit``
+    runs for a bounded problem, used directly because ``curve_fit`` throws
+    away the improved parameters when it stops at its evaluation limit) then
+    polishes them for at most 300 evaluations, kept if they lower the
+    residual.  The bounds matter: when predictions and labels are nearly
+    linear the unbounded optimum lies at infinity (an ever wider, taller
+    logistic); at the bound the curve is linear over the data to within
+    1e-4, so the fitted PLCC tends to the raw PLCC.
+
+    Returns (parameters in the original units, note) where the note is ''
+    or says that the optimiser failed and the best grid fit is used; or
+    (None, why) when there is no fit (constant predictions, under 5 images,
+    a degenerate curve)."""
+    from scipy.optimize import least_squares
 
     labels, preds = _pair(labels, preds)
     if len(preds) < 5:
@@ -231,31 +264,31 @@ def fit_logistic4(preds, labels) -> tuple[np.ndarray | None, str]:
     sd = float(np.std(preds))
     if not sd > 0:
         return None, "the predictions are constant"
-    # a few starting points (the fit has local optima): centre at the mean or median prediction, scale a
-    # quarter of, or the whole, spread of the predictions; keep the least-squares best
-    starts = [[float(labels.max()), float(labels.min()), c, s] for c in (float(preds.mean()), float(np.median(preds)))
-              for s in (sd, sd / 4)]
-    best, best_sse, err = None, math.inf, ""
-    for p0 in starts:
-        try:
-            with warnings.catch_warnings():
-                # an exact fit leaves no residual to estimate the covariance from: not a failure
-                warnings.simplefilter("ignore", OptimizeWarning)
-                warnings.simplefilter("ignore", RuntimeWarning)
-                params, _ = curve_fit(logistic4, preds, labels, p0=p0, maxfev=20000)
-        except (RuntimeError, ValueError) as e:
-            err = str(e).splitlines()[0][:120]
-            continue
-        sse = float(np.sum((logistic4(preds, *params) - labels) ** 2))
-        if math.isfinite(sse) and sse < best_sse:
-            best, best_sse = params, sse
-    if best is None:
-        return None, f"curve_fit did not converge ({err})"
-    params = best
+    mx, my, sy = float(preds.mean()), float(labels.mean()), float(np.std(labels)) or 1.0
+    xs, ys = (preds - mx) / sd, (labels - my) / sy
+    lo, hi = np.array([-1e4, -1e4, -50.0, 1e-3]), np.array([1e4, 1e4, 50.0, 100.0])
+    p0 = np.clip(_logistic_grid_start(xs, ys), lo, hi)
+
+    def sse(p) -> float:
+        v = float(np.sum((logistic4(xs, *p) - ys) ** 2))
+        return v if math.isfinite(v) else math.inf
+
+    best, note = p0, ""
+    try:
+        with np.errstate(all="ignore"):
+            res = least_squares(lambda b: logistic4(xs, *b) - ys, p0, bounds=(lo, hi), method="trf", max_nfev=300)
+        if sse(res.x) <= sse(p0):
+            best = res.x
+    except (RuntimeError, ValueError, np.linalg.LinAlgError) as e:  # keep the grid's fit, which is a fit too
+        note = f"the optimiser failed ({str(e).splitlines()[0][:100]}); the best grid fit is used"
+    if not math.isfinite(sse(best)):
+        return None, "no finite fit"
+    b1, b2, b3, b4 = best
+    params = np.array([b1 * sy + my, b2 * sy + my, b3 * sd + mx, abs(b4) * sd])
     fitted = logistic4(preds, *params)
     if not (np.all(np.isfinite(params)) and np.all(np.isfinite(fitted))) or not np.std(fitted) > 0:
         return None, "the fitted curve is degenerate (non-finite or flat)"
-    return params, ""
+    return params, note
 
 
 def _corr(fn, a: np.ndarray, b: np.ndarray) -> float | None:
@@ -269,15 +302,16 @@ def iqa_metrics(labels, preds) -> dict[str, float | int | str | None]:
     """SRCC (Spearman), KRCC (Kendall tau-b), PLCC (Pearson, raw), PLCC
     after the 4-parameter logistic fit, and RMSE of the raw predictions.
     A correlation that is undefined (fewer than 2 images, constant
-    predictions or labels) is None, and so is the fitted PLCC when the fit
-    fails; 'fit_error' then says why."""
+    predictions or labels) is None, and so is the fitted PLCC when there is
+    no fit: 'fit_error' then says why.  'fit_note' says when the optimiser
+    failed and the fitted PLCC comes from the best grid fit."""
     from scipy import stats
 
     labels, preds = _pair(labels, preds)
     out: dict[str, float | int | str | None] = {
         "srcc": _corr(stats.spearmanr, preds, labels), "krcc": _corr(stats.kendalltau, preds, labels),
         "plcc": _corr(stats.pearsonr, preds, labels), "plcc_logistic": None, "rmse": rmse(labels, preds),
-        "n": int(len(labels)), "fit_error": ""}
+        "n": int(len(labels)), "fit_error": "", "fit_note": ""}
     if out["plcc"] is None:
         out["fit_error"] = "PLCC is undefined (constant predictions or labels, or under 2 images)"
         return out
@@ -285,6 +319,7 @@ def iqa_metrics(labels, preds) -> dict[str, float | int | str | None]:
     if params is None:
         out["fit_error"] = why
     else:
+        out["fit_note"] = why
         out["plcc_logistic"] = _corr(stats.pearsonr, logistic4(preds, *params), labels)
     return out
 

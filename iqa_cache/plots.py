@@ -139,7 +139,7 @@ def label_histogram(run, path: str | os.PathLike, *, many: int = 100, few: int =
         if s == "train":
             for k in ("many", "medium", "few"):
                 m = shot == k
-                if not m.any():
+                if not (c[m] > 0).any():  # no visible bar of this kind (e.g. only empty few-shot bins)
                     continue
                 rule = {"many": f"> {many}", "medium": f"{few}–{many}", "few": f"< {few}"}[k]
                 ax.bar(be[:-1][m], c[m], width=np.diff(be)[m], align="edge", color=SHOT_COLOURS[k],
@@ -148,7 +148,7 @@ def label_histogram(run, path: str | os.PathLike, *, many: int = 100, few: int =
             ax.bar(be[:-1], c, width=np.diff(be), align="edge", color="#55a868", label=f"{s} images")
         for j, e in enumerate(list(edges or [])[1:-1]):
             ax.axvline(e, color="black", ls=":", lw=0.8, label="label ranges of the MAE table" if j == 0 else None)
-        ax.legend(fontsize="small", loc="upper left")
+        ax.legend(fontsize="small", loc="best")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("images per bin")
         ax.set_title(f"{s}: {len(lab)} images", fontsize=10, loc="left")
@@ -208,7 +208,7 @@ def pred_vs_true(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str
                  notes: Sequence[str] = ()) -> Path:
     """Predicted vs true score, one panel per (name, labels, predictions),
     with the identity line and the panel's MAE, SRCC and n."""
-    from .metrics import iqa_metrics
+    from scipy.stats import spearmanr
 
     plt = _plt()
     n = max(1, len(panels))
@@ -227,9 +227,9 @@ def pred_vs_true(panels: Sequence[tuple[str, np.ndarray, np.ndarray]], path: str
         ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", label="prediction = truth")
         ax.scatter(y, p, s=8 if len(y) < 2000 else 3, alpha=0.6 if len(y) < 2000 else 0.35, color="#4c72b0",
                    edgecolors="none")
-        m = iqa_metrics(y, p)
         mae = float(np.mean(np.abs(y - p))) if len(y) else float("nan")
-        srcc = "–" if m["srcc"] is None else f"{m['srcc']:.3f}"
+        defined = len(y) > 1 and np.std(y) > 0 and np.std(p) > 0
+        srcc = f"{spearmanr(p, y)[0]:.3f}" if defined else "–"
         ax.text(0.03, 0.97, f"MAE {mae:.3f}\nSRCC {srcc}\nn = {len(y)}", transform=ax.transAxes, va="top",
                 fontsize=9, bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
         ax.set_xlim(lo - pad, hi + pad)

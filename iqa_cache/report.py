@@ -493,7 +493,10 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
         def iqa(run, lab, pred):
             m = iqa_metrics(lab, pred)
             if m["fit_error"] and m["plcc"] is not None:
-                failed.append(f"{run.name}: {m['fit_error']}")
+                failed.append(f"note: no logistic fit for {run.name}: {m['fit_error']}; PLCC (logistic) left "
+                              "blank, raw PLCC shown")
+            elif m["fit_note"]:
+                failed.append(f"note: logistic fit for {run.name}: {m['fit_note']}")
             return [m["srcc"], m["krcc"], m["plcc"], m["plcc_logistic"], m["rmse"]], None
 
         t, _ = _build_table(entries, [], split, cols, iqa, title=f"IQA metrics ({split} split)",
@@ -508,8 +511,7 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
             t.row_kinds.append("baseline")
         if baselines:
             t.caption += " The baseline's correlations are undefined (a constant prediction) and left blank."
-        for f in failed:
-            notes.append(f"note: logistic fit failed for {f}; PLCC (logistic) left blank, raw PLCC shown")
+        notes += failed
         tables.append(t)
 
     comparison = _compare(runs, entries, cfg) if cfg.compare else None

@@ -96,13 +96,27 @@ def test_plcc_after_logistic_fit_recovers_a_logistic_relation():
     y = M.logistic4(x, 90.0, 10.0, 1.0, 0.4)  # a monotone, strongly non-linear map
     m = M.iqa_metrics(y, x)
     assert m["srcc"] == pytest.approx(1.0) and m["plcc"] < 0.95  # raw PLCC suffers from the non-linearity
-    assert m["plcc_logistic"] == pytest.approx(1.0, abs=1e-6)
+    assert m["plcc_logistic"] == pytest.approx(1.0, abs=1e-6) and m["fit_error"] == m["fit_note"] == ""
     params, why = M.fit_logistic4(x, y)
-    assert why == "" and params[:3] == pytest.approx([90.0, 10.0, 1.0], abs=1e-3)
-    assert abs(params[3]) == pytest.approx(0.4, abs=1e-3)
+    assert why == "" and params == pytest.approx([90.0, 10.0, 1.0, 0.4], abs=1e-3)
+    # on another scale (labels 0-100 from predictions around 50) the same curve is found
+    params, _ = M.fit_logistic4(50 + 10 * x, y)
+    assert params == pytest.approx([90.0, 10.0, 60.0, 4.0], abs=1e-2)
 
 
-def test_undefined_correlations_and_failed_fits_are_none_with_a_reason(monkeypatch):
+def test_logistic_fit_of_a_nearly_linear_relation_tends_to_the_raw_plcc():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 100, 500)
+    y = 0.9 * x + 5 + rng.normal(0, 3, 500)  # linear: the 4PL optimum is an infinitely wide logistic
+    m = M.iqa_metrics(y, x)
+    assert m["plcc"] - 1e-6 <= m["plcc_logistic"] <= m["plcc"] + 2e-3
+    # a residual no larger than the best straight line's (the bound makes the curve linear over the data)
+    params, _ = M.fit_logistic4(x, y)
+    line = np.polyval(np.polyfit(x, y, 1), x)
+    assert np.sum((M.logistic4(x, *params) - y) ** 2) <= np.sum((line - y) ** 2) * (1 + 1e-3)
+
+
+def test_undefined_correlations_and_failed_fits_are_said(monkeypatch):
     m = M.iqa_metrics([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [3.0] * 6)  # a constant prediction (the baseline)
     assert m["srcc"] is m["krcc"] is m["plcc"] is m["plcc_logistic"] is None
     assert m["rmse"] == pytest.approx(math.sqrt(np.mean((np.arange(1, 7) - 3.0) ** 2)))
@@ -111,12 +125,14 @@ def test_undefined_correlations_and_failed_fits_are_none_with_a_reason(monkeypat
     assert m["plcc"] is not None and m["plcc_logistic"] is None and "too few" in m["fit_error"]
 
     def no_convergence(*a, **k):
-        raise RuntimeError("Optimal parameters not found: maxfev reached")
+        raise ValueError("Residuals are not finite in the initial point")
 
-    monkeypatch.setattr("scipy.optimize.curve_fit", no_convergence)
-    m = M.iqa_metrics(np.arange(10.0), np.arange(10.0) ** 2)
-    assert m["plcc"] is not None and m["plcc_logistic"] is None
-    assert m["fit_error"].startswith("curve_fit did not converge")
+    monkeypatch.setattr("scipy.optimize.least_squares", no_convergence)
+    x = np.linspace(-3, 3, 60)
+    m = M.iqa_metrics(M.logistic4(x, 90.0, 10.0, 1.0, 0.4), x)
+    assert m["fit_error"] == "" and m["fit_note"].startswith("the optimiser failed (Residuals are not finite")
+    assert "best grid fit is used" in m["fit_note"]
+    assert 0.99 < m["plcc_logistic"] < 1.0  # the grid's fit: close, not exact
 
 
 def test_bootstrap_detects_a_real_difference_and_not_a_null_one():

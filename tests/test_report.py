@@ -209,16 +209,25 @@ def test_iqa_metrics_table_matches_scipy(trained):
     assert base["kind"] == "baseline" and base["values"]["SRCC"] is None and base["values"]["RMSE"] > 0
 
 
-def test_failed_logistic_fit_is_said_not_hidden(trained, monkeypatch):
-    def fail(*a, **k):
-        raise RuntimeError("Optimal parameters not found")
-
-    monkeypatch.setattr("scipy.optimize.curve_fit", fail)
-    r = iqa("report", trained / "vanilla_s0", "--tables", "iqa")
+def test_a_missing_or_fallback_logistic_fit_is_said_not_hidden(trained, tmp_path, monkeypatch):
+    # four test images are too few for a 4-parameter fit: the cell is blank and a note says why
+    p = shot_preds()
+    few = variant(trained / "vanilla_s0", tmp_path / "few", preds=p[p["label"] != 90.0].iloc[:-1])
+    r = iqa("report", few, "--tables", "iqa")
     assert r.exit_code == 0, r.output
     row = r.stdout.splitlines()[2].split(" | ")
-    assert row[0] == "| vanilla_s0" and row[4] == "–" and row[3] != "–"
-    assert "logistic fit failed for vanilla_s0: curve_fit did not converge" in r.stdout
+    assert row[0] == "| few" and row[4] == "–" and row[3] != "–"
+    assert "no logistic fit for few: 4 images are too few for a 4-parameter fit" in r.stdout
+
+    def fail(*a, **k):
+        raise ValueError("x0 is infeasible")
+
+    monkeypatch.setattr("scipy.optimize.least_squares", fail)
+    r = iqa("report", trained / "vanilla_s0", "--tables", "iqa")
+    row = r.stdout.splitlines()[2].split(" | ")
+    assert row[4] != "–"
+    assert "logistic fit for vanilla_s0: the optimiser failed (x0 is infeasible); the best grid fit is used" \
+        in r.stdout
 
 
 def test_compare_detects_a_real_difference_and_not_a_null_one(trained, tmp_path):
