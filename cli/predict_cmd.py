@@ -15,7 +15,7 @@ from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
 @app.command("predict")
 @handle_errors
 def predict_command(
-    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False, metavar="IMAGE...")] = None,
+    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False, metavar="IMAGE")] = None,
     run: Annotated[Path, typer.Option("--run", help="Run directory written by `iqa train-head`.")] = ...,
     dir: Annotated[Optional[Path], typer.Option("--dir", help="Score every image file in this folder.")] = None,
     recursive: Annotated[bool, typer.Option(help="With --dir: also look in subfolders.")] = False,

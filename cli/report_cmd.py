@@ -43,7 +43,7 @@ def parse_tables(text: str) -> tuple[str, ...]:
 @handle_errors
 def report_command(
     runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` (unfinished "
-                                                    "ones are named on stderr and skipped).")],
+                                                    "ones are named on stderr and skipped).", metavar="RUN")],
     bins: Annotated[Optional[str], typer.Option(help="Label-range edges, e.g. 0,20,40,60,80,100 [default: five "
                                                      "equal ranges over the label range].")] = None,
     tables: Annotated[Optional[str], typer.Option(
@@ -69,8 +69,9 @@ def report_command(
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.")] = None,
 ) -> None:
-    """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2), imbalanced-
-    regression and IQA metrics, seeds as mean ± std, a train-mean baseline, and a paired bootstrap.
+    """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2),
+    imbalanced-regression and IQA metrics, seeds as mean ± std, a train-mean baseline, and a paired
+    bootstrap.
 
     All numbers are recomputed from each run's predictions.csv.
     """

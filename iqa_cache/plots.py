@@ -266,7 +266,7 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     cfg = report.config
     runs = report.runs
-    random_note = [n for n in report.notes if "randomly initialised" in n]
+    random_note = [n for n in report.notes if n.startswith("warning:")]  # warnings travel with the pictures
     written: list[Path] = []
 
     # 1. label histogram per split, one per distinct data set and bins

@@ -724,6 +724,19 @@ def _json_value(v: Value) -> Any:
     return _nan_to_none(v)
 
 
+def _jsonable(x: Any) -> Any:
+    """Plain JSON: numpy scalars to Python, NaN/inf to None, tuples to lists."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def table_to_dict(t: Table) -> dict[str, Any]:
     return {"key": t.key, "title": t.title, "caption": t.caption, "columns": t.columns,
             "better": t.better or ["lower"] * len(t.columns),
@@ -742,7 +755,7 @@ def format_table(t: Table, fmt: str = "markdown") -> str:
     if fmt == "latex":
         return _latex(t)
     if fmt == "json":
-        return json.dumps(table_to_dict(t), indent=2) + "\n"
+        return json.dumps(_jsonable(table_to_dict(t)), indent=2, allow_nan=False) + "\n"
     raise ConfigError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
 
 
@@ -844,9 +857,7 @@ def format_report(report: Report, fmt: str = "markdown") -> str:
     ``# `` lines.  latex: one booktabs tabular per block.  json: one object."""
     d = report.config.digits
     if fmt == "json":
-        from .runs import _clean
-
-        return json.dumps(_clean(report_to_dict(report)), indent=2, allow_nan=False) + "\n"
+        return json.dumps(_jsonable(report_to_dict(report)), indent=2, allow_nan=False) + "\n"
     if fmt not in FORMATS:
         raise ConfigError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
     blocks = []
