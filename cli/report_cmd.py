@@ -1,45 +1,108 @@
 """`iqa report`: tables (and plots) from run directories."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from iqa_cache.metrics import parse_edges
-from iqa_cache.report import format_table, per_bin_table
-from iqa_cache.runs import load_run
+from iqa_cache.metrics import parse_edges, parse_groups
+from iqa_cache.report import TABLES, ReportConfig, build_report, format_report, load_runs
 
 from .app import app
-from .common import TableFormat, echo_out, handle_errors
+from .common import echo_out, handle_errors
+
+
+class ReportFormat(str, Enum):
+    markdown = "markdown"
+    csv = "csv"
+    latex = "latex"
+    json = "json"
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+    train = "train"
+
+
+def parse_tables(text: str) -> tuple[str, ...]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one table", param_hint="--tables")
+    if "all" in names:
+        return TABLES
+    bad = [t for t in names if t not in TABLES]
+    if bad:
+        raise typer.BadParameter(f"'{bad[0]}' is not one of {', '.join(TABLES)}, all", param_hint="--tables")
+    return tuple(t for t in TABLES if t in names)
 
 
 @app.command("report")
 @handle_errors
 def report_command(
-    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head`.")],
+    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` (unfinished "
+                                                    "ones are named on stderr and skipped).", metavar="RUN")],
     bins: Annotated[Optional[str], typer.Option(help="Label-range edges, e.g. 0,20,40,60,80,100 [default: five "
                                                      "equal ranges over the label range].")] = None,
-    format: Annotated[TableFormat, typer.Option("--format", help="markdown, csv or latex.")] = TableFormat.markdown,
-    split: Annotated[str, typer.Option(help="Which split to evaluate: test or val.")] = "test",
+    tables: Annotated[Optional[str], typer.Option(
+        help="Tables to show, comma-separated: ranges (MAE per label range, the paper's Table 1), values (MAE "
+             "per label value, Table 2), shots (many/medium/few-shot MAE, MSE, G-Mean), iqa (SRCC, KRCC, PLCC, "
+             "RMSE), or all [default: ranges, plus values with --groups].")] = None,
+    groups: Annotated[Optional[str], typer.Option(
+        help="Label values for the per-value table: groups separated by ';', values by ',': '3;4;3,4' gives "
+             "columns 3, 4, 3&4, All. A label matches v when v-0.5 <= label < v+0.5 [default with --tables "
+             "values: each value, when the labels are discrete].")] = None,
+    many: Annotated[int, typer.Option(min=0, help="Many-shot: bins with more training images than this.")] = 100,
+    few: Annotated[int, typer.Option(min=0, help="Few-shot: bins with fewer training images than this.")] = 20,
+    group_seeds: Annotated[bool, typer.Option(help="Show runs that differ only in seed as one row, mean ± std.")
+                           ] = True,
+    baseline: Annotated[bool, typer.Option(help="Add a row that predicts the training mean.")] = True,
+    compare: Annotated[Optional[Tuple[Path, Path]], typer.Option(
+        help="Paired bootstrap of the MAE difference RUN_A - RUN_B (each stands for its seed group), overall "
+             "and per label range.", metavar="RUN_A RUN_B")] = None,
+    n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for --compare.")] = 2000,
+    boot_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    format: Annotated[ReportFormat, typer.Option("--format", help="markdown, csv, latex or json.")
+                      ] = ReportFormat.markdown,
+    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.")] = None,
 ) -> None:
-    """Per-bin MAE tables (the paper's Table 1 form) for several runs side by side.
+    """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2),
+    imbalanced-regression and IQA metrics, seeds as mean ± std, a train-mean baseline, and a paired
+    bootstrap.
 
     All numbers are recomputed from each run's predictions.csv.
     """
-    if split not in ("test", "val", "train"):
-        raise typer.BadParameter(f"'{split}' is not one of test, val, train", param_hint="--split")
     try:
-        edges = parse_edges(bins) if bins else None
+        edges = tuple(parse_edges(bins)) if bins else None
     except ValueError as e:
         raise typer.BadParameter(str(e).replace("--bins ", ""), param_hint="--bins") from None
-    loaded = [load_run(r) for r in runs]
-    table = per_bin_table(loaded, edges, split=split)
-    echo_out(format_table(table, format.value))
+    try:
+        value_groups = tuple(parse_groups(groups)) if groups else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e).replace("--groups ", ""), param_hint="--groups") from None
+    if few > many:
+        raise typer.BadParameter(f"--few {few} is above --many {many}", param_hint="--few")
+    chosen = parse_tables(tables) if tables else (("ranges", "values") if groups else ("ranges",))
+    if groups and "values" not in chosen:
+        raise typer.BadParameter("--groups applies to the values table; add 'values' to --tables",
+                                 param_hint="--groups")
+    paths = list(runs) + [p for p in (compare or ()) if p not in runs]
+    loaded, skipped = load_runs(paths)
+    if compare:
+        bad = {str(p) for p, _ in skipped} & {str(p) for p in compare}
+        if bad:
+            raise typer.BadParameter(f"{sorted(bad)[0]} is not a finished run", param_hint="--compare")
+    cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
+                       group_seeds=group_seeds, baseline=baseline,
+                       compare=(str(compare[0]), str(compare[1])) if compare else None, n_boot=n_boot,
+                       boot_seed=boot_seed)
+    report = build_report(loaded, cfg)
+    echo_out(format_report(report, format.value))
     if plots is not None:
-        from iqa_cache.plots import per_bin_bars
+        from iqa_cache.plots import write_plots
 
-        plots.mkdir(parents=True, exist_ok=True)
-        path = per_bin_bars(table, plots / "per_bin_mae.png")
-        typer.echo(f"wrote {path}", err=True)
+        for path in write_plots(report, plots):
+            typer.echo(f"wrote {path}", err=True)

@@ -1,0 +1,55 @@
+"""`iqa predict`: score new images with a trained run."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from iqa_cache.predict import PredictConfig, find_images, predict_images, scores_csv, write_scores
+
+from .app import app
+from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
+
+
+@app.command("predict")
+@handle_errors
+def predict_command(
+    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False, metavar="IMAGE")] = None,
+    run: Annotated[Path, typer.Option("--run", help="Run directory written by `iqa train-head`.")] = ...,
+    dir: Annotated[Optional[Path], typer.Option("--dir", help="Score every image file in this folder.")] = None,
+    recursive: Annotated[bool, typer.Option(help="With --dir: also look in subfolders.")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="Write path,score CSV here [default: stdout].")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="Checkpoint file to use instead of the one recorded in the run's cache (e.g. a moved file); its "
+             "SHA-256 must equal the recorded one.")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes [default: 0 for under "
+                                                               "64 images, else a few].")] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Score images with a trained head, best (highest score) first.
+
+    The images are embedded with exactly the encoder, weights and
+    preprocessing recorded in the run's cache; weights whose SHA-256 differs
+    are refused.  Images that cannot be read are named on stderr and skipped
+    (exit code 3 when some were skipped).
+    """
+    if bool(images) == (dir is not None):
+        raise typer.BadParameter("pass image files or --dir, not both and not neither", param_hint="IMAGES / --dir")
+    paths = list(images) if images else find_images(dir, recursive=recursive)
+    cfg = PredictConfig(pretrained=pretrained, device=device.value, batch_size=batch_size, workers=workers,
+                        max_pixels=max_pixels)
+    res = predict_images(run, paths, cfg, progress=progress)
+    best = res.scores.iloc[0]
+    if out is None:
+        echo_out(scores_csv(res.scores))
+    else:
+        write_scores(res.scores, out)
+        typer.echo(f"wrote {len(res.scores)} scores to {out} (best: {best['path']} {best['score']:.4f})", err=True)
+    typer.echo(f"scored {len(res.scores)} of {len(paths)} images in {res.seconds:.1f} s on {res.device}", err=True)
+    if res.failures:
+        typer.echo(f"{len(res.failures)} image(s) could not be read and were skipped", err=True)
+        raise typer.Exit(EXIT_WITH_FAILURES)

@@ -1,0 +1,248 @@
+"""Score new images with a trained run: the e-commerce use of the paper
+(pick the best images of a catalogue).
+
+The images are embedded with exactly the encoder the run's features came
+from, as recorded in the ``cache`` section of the run's ``config.json``:
+model (or its model-config JSON), weights (re-resolved and refused unless
+their SHA-256 equals the recorded one; seeded random weights for
+``--pretrained none`` caches), preprocessing (size, resize mode,
+interpolation, mean, std, EXIF handling) and precision.  The trained head
+(``runs.load_head``) turns the features into scores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .encoder import (FEATURE_NAME, INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
+                      build_transform, load_encoder, load_image, resolve_device, resolve_model_name, resolve_weights)
+from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
+from .runs import Run, load_head, load_run
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+NEEDED = ("model", "pretrained_kind", "pretrained_sha256", "image_size", "resize_mode", "interpolation", "mean", "std",
+          "precision", "feature_dim")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``pretrained``: a checkpoint file to use instead of the recorded one
+    (a moved file; still checksum-verified).  ``workers`` None: decode in
+    the main process for small inputs, else in a few processes."""
+
+    pretrained: str | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass
+class PredictResult:
+    scores: pd.DataFrame  # columns path, score; best (highest) first
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    weights: Weights | None = None
+    device: str = "cpu"
+    seconds: float = 0.0
+
+
+def find_images(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Image files (by extension) in ``directory``, sorted."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise DatasetError(f"--dir {d}: not a directory")
+    it = d.rglob("*") if recursive else d.iterdir()
+    found = sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise DatasetError(f"--dir {d}: no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                           + ("" if recursive else "; add --recursive to look in subfolders"))
+    return found
+
+
+@contextmanager
+def _model_arg(cache: dict) -> Iterator[str]:
+    """The ``--model`` value that rebuilds the recorded model: its name, or
+    its recorded model-config JSON written to a temporary file of the same
+    stem (OpenCLIP registers a config file under its stem)."""
+    text = cache.get("model_config_json") or ""
+    if not text:
+        yield str(cache["model"])
+        return
+    with tempfile.TemporaryDirectory(prefix="iqa-model-") as tmp:
+        p = Path(tmp) / f"{cache['model']}.json"
+        p.write_text(text, encoding="utf-8")
+        yield str(p)
+
+
+def run_weights(cache: dict, model_name: str, pretrained: str | None = None) -> Weights:
+    """The encoder weights a run's features were made with, resolved and
+    verified: refused (WeightsUnavailable) when they cannot be found or
+    their SHA-256 differs from the recorded one."""
+    kind = cache.get("pretrained_kind")
+    recorded = cache.get("pretrained") or ""
+    if kind == "none":
+        if pretrained and pretrained.lower() != "none":
+            raise ConfigError(f"--pretrained {pretrained}: the run's cache was made with random weights "
+                              "(--pretrained none); there is no checkpoint to point at")
+        seed = cache.get("init_seed")
+        if seed not in (None, -1, INIT_SEED):
+            raise WeightsUnavailable(f"the run's cache used random weights seeded with {seed}; this version "
+                                     f"seeds them with {INIT_SEED}, so they cannot be rebuilt")
+        log.warning("the run's cache was made with a randomly initialised encoder (--pretrained none): the "
+                    "seeded weights are rebuilt exactly, but the scores say nothing about image quality")
+        return Weights(kind="none", value="none")
+    if kind not in ("tag", "file"):
+        raise RunError(f"the run's cache records weights of unknown kind {kind!r} (expected tag, file or none)")
+    want = str(cache.get("pretrained_sha256") or "")
+    if not want:
+        raise WeightsUnavailable("the run's cache records no SHA-256 for its encoder weights; they cannot be "
+                                 "verified")
+    source = pretrained or recorded
+    if not pretrained and kind == "file" and not os.path.isfile(recorded):
+        raise WeightsUnavailable(f"the checkpoint the run's cache was made with ({recorded}, sha256 {want[:12]}…) "
+                                 "is not there; pass --pretrained PATH with that file")
+    weights = resolve_weights(model_name, source)
+    if weights.kind == "none":
+        raise ConfigError(f"--pretrained none: the run's cache was made with {kind} weights ({recorded}); random "
+                          "weights would give different features")
+    if weights.sha256 != want:
+        raise WeightsUnavailable(f"--pretrained {source}: SHA-256 {weights.sha256[:16]}… differs from "
+                                 f"{want[:16]}… recorded in the run's cache ({recorded}); these are not the weights "
+                                 "the head's features were made with")
+    return weights
+
+
+def encoder_for_run(run: Run, pretrained: str | None = None, device: str = "auto") -> Encoder:
+    """The frozen encoder, weights and preprocessing recorded in the run's
+    cache section, rebuilt and verified."""
+    cache = run.cache
+    missing = [k for k in NEEDED if cache.get(k) in (None, "") and not (k == "pretrained_sha256"
+                                                                          and cache.get("pretrained_kind") == "none")]
+    if missing:
+        raise RunError(f"run {run.path}: config.json's cache section lacks {', '.join(missing)}; the encoder "
+                       "cannot be rebuilt exactly")
+    feature = cache.get("feature")
+    if feature and feature != FEATURE_NAME:
+        raise RunError(f"run {run.path}: its features are '{feature}', this version computes '{FEATURE_NAME}'")
+    pre = PreprocessConfig(image_size=int(cache["image_size"]), resize_mode=str(cache["resize_mode"]),
+                           interpolation=str(cache["interpolation"]), mean=tuple(float(x) for x in cache["mean"]),
+                           std=tuple(float(x) for x in cache["std"]),
+                           exif_transpose=bool(cache.get("exif_transpose", True)))
+    device = resolve_device(device)
+    with _model_arg(cache) as model:
+        model_name, _ = resolve_model_name(model)
+        weights = run_weights(cache, model_name, pretrained)
+        enc = load_encoder(EncoderConfig(model=model, pretrained=weights.value, precision=str(cache["precision"]),
+                                         preprocess=pre), device, weights)
+    if enc.feature_dim != int(cache["feature_dim"]):
+        raise RunError(f"run {run.path}: the rebuilt encoder gives {enc.feature_dim}-d features, the cache "
+                       f"recorded {cache['feature_dim']}")
+    return enc
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths: Sequence[Path], transform, exif_transpose: bool, max_pixels: int | None):
+        self.paths, self.transform = list(paths), transform
+        self.exif_transpose, self.max_pixels = exif_transpose, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_image(self.paths[i], exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
+            return i, self.transform(img), ""
+        except ImageLoadError as e:
+            return i, None, str(e)
+
+
+def _collate(items):
+    ok = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, why) for i, x, why in items if x is None]
+    x = torch.stack([x for _, x in ok]) if ok else None
+    return [i for i, _ in ok], x, bad
+
+
+def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], cfg: PredictConfig = PredictConfig(),
+                   *, progress: bool = True) -> PredictResult:
+    """Score ``images`` with the run at ``run_dir``.  Images that cannot be
+    read are skipped and listed in ``failures``; DatasetError when none
+    can be read."""
+    t0 = time.perf_counter()
+    run = load_run(run_dir)
+    paths = list(dict.fromkeys(Path(p) for p in images))
+    if not paths:
+        raise DatasetError("no images to score; pass image files or --dir")
+    enc = encoder_for_run(run, cfg.pretrained, cfg.device)
+    head = load_head(run_dir)
+    if head.cfg.in_dim != enc.feature_dim:
+        raise RunError(f"run {run_dir}: its head takes {head.cfg.in_dim}-d features, the encoder gives "
+                       f"{enc.feature_dim}")
+    workers = cfg.workers
+    if workers is None:
+        workers = 0 if len(paths) < 64 else max(0, min(8, (os.cpu_count() or 1) - 1))
+    data = _Images(paths, build_transform(enc.config.preprocess), enc.config.preprocess.exif_transpose,
+                   cfg.max_pixels)
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_collate)
+    scores = np.full(len(paths), np.nan)
+    failures: list[tuple[str, str]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(paths), desc="scoring", unit="img", disable=not progress, leave=False, dynamic_ncols=True)
+    try:
+        with torch.inference_mode():
+            for idx, x, bad in loader:
+                if x is not None:
+                    feats = enc(x).cpu()
+                    scores[idx] = head(feats).double().numpy()
+                for i, why in bad:
+                    failures.append((str(paths[i]), why))
+                    log.warning("skipped %s: %s", paths[i], why)
+                bar.update(len(idx) + len(bad))
+    finally:
+        bar.close()
+    ok = np.isfinite(scores)
+    if not ok.any():
+        first = f" (first: {failures[0][0]}: {failures[0][1]})" if failures else ""
+        raise DatasetError(f"none of the {len(paths)} images could be scored{first}")
+    df = pd.DataFrame({"path": [str(p) for p, k in zip(paths, ok) if k], "score": scores[ok]})
+    df = df.sort_values(["score", "path"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    return PredictResult(scores=df, failures=failures, weights=enc.weights, device=enc.device,
+                         seconds=time.perf_counter() - t0)
+
+
+def scores_csv(df: pd.DataFrame) -> str:
+    return df.to_csv(index=False, float_format="%.6f", lineterminator="\n")
+
+
+def write_scores(df: pd.DataFrame, out: str | os.PathLike) -> Path:
+    """Write ``path,score`` CSV atomically."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        tmp.write_text(scores_csv(df), encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
