@@ -92,12 +92,6 @@ class ReweightName(str, Enum):
     sqrt_inv = "sqrt_inv"
 
 
-class TableFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    latex = "latex"
-
-
 class OutOfRange(str, Enum):
     error = "error"
     clip = "clip"
