@@ -1,9 +1,14 @@
 """Stage two: train the residual MLP head on cached features.
 
-One readable loop (nanoGPT style): the whole split lives on the device, the
-learning rate comes from a pure ``get_lr``, evaluation runs under
-``torch.no_grad()``, the best validation-MAE epoch is kept, and the config is
-saved with the weights so the head can be rebuilt from it.
+:func:`train_head` trains one head with the stacked engine of
+:mod:`iqa_cache.stacked` (a stack of one configuration): the whole split on
+the device, index batches, one fused Adam call per step, vectorised FDS.
+:func:`train_head_simple` is the same training as one readable loop (nanoGPT
+style: the learning rate from a pure ``get_lr``, evaluation under
+``torch.no_grad()``, the best validation-MAE epoch kept); it is the
+reference the engine is tested against (same results for the same seed, to
+float rounding).  The config is saved with the weights so the head can be
+rebuilt from it.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from .errors import ConfigError, TrainingDiverged
 from .head import HeadConfig, ResidualMLPHead
 from .imbalance import Bins, FDSConfig, LDSConfig
 from .metrics import default_edges, mae, per_bin_mae
+from .stacked import loss_terms, train_stack
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +142,7 @@ def get_lr(epoch: int, optim: OptimConfig, epochs: int) -> float:
 
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "l1":
-        err = (pred - target).abs()
-    elif kind == "mse":
-        err = (pred - target) ** 2
-    else:
-        err = torch.nn.functional.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
-    return (err * weight).mean()
+    return (loss_terms(pred, target, kind) * weight).mean()
 
 
 @dataclass
@@ -168,7 +168,17 @@ def predict(head: ResidualMLPHead, x: torch.Tensor, chunk: int = 65536) -> torch
 def train_head(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> TrainResult:
     """Train one head on ``data`` (a loaded cache) and return the head of the
     best validation-MAE epoch, its predictions for every cached image and
-    its metrics."""
+    its metrics.  Raises :class:`TrainingDiverged` on a non-finite loss."""
+    (result,) = train_stack(data, [cfg], progress=progress)
+    if isinstance(result, TrainingDiverged):
+        raise result
+    return result
+
+
+def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> TrainResult:
+    """:func:`train_head` as one plain loop over ``nn.Module`` layers and
+    ``torch.optim.Adam``: slower, easy to read, and the reference that the
+    stacked engine must match."""
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     bins = cfg.bins(data.label_range)

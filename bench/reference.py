@@ -1,0 +1,261 @@
+"""A reference-style implementation of the head, LDS and FDS: benchmark
+variant (a), and the independent per-label FDS that the tests compare the
+library with.
+
+It follows the *structure* of the public DIR code (Yang et al. 2021,
+github YyzHarry/imbalanced-regression): a ``Dataset`` and ``DataLoader`` over
+the features (batch 256), an FDS layer that loops in Python over the labels
+present in each batch (``torch.unique`` + boolean masks, per-bin
+``calibrate_mean_var``), running statistics updated once per epoch from a
+second pass over a ``DataLoader`` whose features are gathered row by row into
+a list, and validation by another ``DataLoader`` pass.  It follows *this
+project's* semantics where the design deviates from that code on purpose
+(DESIGN §6.3): labels are binned first, calibration uses copies of the
+statistics of the last update (not aliases), and the features for the
+statistics come from the head in evaluation mode.
+
+Nothing here imports ``iqa_cache``: it is a second, plain implementation.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import convolve1d, gaussian_filter1d
+from scipy.signal.windows import triang
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+# ----------------------------------------------------------------- windows
+
+def ref_kernel_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
+    """The reference ``get_lds_kernel_window`` (peak 1)."""
+    half_ks = (ks - 1) // 2
+    if kernel == "gaussian":
+        base = [0.0] * half_ks + [1.0] + [0.0] * half_ks
+        w = gaussian_filter1d(base, sigma=sigma)
+        return w / max(w)
+    if kernel == "triang":
+        return triang(ks)
+    w = np.array([math.exp(-abs(x) / sigma) / (2.0 * sigma) for x in range(-half_ks, half_ks + 1)])
+    return w / max(w)
+
+
+def ref_bin(labels, lo: float, hi: float, size: float) -> np.ndarray:
+    n = int(math.ceil((hi - lo) / size - 1e-9))
+    return np.clip(np.floor((np.asarray(labels, dtype=np.float64) - lo) / size + 1e-9), 0, n - 1).astype(np.int64)
+
+
+def ref_lds_weights(bins: np.ndarray, n_bins: int, reweight: str, lds: bool, kernel: str, ks: int,
+                    sigma: float) -> np.ndarray:
+    """The reference ``_prepare_weights`` over bin indices (float smoothing)."""
+    if reweight == "none":
+        return np.ones(len(bins), dtype=np.float32)
+    value = {b: 0 for b in range(n_bins)}
+    for b in bins:
+        value[int(b)] += 1
+    if reweight == "sqrt_inv":
+        value = {k: math.sqrt(v) for k, v in value.items()}
+    else:
+        value = {k: float(np.clip(v, 5, 1000)) for k, v in value.items()}
+    per_label = [value[int(b)] for b in bins]
+    if lds:
+        smoothed = convolve1d(np.asarray([value[b] for b in range(n_bins)], dtype=np.float64),
+                              weights=ref_kernel_window(kernel, ks, sigma), mode="constant")
+        per_label = [smoothed[int(b)] for b in bins]
+    w = [1.0 / x for x in per_label]
+    scale = len(w) / sum(w)
+    return np.asarray([scale * x for x in w], dtype=np.float32)
+
+
+# --------------------------------------------------------------------- FDS
+
+def calibrate_mean_var(matrix, m1, v1, m2, v2, clip_min=0.1, clip_max=10.0):
+    """The reference ``calibrate_mean_var`` for one bin's samples."""
+    if torch.sum(v1) < 1e-10:
+        return matrix
+    if (v1 == 0.0).any():
+        valid = v1 != 0.0
+        factor = torch.clamp(v2[valid] / v1[valid], clip_min, clip_max)
+        matrix[:, valid] = (matrix[:, valid] - m1[valid]) * torch.sqrt(factor) + m2[valid]
+        return matrix
+    factor = torch.clamp(v2 / v1, clip_min, clip_max)
+    return (matrix - m1) * torch.sqrt(factor) + m2
+
+
+class RefFDS(nn.Module):
+    """FDS as the reference class, label by label.  ``update_running_stats``
+    loops over the bins present; ``smooth`` over the bins of a batch."""
+
+    def __init__(self, feature_dim: int, bucket_num: int, start_update: int = 0, start_smooth: int = 1,
+                 kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0, momentum: float = 0.9):
+        super().__init__()
+        self.feature_dim, self.bucket_num = feature_dim, bucket_num
+        self.start_update, self.start_smooth, self.momentum = start_update, start_smooth, momentum
+        w = ref_kernel_window(kernel, ks, sigma)
+        self.register_buffer("kernel_window", torch.tensor(w / sum(w), dtype=torch.float32))
+        self.half_ks = (ks - 1) // 2
+        for name, fill in (("running_mean", 0.0), ("running_var", 1.0), ("running_mean_last_epoch", 0.0),
+                           ("running_var_last_epoch", 1.0), ("smoothed_mean_last_epoch", 0.0),
+                           ("smoothed_var_last_epoch", 1.0)):
+            self.register_buffer(name, torch.full((bucket_num, feature_dim), fill))
+        self.updated = False
+
+    def _smooth(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(F.pad(x.unsqueeze(1).permute(2, 1, 0), pad=(self.half_ks, self.half_ks), mode="reflect"),
+                        weight=self.kernel_window.view(1, 1, -1), padding=0).permute(2, 1, 0).squeeze(1)
+
+    @torch.no_grad()
+    def update_running_stats(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+        if epoch < self.start_update:
+            return
+        for label in torch.unique(labels):
+            curr = features[labels == label]
+            mean = torch.mean(curr, 0)
+            var = torch.var(curr, 0, unbiased=curr.size(0) != 1)
+            factor = 0 if epoch == self.start_update else self.momentum
+            i = int(label)
+            self.running_mean[i] = (1 - factor) * mean + factor * self.running_mean[i]
+            self.running_var[i] = (1 - factor) * var + factor * self.running_var[i]
+        # this project: calibrate with copies of this update's statistics and their smoothed versions
+        self.running_mean_last_epoch = self.running_mean.clone()
+        self.running_var_last_epoch = self.running_var.clone()
+        self.smoothed_mean_last_epoch = self._smooth(self.running_mean_last_epoch)
+        self.smoothed_var_last_epoch = self._smooth(self.running_var_last_epoch)
+        self.updated = True
+
+    def smooth(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        if epoch < self.start_smooth or not self.updated:
+            return features
+        features = features.clone()
+        for label in torch.unique(labels):
+            sel = labels == label
+            i = int(label)
+            features[sel] = calibrate_mean_var(features[sel], self.running_mean_last_epoch[i],
+                                               self.running_var_last_epoch[i], self.smoothed_mean_last_epoch[i],
+                                               self.smoothed_var_last_epoch[i])
+        return features
+
+
+# -------------------------------------------------------------------- head
+
+class RefBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, h):
+        return F.relu(h + self.fc2(F.relu(self.fc1(h))))
+
+
+class RefHead(nn.Module):
+    """Linear → ReLU → residual blocks → FDS (training only) → Linear."""
+
+    def __init__(self, in_dim: int, hidden: int, blocks: int, fds: RefFDS | None):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(RefBlock(hidden) for _ in range(blocks))
+        self.FDS = fds
+        self.fc = nn.Linear(hidden, 1)
+
+    def forward(self, x, labels=None, epoch=None):
+        h = F.relu(self.proj(x))
+        for b in self.blocks:
+            h = b(h)
+        encoding = h
+        if self.training and self.FDS is not None and epoch is not None:
+            h = self.FDS.smooth(h, labels, epoch)
+        return self.fc(h).squeeze(-1), encoding
+
+
+# ---------------------------------------------------------------- training
+
+class FeatureDataset(Dataset):
+    """One cached feature per item, with its label, LDS weight and bin, as
+    numpy arrays (collated into tensors by the DataLoader)."""
+
+    def __init__(self, x, y, w, b):
+        self.x, self.y, self.w, self.b = x, y, w, b
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return (self.x[i], np.asarray([self.y[i]], dtype=np.float32), np.asarray([self.w[i]], dtype=np.float32),
+                int(self.b[i]))
+
+
+def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, epochs: int = 200,
+              lr: float = 1e-3, batch_size: int = 256, hidden: int = 512, blocks: int = 2,
+              lds: bool = False, reweight: str = "none", lds_kernel: str = "gaussian", lds_ks: int = 5,
+              lds_sigma: float = 2.0, fds: bool = False, fds_kernel: str = "gaussian", fds_ks: int = 5,
+              fds_sigma: float = 2.0, label_range=(0.0, 100.0), bin_size: float = 1.0, seed: int = 0,
+              device: str = "cpu") -> dict:
+    """One configuration, reference style.  Returns the best validation MAE,
+    its epoch, the test MAE and the seconds taken."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    lo, hi = label_range
+    n_bins = int(math.ceil((hi - lo) / bin_size - 1e-9))
+    tr, va, te = (np.flatnonzero(split == s) for s in ("train", "val", "test"))
+    bins = ref_bin(labels, lo, hi, bin_size)
+    w_tr = ref_lds_weights(bins[tr], n_bins, reweight, lds, lds_kernel, lds_ks, lds_sigma)
+    ones = np.ones(len(labels), dtype=np.float32)
+    ds_tr = FeatureDataset(features[tr], labels[tr], w_tr, bins[tr])
+    ds_va = FeatureDataset(features[va], labels[va], ones[va], bins[va])
+    ds_te = FeatureDataset(features[te], labels[te], ones[te], bins[te])
+    g = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(ds_tr, batch_size=batch_size, shuffle=True, generator=g)
+    stats_loader = DataLoader(ds_tr, batch_size=batch_size, shuffle=False)
+    val_loader = DataLoader(ds_va, batch_size=batch_size, shuffle=False)
+    test_loader = DataLoader(ds_te, batch_size=batch_size, shuffle=False)
+
+    fds_layer = RefFDS(hidden, n_bins, 0, 1, fds_kernel, fds_ks, fds_sigma, 0.9) if fds else None
+    model = RefHead(features.shape[1], hidden, blocks, fds_layer).to(device)
+    with torch.no_grad():
+        model.fc.bias.fill_(float(labels[tr].mean()))
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def evaluate(loader):
+        model.eval()
+        preds, gts = [], []
+        with torch.no_grad():
+            for x, y, _, _ in loader:
+                out, _ = model(x.to(device))
+                preds.extend(out.cpu().numpy())
+                gts.extend(y.squeeze(-1).numpy())
+        return float(np.mean(np.abs(np.asarray(preds) - np.asarray(gts))))
+
+    best, best_epoch, best_state = math.inf, -1, None
+    for epoch in range(epochs):
+        model.train()
+        for x, y, w, b in train_loader:
+            x, y, w, b = x.to(device), y.squeeze(-1).to(device), w.squeeze(-1).to(device), b.to(device)
+            out, _ = model(x, b, epoch)
+            loss = (F.l1_loss(out, y, reduction="none") * w).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if fds_layer is not None:
+            model.eval()
+            encodings, labs = [], []
+            with torch.no_grad():
+                for x, _, _, b in stats_loader:
+                    _, feature = model(x.to(device))
+                    encodings.extend(feature.cpu().numpy())
+                    labs.extend(b.numpy())
+            encodings = torch.from_numpy(np.vstack(encodings)).to(device)
+            labs = torch.from_numpy(np.hstack(labs)).to(device)
+            fds_layer.update_running_stats(encodings, labs, epoch)
+        val = evaluate(val_loader)
+        if val < best:
+            best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"best_val_mae": best, "best_epoch": best_epoch, "test_mae": evaluate(test_loader),
+            "seconds": time.perf_counter() - t0}

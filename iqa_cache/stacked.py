@@ -1,0 +1,549 @@
+"""Many heads trained at once: K configurations that share shapes as one stack.
+
+Every parameter of the residual MLP head gets a leading configuration axis
+(weights ``[K, in, out]``, biases ``[K, 1, out]``), so one batched matrix
+product (``torch.baddbmm``) runs a layer for all K heads.  Each configuration
+keeps its own
+
+* initialisation: the head that :func:`iqa_cache.train.train_head` builds for
+  its seed, copied into its slice;
+* batch order: a CPU generator seeded with its seed, as ``train_head``;
+* LDS loss weights (a ``[K, N]`` table);
+* FDS state: per-bin running statistics ``[K, bins, H]``, smoothed by one
+  grouped ``conv1d`` with its own window (windows of different sizes are
+  zero-padded to the largest, which leaves each result unchanged);
+* learning rate: configurations are ordered by learning rate and each run of
+  equal rates is one Adam parameter group over row slices of the stacked
+  tensors.
+
+The loss is the sum of the per-configuration losses, so each slice's gradient
+is that configuration's own gradient; Adam is elementwise, so one Adam over
+the stack equals K independent Adams.  A configuration trained in a stack
+therefore gives the same result as trained alone (to float rounding: batched
+and plain matrix products round differently), which ``tests/test_grid.py``
+checks.  A configuration whose loss turns non-finite is reported as diverged
+and does not disturb the others (nothing couples the slices).
+
+What makes it fast (the whole split is on the device; batches are index
+tensors; one fused Adam call per step; FDS statistics by scatter-add from one
+forward pass per epoch; calibration by one gather of a per-bin table) also
+makes a stack of one configuration the single-run path of ``train_head``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .cache import CacheData
+from .encoder import resolve_device
+from .errors import ConfigError, TrainingDiverged
+from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
+from .imbalance import Bins, fds_window
+
+if TYPE_CHECKING:  # train.py imports this module inside train_head
+    from .train import TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+# Elements of one activation tensor [K, rows, H] in evaluation passes: bounds
+# memory when many configurations evaluate all cached images at once.
+EVAL_BUDGET = 1 << 25
+
+
+# --------------------------------------------------------------------- data
+
+@dataclass
+class DeviceData:
+    """A loaded cache on the device, shared by every stack of a grid."""
+
+    device: str
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    tr: np.ndarray
+    va: np.ndarray
+    x_tr: torch.Tensor
+    y_tr: torch.Tensor
+    x_va: torch.Tensor
+    y_va: torch.Tensor
+    y_mean: float
+
+
+def to_device(data: CacheData, device: str) -> DeviceData:
+    x_all = torch.from_numpy(data.features).to(device)
+    y_all = torch.from_numpy(data.label).to(device)
+    tr, va = data.subset("train"), data.subset("val")
+    tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
+    y_tr = y_all[tr_t]
+    return DeviceData(device=device, x_all=x_all, y_all=y_all, tr=tr, va=va, x_tr=x_all[tr_t], y_tr=y_tr,
+                      x_va=x_all[va_t], y_va=y_all[va_t], y_mean=float(y_tr.mean()) if len(tr) else 0.0)
+
+
+def check_data(data: CacheData, cfg: "TrainConfig", bins: Bins) -> None:
+    """What train_head refuses or warns about, before any training."""
+    if bins.n < 2:
+        raise ConfigError(f"--bin-size {cfg.bin_size:g} leaves a single label bin over {bins.lo:g}-{bins.hi:g}")
+    tr, va = data.subset("train"), data.subset("val")
+    if len(tr) == 0:
+        raise ConfigError(f"cache {data.path} has no training images (split 'train'); nothing to train on")
+    if len(va) == 0:
+        log.warning("cache %s has no validation images: the last epoch is kept instead of the best one", data.path)
+    n_out = bins.out_of_range(data.label[tr])
+    if n_out:
+        log.warning("%d training label(s) lie outside [%g, %g]: counted in the end bins", n_out, bins.lo, bins.hi)
+
+
+def check_fds_bins(cfg: "TrainConfig", bins: Bins) -> None:
+    """FDS reflect-pads the bin axis by half its window: it needs more bins."""
+    half = (cfg.fds.ks - 1) // 2
+    if cfg.fds.enabled and bins.n <= half:
+        raise ConfigError(f"FDS kernel size {cfg.fds.ks} needs more than {half} label bins, there are {bins.n}; "
+                          "use a smaller --fds-ks or --bin-size")
+
+
+def stack_key(cfg: "TrainConfig") -> "TrainConfig":
+    """Configurations with equal keys can share a stack: they may differ only
+    in LDS settings, seed, learning rate and FDS window (kernel, size, sigma)."""
+    from .imbalance import LDSConfig
+
+    fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
+    return replace(cfg, lds=LDSConfig(), seed=0, optim=replace(cfg.optim, lr=1.0), fds=fds)
+
+
+# -------------------------------------------------------------------- heads
+
+def _linear_names(head_cfg: HeadConfig) -> list[str]:
+    names = ["proj"]
+    for j in range(head_cfg.n_blocks):
+        names += [f"blocks.{j}.fc1", f"blocks.{j}.fc2"]
+    return names + ["fc"]
+
+
+class HeadStack:
+    """K residual MLP heads of one shape as stacked tensors: for each linear
+    layer (in head order) a weight ``[K, in, out]`` and a bias ``[K, 1, out]``."""
+
+    def __init__(self, head_cfg: HeadConfig, params: list[torch.Tensor]):
+        self.cfg = head_cfg
+        self.params = params
+        self.act = ACTIVATIONS[head_cfg.activation]()
+        self.names = _linear_names(head_cfg)
+
+    @property
+    def k(self) -> int:
+        return int(self.params[0].shape[0])
+
+    @classmethod
+    def from_heads(cls, heads: Sequence[ResidualMLPHead], device: str) -> "HeadStack":
+        cfg = heads[0].cfg
+        params = []
+        for name in _linear_names(cfg):
+            mods = [h.get_submodule(name) for h in heads]
+            params.append(torch.stack([m.weight.detach().t() for m in mods]).to(device).contiguous())
+            params.append(torch.stack([m.bias.detach().view(1, -1) for m in mods]).to(device).contiguous())
+        for p in params:
+            p.requires_grad_(True)
+        return cls(cfg, params)
+
+    def state_dict_of(self, k: int, params: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Configuration ``k``'s weights as ``ResidualMLPHead`` names them."""
+        params = self.params if params is None else params
+        out = {}
+        for i, name in enumerate(self.names):
+            out[f"{name}.weight"] = params[2 * i][k].detach().t().cpu().contiguous()
+            out[f"{name}.bias"] = params[2 * i + 1][k].detach().reshape(-1).cpu().clone()
+        return out
+
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None, *,
+                 train: bool = False) -> torch.Tensor:
+        """Hidden features ``[K, B, H]`` for per-configuration inputs
+        ``[K, B, D]`` or shared inputs ``[B, D]``; dropout only when ``train``."""
+        p = self.params if params is None else params
+        k = int(p[0].shape[0])
+        if x.dim() == 2:
+            x = x.expand(k, *x.shape)
+        h = self.act(torch.baddbmm(p[1], x, p[0]))
+        drop = self.cfg.dropout if train else 0.0
+        for j in range(self.cfg.n_blocks):
+            w1, b1, w2, b2 = p[2 + 4 * j: 6 + 4 * j]
+            u = self.act(torch.baddbmm(b1, h, w1))
+            if drop > 0:
+                u = F.dropout(u, drop, training=True)
+            h = self.act(h + torch.baddbmm(b2, u, w2))
+        return h
+
+    def output(self, z: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        p = self.params if params is None else params
+        return torch.baddbmm(p[-1], z, p[-2]).squeeze(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Predictions ``[K, N]`` for shared inputs ``[N, D]`` (FDS is the
+        identity at evaluation), in chunks that bound memory."""
+        p = self.params if params is None else params
+        k = int(p[0].shape[0])
+        chunk = max(1, EVAL_BUDGET // (k * max(self.cfg.hidden_dim, self.cfg.in_dim)))
+        if len(x) == 0:
+            return x.new_zeros(k, 0)
+        return torch.cat([self.output(self.features(x[i:i + chunk], p), p) for i in range(0, len(x), chunk)], 1)
+
+
+# ---------------------------------------------------------------------- FDS
+
+def stacked_bin_statistics(z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and unbiased variance of ``z`` [K, N, H] (bins [N] shared
+    by all K; ``count`` [n_bins] their counts), by scatter-add; the formula of
+    :func:`iqa_cache.imbalance.bin_statistics` with a configuration axis."""
+    k, _, h = z.shape
+    n_bins = count.numel()
+    total = z.new_zeros(k, n_bins, h).index_add_(1, bins, z)
+    mean = total / count.clamp(min=1).view(1, -1, 1)
+    centred = z - mean[:, bins]
+    sq = z.new_zeros(k, n_bins, h).index_add_(1, bins, centred * centred)
+    return mean, sq / (count - 1).clamp(min=1).view(1, -1, 1)
+
+
+def padded_windows(windows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Odd-length windows zero-padded on both sides to the longest: ``[K, L]``."""
+    n = max(int(w.numel()) for w in windows)
+    return torch.stack([F.pad(w, ((n - w.numel()) // 2, (n - w.numel()) // 2)) for w in windows])
+
+
+def stacked_smooth(stats: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """Smooth ``stats`` [K, n_bins, H] across bins, configuration k with
+    window ``windows[k]`` (zero-padded, odd length L), reflect-padded by
+    (L-1)/2 bins: one grouped conv1d.  For each k this equals
+    :func:`iqa_cache.imbalance.smooth_statistics` with its own window."""
+    k, _, _ = stats.shape
+    half = (windows.shape[1] - 1) // 2
+    if half == 0:
+        return stats * windows[:, :1].view(k, 1, 1)
+    x = F.pad(stats.permute(2, 0, 1), (half, half), mode="reflect")  # [H, K, n_bins + 2 half]
+    out = F.conv1d(x, windows.to(stats).unsqueeze(1), groups=k)  # [H, K, n_bins]
+    return out.permute(1, 2, 0).contiguous()
+
+
+class StackedFDS:
+    """FDS state of K configurations that share bins, momentum and schedule
+    (:class:`iqa_cache.imbalance.FDS` semantics, with a configuration axis).
+
+    ``table`` [K * n_bins, 3, H] holds, per bin, what calibration needs:
+    the bin mean m, the factor sqrt(clip(v~/v)) and the smoothed mean m~, so
+    that ``z' = (z - m) * f + m~`` is one gather and three elementwise ops;
+    entries the reference leaves unchanged (a bin whose variances sum below
+    1e-10, a zero-variance dimension) hold (0, 1, 0), which maps z to z."""
+
+    def __init__(self, fds_cfgs: Sequence, n_bins: int, dim: int, device: str):
+        c = fds_cfgs[0]
+        self.momentum, self.start_update, self.start_smooth = c.momentum, c.start_update, c.start_smooth
+        self.clip = (c.clip_min, c.clip_max)
+        self.k, self.n_bins, self.dim = len(fds_cfgs), n_bins, dim
+        self.windows = padded_windows([fds_window(f.kernel, f.ks, f.sigma) for f in fds_cfgs]).to(device)
+        shape = (self.k, n_bins, dim)
+        self.running_mean = torch.zeros(shape, device=device)
+        self.running_var = torch.ones(shape, device=device)
+        self.smoothed_mean = torch.zeros(shape, device=device)
+        self.smoothed_var = torch.ones(shape, device=device)
+        self.seen = torch.zeros(n_bins, dtype=torch.bool, device=device)
+        self.updated = False
+        self.table = self._identity(device)
+        self.best = {n: getattr(self, n).clone() for n in self.STATE}
+
+    STATE = ("running_mean", "running_var", "smoothed_mean", "smoothed_var")
+
+    def _identity(self, device) -> torch.Tensor:
+        t = torch.zeros(self.k * self.n_bins, 3, self.dim, device=device)
+        t[:, 1] = 1.0
+        return t
+
+    @torch.no_grad()
+    def update(self, stack: HeadStack, x_tr: torch.Tensor, bins: torch.Tensor, count: torch.Tensor) -> None:
+        """Fold this epoch's training features (one forward pass, in chunks
+        of configurations) into the running statistics, then smooth them and
+        rebuild the calibration table."""
+        kc = max(1, EVAL_BUDGET // max(1, len(x_tr) * self.dim))
+        for a in range(0, self.k, kc):
+            rows = slice(a, min(self.k, a + kc))
+            self.fold(rows, stack.features(x_tr, [p[rows] for p in stack.params]), bins, count)
+        self.refresh(count)
+
+    @torch.no_grad()
+    def fold(self, rows: slice, z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor) -> None:
+        """Fold features ``z`` [k, N, H] of configurations ``rows`` into their
+        running statistics (momentum; the first update of a bin replaces)."""
+        present = count > 0
+        keep = torch.where(self.seen & present, self.momentum, 0.0).view(1, -1, 1)
+        upd = present.view(1, -1, 1)
+        mean, var = stacked_bin_statistics(z, bins, count)
+        rm, rv = self.running_mean[rows], self.running_var[rows]
+        rm.copy_(torch.where(upd, keep * rm + (1 - keep) * mean, rm))
+        rv.copy_(torch.where(upd, keep * rv + (1 - keep) * var, rv))
+
+    @torch.no_grad()
+    def refresh(self, count: torch.Tensor) -> None:
+        """After all configurations were folded: mark the bins seen, smooth the
+        statistics and rebuild the calibration table."""
+        self.seen |= count > 0
+        self.smoothed_mean = stacked_smooth(self.running_mean, self.windows)
+        self.smoothed_var = stacked_smooth(self.running_var, self.windows)
+        self.updated = True
+        v1, v2 = self.running_var, self.smoothed_var
+        usable = (v1.sum(dim=2, keepdim=True) >= 1e-10) & (v1 != 0)
+        factor = torch.sqrt(torch.clamp(v2 / torch.where(usable, v1, torch.ones_like(v1)), *self.clip))
+        zero = torch.zeros((), device=v1.device)
+        self.table = torch.stack([torch.where(usable, self.running_mean, zero),
+                                  torch.where(usable, factor, torch.ones_like(factor)),
+                                  torch.where(usable, self.smoothed_mean, zero)], dim=2
+                                 ).view(self.k * self.n_bins, 3, self.dim)
+
+    def calibrate(self, z: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+        """z [K, B, H] with bins [K, B] (or shared bins [B])."""
+        offset = torch.arange(self.k, device=z.device).view(-1, 1) * self.n_bins
+        m1, f, m2 = self.table[bins + offset].unbind(2)
+        return (z - m1) * f + m2
+
+    def keep_best(self, mask: torch.Tensor) -> None:
+        for n in self.STATE:
+            self.best[n][mask] = getattr(self, n)[mask]
+
+    def state_dict_of(self, k: int, fds_cfg, best_epoch: int) -> dict[str, torch.Tensor]:
+        """Configuration k's FDS buffers at its best epoch, named as
+        :class:`iqa_cache.imbalance.FDS` names them."""
+        updated = best_epoch >= self.start_update
+        rm, rv = self.best["running_mean"][k].cpu(), self.best["running_var"][k].cpu()
+        return {
+            "window": fds_window(fds_cfg.kernel, fds_cfg.ks, fds_cfg.sigma),
+            "running_mean": rm.clone(), "running_var": rv.clone(), "mean": rm.clone(), "var": rv.clone(),
+            "smoothed_mean": self.best["smoothed_mean"][k].cpu().clone(),
+            "smoothed_var": self.best["smoothed_var"][k].cpu().clone(),
+            "seen": self.seen.cpu().clone() if updated else torch.zeros(self.n_bins, dtype=torch.bool),
+            "last_update": torch.tensor(best_epoch if updated else -1, dtype=torch.long),
+        }
+
+
+# ---------------------------------------------------------------- optimiser
+
+def make_adam(groups: list[dict], optim_cfg) -> torch.optim.Adam:
+    """Adam over ``groups``: fused where this torch and device support it
+    (CUDA, and CPU since torch 2.4), else foreach."""
+    kw = dict(betas=optim_cfg.betas, eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+    try:
+        return torch.optim.Adam(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups, foreach=True, **kw)
+
+
+def loss_terms(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Unweighted elementwise loss (l1, mse or huber with beta 1)."""
+    if kind == "l1":
+        return (pred - target).abs()
+    if kind == "mse":
+        return (pred - target) ** 2
+    return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
+
+
+def diverged_message(epoch: int, loss: float, lr: float, cfg: "TrainConfig") -> str:
+    return (f"training diverged at epoch {epoch}: the loss is {loss} (lr {lr:g}, "
+            f"lds={'on' if cfg.lds.enabled else 'off'}, fds={'on' if cfg.fds.enabled else 'off'}); "
+            "try a lower --lr")
+
+
+# ----------------------------------------------------------------- training
+
+def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceData | None = None,
+                progress: bool = False, desc: str = "training", checked: bool = False
+                ) -> list["TrainResult | TrainingDiverged"]:
+    """Train the configurations ``cfgs`` (equal :func:`stack_key`) together.
+
+    Returns, in the order given, each configuration's
+    :class:`~iqa_cache.train.TrainResult` (best validation epoch, its
+    predictions and metrics; ``seconds`` is its share of the stack's time)
+    or the :class:`~iqa_cache.errors.TrainingDiverged` it ran into.  ``dev``
+    is the data already on the device; ``checked`` skips the checks (and
+    warnings) that :func:`train_many` made once for all stacks."""
+    from .train import TrainResult, get_lr, summarize
+
+    t0 = time.perf_counter()
+    if not cfgs:
+        return []
+    keys = {stack_key(c) for c in cfgs}
+    if len(keys) > 1:
+        raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
+    c0 = cfgs[0]
+    device = dev.device if dev is not None else resolve_device(c0.device)
+    bins = c0.bins(data.label_range)
+    if not checked:
+        check_data(data, c0, bins)
+        for c in cfgs:
+            check_fds_bins(c, bins)
+    if dev is None:
+        dev = to_device(data, device)
+    head_cfg = replace(c0.head, in_dim=int(data.features.shape[1]))
+    # equal learning rates next to each other: one Adam param group per run
+    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)
+    cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
+    k_all = len(cfgs)
+
+    heads = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)  # the same draws as train_head: init, then dropout
+        h = ResidualMLPHead(head_cfg)
+        with torch.no_grad():
+            h.fc.bias.fill_(dev.y_mean)
+        heads.append(h)
+    stack = HeadStack.from_heads(heads, device)
+    del heads
+    gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+
+    runs: list[tuple[int, int]] = []
+    for i, c in enumerate(cfgs):
+        if runs and cfgs[runs[-1][0]].optim.lr == c.optim.lr:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    with torch.no_grad():
+        views = [[p[a:b] for p in stack.params] for a, b in runs]
+    opt = make_adam([{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(views, runs)], c0.optim)
+
+    labels_tr = data.label[dev.tr]
+    w_lds = torch.from_numpy(np.stack([c.lds.weights(labels_tr, bins) for c in cfgs])).to(device)
+    b_tr = torch.from_numpy(bins.index(labels_tr)).to(device)
+    count = torch.bincount(b_tr, minlength=bins.n).float()
+    fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
+
+    n_tr, n_va, bs = len(dev.tr), len(dev.va), c0.batch_size
+    full_batch = bs >= n_tr
+    best_params = [p.detach().clone() for p in stack.params]
+    best_val = [math.inf] * k_all
+    best_epoch = [-1] * k_all
+    diverged: dict[int, str] = {}
+    history: list[list[dict[str, float]]] = [[] for _ in range(k_all)]
+
+    epochs = range(c0.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    for epoch in epochs:
+        lrs = [get_lr(epoch, c.optim, c.epochs) for c in cfgs]
+        for g, (a, _) in zip(opt.param_groups, runs):
+            g["lr"] = lrs[a]
+        perm = torch.stack([torch.randperm(n_tr, generator=g) for g in gens]).to(device)
+        calibrating = fds is not None and fds.updated and epoch >= fds.start_smooth
+        loss_sum = torch.zeros(k_all, device=device)
+        for i in range(0, n_tr, bs):
+            if full_batch:  # the order of one full batch does not matter: no gather
+                xb, yb, wb, bb = dev.x_tr, dev.y_tr.expand(k_all, -1), w_lds, b_tr
+            else:
+                idx = perm[:, i:i + bs]
+                xb, yb, wb, bb = dev.x_tr[idx], dev.y_tr[idx], w_lds.gather(1, idx), b_tr[idx]
+            z = stack.features(xb, train=True)
+            if calibrating:
+                z = fds.calibrate(z, bb)
+            pred = stack.output(z)
+            loss_k = (loss_terms(pred, yb, c0.loss) * wb).mean(dim=-1)
+            grads = torch.autograd.grad(loss_k.sum(), stack.params)
+            for v, (a, b) in zip(views, runs):
+                for p, g in zip(v, grads):
+                    p.grad = g[a:b]
+            opt.step()
+            loss_sum += loss_k.detach() * (n_tr if full_batch else idx.shape[1])
+        train_loss = [s / n_tr for s in loss_sum.tolist()]
+        for k, tl in enumerate(train_loss):
+            if k not in diverged and not math.isfinite(tl):
+                diverged[k] = diverged_message(epoch, tl, lrs[k], cfgs[k])
+        if fds is not None and epoch >= fds.start_update:
+            fds.update(stack, dev.x_tr, b_tr, count)
+        if n_va:
+            val = (stack.predict(dev.x_va) - dev.y_va).abs().mean(dim=1).tolist()
+        else:
+            val = [math.nan] * k_all
+        improved = []
+        for k in range(k_all):
+            history[k].append({"epoch": epoch, "lr": lrs[k], "train_loss": train_loss[k], "val_mae": val[k]})
+            better = (val[k] < best_val[k]) if n_va else True
+            improved.append(better and k not in diverged)
+            if improved[-1]:
+                best_val[k], best_epoch[k] = (val[k] if n_va else math.nan), epoch
+        if any(improved):
+            mask = torch.tensor(improved, device=device)
+            with torch.no_grad():
+                for bp, p in zip(best_params, stack.params):
+                    bp[mask] = p[mask]
+            if fds is not None:
+                fds.keep_best(mask)
+
+    pred_all = stack.predict(dev.x_all, best_params).cpu().numpy().astype(np.float64)
+    share = (time.perf_counter() - t0) / k_all
+    out: list = []
+    for k, c in enumerate(cfgs):
+        if k in diverged:
+            out.append(TrainingDiverged(diverged[k]))
+            continue
+        if best_epoch[k] < 0:
+            out.append(TrainingDiverged(f"the validation MAE was never finite in {c.epochs} epochs "
+                                        f"(lr {c.optim.lr:g}); try a lower --lr"))
+            continue
+        if not np.isfinite(pred_all[k]).all():
+            out.append(TrainingDiverged(f"the selected head (epoch {best_epoch[k]}) predicts non-finite values; "
+                                        "try a lower --lr"))
+            continue
+        head = ResidualMLPHead(head_cfg, c.fds, bins.n)
+        state = stack.state_dict_of(k, best_params)
+        if fds is not None:
+            state.update({f"fds.{n}": t for n, t in fds.state_dict_of(k, c.fds, best_epoch[k]).items()})
+        head.load_state_dict(state)
+        predictions = pd.DataFrame({"image_id": data.image_id, "split": data.split,
+                                    "label": data.label.astype(np.float64), "pred": pred_all[k]})
+        metrics = summarize(predictions, data.label_range)
+        metrics.update({"best_epoch": best_epoch[k], "best_val_mae": best_val[k], "epochs": c.epochs})
+        out.append(TrainResult(head=head.eval(), config=c, bins=bins, best_epoch=best_epoch[k],
+                               best_val_mae=best_val[k], history=history[k], predictions=predictions,
+                               metrics=metrics, seconds=share, device=device))
+    back = [None] * k_all
+    for pos, i in enumerate(order):
+        back[i] = out[pos]
+    return back
+
+
+def plan_stacks(cfgs: Sequence["TrainConfig"], max_stack: int) -> list[list[int]]:
+    """Indices of ``cfgs`` grouped into stacks: equal :func:`stack_key`, at
+    most ``max_stack`` each, in order of first appearance."""
+    if max_stack < 1:
+        raise ConfigError(f"--max-stack must be at least 1, got {max_stack}")
+    groups: dict = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(stack_key(c), []).append(i)
+    return [g[a:a + max_stack] for g in groups.values() for a in range(0, len(g), max_stack)]
+
+
+def train_many(data: CacheData, cfgs: Sequence["TrainConfig"], *, max_stack: int = 64, progress: bool = False
+               ) -> Iterator[tuple[int, "TrainResult | TrainingDiverged"]]:
+    """Train every configuration, those that share shapes together in
+    stacks of at most ``max_stack``; yield ``(index, result or
+    TrainingDiverged)`` as each stack finishes.  Invalid settings raise
+    before anything is trained."""
+    stacks = plan_stacks(cfgs, max_stack)
+    checked = set()
+    for c in cfgs:
+        bins = c.bins(data.label_range)
+        if bins not in checked:  # warnings once per bin grid
+            check_data(data, c, bins)
+            checked.add(bins)
+        check_fds_bins(c, bins)
+    devices: dict[str, DeviceData] = {}
+    for s, stack in enumerate(stacks):
+        device = resolve_device(cfgs[stack[0]].device)
+        if device not in devices:
+            devices[device] = to_device(data, device)
+        desc = f"stack {s + 1}/{len(stacks)} ({len(stack)} config{'s' if len(stack) > 1 else ''})"
+        results = train_stack(data, [cfgs[i] for i in stack], dev=devices[device], progress=progress, desc=desc,
+                              checked=True)
+        yield from zip(stack, results)
