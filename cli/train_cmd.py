@@ -1,8 +1,14 @@
-"""`iqa train-head`: stage two."""
+"""`iqa train-head`: stage two.  Its training options (:class:`TrainOptions`)
+are shared with `iqa ablate`, where they are the defaults of every
+configuration."""
 from __future__ import annotations
 
+import functools
+import inspect
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any, Callable, List, Optional
 
 import typer
 
@@ -37,42 +43,99 @@ def apply_preset(ctx: typer.Context, preset: str | None, values: dict[str, Any])
     return out
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """The training options, defined once: :func:`with_train_options` adds
+    them to a command's signature and hands them over as one object."""
+
+    lds: Annotated[bool, typer.Option("--lds/--no-lds", help="Label distribution smoothing of the loss weights.")
+                   ] = False
+    fds: Annotated[bool, typer.Option("--fds/--no-fds", help="Feature distribution smoothing layer.")] = False
+    reweight: Annotated[Optional[ReweightName], typer.Option(help="Loss weights: inverse or sqrt_inv of the "
+                                                                  "(smoothed) label density [default: sqrt_inv "
+                                                                  "with --lds, else none].")] = None
+    bin_size: Annotated[float, typer.Option(callback=positive_float, help="Label bin width for LDS/FDS.")] = 1.0
+    label_range: Annotated[Optional[str], typer.Option(help="Bin range LO,HI [default: the cache's].")] = None
+    lds_kernel: Annotated[KernelName, typer.Option(help="LDS kernel.")] = KernelName.gaussian
+    lds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="LDS kernel size (odd).")] = 5
+    lds_sigma: Annotated[float, typer.Option(callback=positive_float, help="LDS kernel sigma.")] = 2.0
+    fds_kernel: Annotated[KernelName, typer.Option(help="FDS kernel.")] = KernelName.gaussian
+    fds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="FDS kernel size (odd).")] = 5
+    fds_sigma: Annotated[float, typer.Option(callback=positive_float, help="FDS kernel sigma.")] = 2.0
+    fds_momentum: Annotated[float, typer.Option(min=0.0, max=0.999, help="FDS running-statistics momentum.")
+                            ] = 0.9
+    fds_start_update: Annotated[int, typer.Option(min=0, help="First epoch whose features update FDS stats.")] = 0
+    fds_start_smooth: Annotated[int, typer.Option(min=0, help="First epoch that calibrates features.")] = 1
+    epochs: Annotated[int, typer.Option(min=1)] = 200
+    lr: Annotated[float, typer.Option(callback=positive_float, help="Adam learning rate.")] = 1e-3
+    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0
+    schedule: Annotated[str, typer.Option(help="constant, cosine or step.")] = "constant"
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size (at least the training-set size: "
+                                                        "full batch).")] = 256
+    loss: Annotated[str, typer.Option(help="l1, mse or huber (weighted by LDS).")] = "l1"
+    hidden: Annotated[int, typer.Option(min=1, help="Head width.")] = 512
+    blocks: Annotated[int, typer.Option(min=0, help="Residual blocks.")] = 2
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0
+    seed: Annotated[int, typer.Option()] = 0
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto
+    preset: Annotated[Optional[str], typer.Option(help=f"Settings preset: {', '.join(PRESETS)} (options given "
+                                                       "explicitly still win).")] = None
+
+    def config(self, ctx: typer.Context) -> TrainConfig:
+        """The TrainConfig these options describe (preset applied)."""
+        v = apply_preset(ctx, self.preset, {
+            "lr": self.lr, "epochs": self.epochs, "bin_size": self.bin_size, "weight_decay": self.weight_decay,
+            "label_range": parse_range(self.label_range), "fds_kernel": self.fds_kernel.value,
+            "fds_ks": self.fds_ks, "fds_sigma": self.fds_sigma, "fds_start_update": self.fds_start_update,
+            "fds_start_smooth": self.fds_start_smooth,
+        })
+        if self.lds and self.reweight == ReweightName.none:
+            raise typer.BadParameter("--lds needs --reweight inverse or sqrt_inv (LDS smooths the label density "
+                                     "that the weights invert)", param_hint="--reweight")
+        rw = self.reweight.value if self.reweight is not None else ("sqrt_inv" if self.lds else "none")
+        return TrainConfig(
+            head=HeadConfig(hidden_dim=self.hidden, n_blocks=self.blocks, dropout=self.dropout),
+            lds=LDSConfig(enabled=self.lds, reweight=rw, kernel=self.lds_kernel.value, ks=self.lds_ks,
+                          sigma=self.lds_sigma),
+            fds=FDSConfig(enabled=self.fds, kernel=v["fds_kernel"], ks=v["fds_ks"], sigma=v["fds_sigma"],
+                          momentum=self.fds_momentum, start_update=v["fds_start_update"],
+                          start_smooth=v["fds_start_smooth"]),
+            optim=OptimConfig(lr=v["lr"], betas=v.get("betas", (0.9, 0.999)), eps=v.get("eps", 1e-8),
+                              weight_decay=v["weight_decay"], schedule=self.schedule),
+            bin_size=v["bin_size"], label_range=v["label_range"], epochs=v["epochs"], batch_size=self.batch_size,
+            loss=self.loss, seed=self.seed, device=self.device.value,
+        )
+
+
+def with_train_options(fn: Callable) -> Callable:
+    """Replace ``fn``'s parameter ``opts: TrainOptions`` by one option per
+    TrainOptions field (same names, defaults and help), and call ``fn`` with
+    them gathered into ``opts``."""
+    hints = typing.get_type_hints(TrainOptions, include_extras=True)
+    names = [f.name for f in fields(TrainOptions)]
+    added = [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default,
+                               annotation=hints[f.name]) for f in fields(TrainOptions)]
+    sig = inspect.signature(fn, eval_str=True)
+    params = []
+    for p in sig.parameters.values():
+        params.extend(added if p.name == "opts" else [p])
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opts = TrainOptions(**{n: kwargs.pop(n) for n in names})
+        return fn(*args, opts=opts, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return wrapper
+
+
 @app.command("train-head")
 @handle_errors
+@with_train_options
 def train_head_command(
     ctx: typer.Context,
     cache: Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed`.")],
-    lds: Annotated[bool, typer.Option("--lds/--no-lds", help="Label distribution smoothing of the loss weights.")
-                   ] = False,
-    fds: Annotated[bool, typer.Option("--fds/--no-fds", help="Feature distribution smoothing layer.")] = False,
-    reweight: Annotated[Optional[ReweightName], typer.Option(help="Loss weights: inverse or sqrt_inv of the "
-                                                                  "(smoothed) label density [default: sqrt_inv "
-                                                                  "with --lds, else none].")] = None,
-    bin_size: Annotated[float, typer.Option(callback=positive_float, help="Label bin width for LDS/FDS.")] = 1.0,
-    label_range: Annotated[Optional[str], typer.Option(help="Bin range LO,HI [default: the cache's].")] = None,
-    lds_kernel: Annotated[KernelName, typer.Option(help="LDS kernel.")] = KernelName.gaussian,
-    lds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="LDS kernel size (odd).")] = 5,
-    lds_sigma: Annotated[float, typer.Option(callback=positive_float, help="LDS kernel sigma.")] = 2.0,
-    fds_kernel: Annotated[KernelName, typer.Option(help="FDS kernel.")] = KernelName.gaussian,
-    fds_ks: Annotated[int, typer.Option(min=1, callback=odd_kernel_size, help="FDS kernel size (odd).")] = 5,
-    fds_sigma: Annotated[float, typer.Option(callback=positive_float, help="FDS kernel sigma.")] = 2.0,
-    fds_momentum: Annotated[float, typer.Option(min=0.0, max=0.999, help="FDS running-statistics momentum.")
-                            ] = 0.9,
-    fds_start_update: Annotated[int, typer.Option(min=0, help="First epoch whose features update FDS stats.")] = 0,
-    fds_start_smooth: Annotated[int, typer.Option(min=0, help="First epoch that calibrates features.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1)] = 200,
-    lr: Annotated[float, typer.Option(callback=positive_float, help="Adam learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(min=0.0)] = 0.0,
-    schedule: Annotated[str, typer.Option(help="constant, cosine or step.")] = "constant",
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    loss: Annotated[str, typer.Option(help="l1, mse or huber (weighted by LDS).")] = "l1",
-    hidden: Annotated[int, typer.Option(min=1, help="Head width.")] = 512,
-    blocks: Annotated[int, typer.Option(min=0, help="Residual blocks.")] = 2,
-    dropout: Annotated[float, typer.Option(min=0.0, max=0.95)] = 0.0,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
-    preset: Annotated[Optional[str], typer.Option(help=f"Settings preset: {', '.join(PRESETS)} (options given "
-                                                       "explicitly still win).")] = None,
+    opts: TrainOptions,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<cache>/<lds+fds>_s<seed>].")
                    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
@@ -87,32 +150,13 @@ def train_head_command(
     history.csv into the run directory and prints the test MAE per label range.
     """
     expected = parse_expect(expect)
-    v = apply_preset(ctx, preset, {
-        "lr": lr, "epochs": epochs, "bin_size": bin_size, "weight_decay": weight_decay,
-        "label_range": parse_range(label_range), "fds_kernel": fds_kernel.value, "fds_ks": fds_ks,
-        "fds_sigma": fds_sigma, "fds_start_update": fds_start_update, "fds_start_smooth": fds_start_smooth,
-    })
-    if lds and reweight == ReweightName.none:
-        raise typer.BadParameter("--lds needs --reweight inverse or sqrt_inv (LDS smooths the label density "
-                                 "that the weights invert)", param_hint="--reweight")
-    rw = reweight.value if reweight is not None else ("sqrt_inv" if lds else "none")
-    cfg = TrainConfig(
-        head=HeadConfig(hidden_dim=hidden, n_blocks=blocks, dropout=dropout),
-        lds=LDSConfig(enabled=lds, reweight=rw, kernel=lds_kernel.value, ks=lds_ks, sigma=lds_sigma),
-        fds=FDSConfig(enabled=fds, kernel=v["fds_kernel"], ks=v["fds_ks"], sigma=v["fds_sigma"],
-                      momentum=fds_momentum, start_update=v["fds_start_update"],
-                      start_smooth=v["fds_start_smooth"]),
-        optim=OptimConfig(lr=v["lr"], betas=v.get("betas", (0.9, 0.999)), eps=v.get("eps", 1e-8),
-                          weight_decay=v["weight_decay"], schedule=schedule),
-        bin_size=v["bin_size"], label_range=v["label_range"], epochs=v["epochs"], batch_size=batch_size,
-        loss=loss, seed=seed, device=device.value,
-    )
+    cfg = opts.config(ctx)
     if out is None:
-        out = Path("runs") / cache.stem / run_name(lds, fds, seed)
+        out = Path("runs") / cache.stem / run_name(opts.lds, opts.fds, opts.seed)
     check_out_dir(out, overwrite)
     data = cache_mod.load(cache, expect=expected)
     result = train_head(data, cfg, progress=progress)
-    write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": preset or ""})
+    write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset or ""})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "
              f"trained in {result.seconds:.1f} s on {result.device}")
     echo_out(format_table(per_bin_table([load_run(out)])))
