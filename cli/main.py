@@ -1,7 +1,7 @@
 """Entry point of the `iqa` console script."""
 from __future__ import annotations
 
-from . import demo_cmd, embed_cmd, predict_cmd, report_cmd, train_cmd  # noqa: F401  (register commands)
+from . import ablate_cmd, demo_cmd, embed_cmd, predict_cmd, report_cmd, train_cmd  # noqa: F401  (register commands)
 from .app import app
 
 

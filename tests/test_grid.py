@@ -21,11 +21,11 @@ from .conftest import learnable_problem, write_feature_cache
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    x, y, split = learnable_problem(n=700)
+    x, y, split = learnable_problem(n=600)
     return cache.load(write_feature_cache(tmp_path_factory.mktemp("g") / "f.h5", x, y, split))
 
 
-BASE = TrainConfig(head=HeadConfig(hidden_dim=48, n_blocks=1), optim=OptimConfig(lr=3e-3), epochs=10,
+BASE = TrainConfig(head=HeadConfig(hidden_dim=32, n_blocks=1), optim=OptimConfig(lr=3e-3), epochs=8,
                    batch_size=64, device="cpu")
 LDS = LDSConfig(enabled=True, reweight="sqrt_inv", kernel="gaussian", ks=5, sigma=2.0)
 FDS = FDSConfig(enabled=True, kernel="gaussian", ks=5, sigma=2.0)
@@ -67,7 +67,7 @@ def test_fast_train_head_equals_the_simple_loop(data, cfg):
 
 
 def test_dropout_masks_follow_the_seed_as_in_the_simple_loop(data):
-    cfg = replace(BASE, epochs=3, head=HeadConfig(hidden_dim=48, n_blocks=1, dropout=0.3))
+    cfg = replace(BASE, epochs=3, head=HeadConfig(hidden_dim=32, n_blocks=1, dropout=0.3))
     assert_same_run(train_head(data, cfg), train_head_simple(data, cfg))
 
 
@@ -116,3 +116,140 @@ def test_a_diverging_configuration_does_not_disturb_the_others(data):
         train_head(data, group[1])
     for i in (0, 2):
         assert_same_run(out[i], train_head(data, group[i]))
+
+
+# ------------------------------------------------------------------ grids
+
+from iqa_cache.errors import ConfigError, RunError  # noqa: E402
+from iqa_cache.grid import (GRID_KEYS, expand, format_summary, load_grid_file, parse_grid, read_grid,  # noqa: E402
+                            run_ablation)
+from iqa_cache.runs import load_run  # noqa: E402
+
+
+def test_inline_grid_parses_in_order_with_typed_values():
+    spec = parse_grid(" lds=on; lds_kernel=gaussian, triang,laplace;lds-sigma=1,2,5\nfds=on,off ; lr=1e-3,0.01;"
+                      " seed=0,1; lds_ks=5,9; bin_size=0.5")
+    assert [k for k, _ in spec.axes] == ["lds", "lds_kernel", "lds_sigma", "fds", "lr", "seed", "lds_ks", "bin_size"]
+    d = spec.to_dict()
+    assert d["lds"] == [True] and d["fds"] == [True, False] and d["lds_kernel"] == ["gaussian", "triang", "laplace"]
+    assert d["lds_sigma"] == [1.0, 2.0, 5.0] and d["lr"] == [0.001, 0.01] and d["seed"] == [0, 1]
+    assert d["lds_ks"] == [5, 9] and isinstance(d["lds_ks"][0], int) and d["bin_size"] == [0.5]
+    assert spec.size == 1 * 3 * 3 * 2 * 2 * 2 * 2 * 1
+
+
+def test_toml_grid_file(tmp_path):
+    p = tmp_path / "g.toml"
+    p.write_text('lds = true\nlds_kernel = ["gaussian", "triang"]\nlds_ks = [3, 5.0]\nfds = ["on", false]\n'
+                 'reweight = "inverse"\nlr = [0.001, 1e-2]\n')
+    spec = read_grid(str(p))
+    assert spec.to_dict() == {"lds": [True], "lds_kernel": ["gaussian", "triang"], "lds_ks": [3, 5],
+                              "fds": [True, False], "reweight": ["inverse"], "lr": [0.001, 0.01]}
+    assert spec.source == str(p)
+    (tmp_path / "t.toml").write_text("[grid]\nseed = [0, 1, 2]\n")
+    assert load_grid_file(tmp_path / "t.toml").to_dict() == {"seed": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("text,needles", [
+    ("lds=on; kernel=gaussian", ["grid key 'kernel'", "lds_kernel", "fds_sigma"]),
+    ("lds_ks=3,4", ["lds_ks='4'", "even", "ks-1 = 3"]),
+    ("fds_kernel=box", ["fds_kernel='box'", "gaussian, triang, laplace"]),
+    ("lds=maybe", ["lds='maybe'", "on or off"]),
+    ("lr=0.1,-1", ["lr='-1'", "positive number"]),
+    ("lds_sigma=abc", ["lds_sigma='abc'", "positive number"]),
+    ("seed=1.5", ["seed='1.5'", "whole number"]),
+    ("reweight=sqrt", ["reweight='sqrt'", "none, inverse, sqrt_inv"]),
+    ("lr=0.1; lr=0.2", ["'lr' is given twice"]),
+    ("seed=1,1", ["seed: value 1 is given twice"]),
+    ("seed=1,", ["empty value"]),
+    ("lds", ["not key=value"]),
+    (" ; ", ["grid is empty"]),
+])
+def test_bad_grids_name_the_key_value_and_what_is_allowed(text, needles):
+    with pytest.raises(ConfigError) as e:
+        parse_grid(text)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for n in needles:
+        assert n in msg, (n, msg)
+
+
+def test_bad_toml_files(tmp_path):
+    (tmp_path / "bad.toml").write_text("lds = [on\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        read_grid(str(tmp_path / "bad.toml"))
+    (tmp_path / "nest.toml").write_text("[lds]\nx = 1\n")
+    with pytest.raises(ConfigError, match="'lds' is a table"):
+        read_grid(str(tmp_path / "nest.toml"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_grid(str(tmp_path / "missing.toml"))
+    (tmp_path / "even.toml").write_text("fds_ks = [5, 6]\n")
+    with pytest.raises(ConfigError, match="fds_ks=6.*even"):
+        read_grid(str(tmp_path / "even.toml"))
+
+
+def test_expansion_drops_unused_settings_dedupes_and_skips_impossible_combinations():
+    spec = parse_grid("lds=on,off; lds_sigma=1,2; reweight=none,sqrt_inv")
+    plan = expand(spec, BASE, (0.0, 100.0))
+    names = [p.name for p in plan.points]
+    assert names == ["lds=on,lds_sigma=1,reweight=sqrt_inv", "lds=on,lds_sigma=2,reweight=sqrt_inv",
+                     "lds=off,reweight=none", "lds=off,reweight=sqrt_inv"]
+    assert plan.duplicates == 2  # lds_sigma does nothing with lds=off
+    assert [p.name for p in plan.skipped] == ["lds=on,lds_sigma=1,reweight=none", "lds=on,lds_sigma=2,reweight=none"]
+    assert all("--reweight" in p.skipped for p in plan.skipped)
+    c = {p.name: p.config for p in plan.points}
+    assert c["lds=on,lds_sigma=2,reweight=sqrt_inv"].lds == LDSConfig(enabled=True, reweight="sqrt_inv", sigma=2.0)
+    assert c["lds=off,reweight=sqrt_inv"].lds.enabled is False
+    assert c["lds=off,reweight=sqrt_inv"].lds.reweight == "sqrt_inv"
+    assert all(GRID_KEYS)  # keys stay documented
+
+
+def test_expansion_reweight_follows_lds_unless_given_and_fds_needs_bins():
+    spec = parse_grid("lds=on,off")
+    auto = {p.name: p.config.lds.reweight for p in expand(spec, BASE, (0, 100), auto_reweight=True).points}
+    assert auto == {"lds=on": "sqrt_inv", "lds=off": "none"}
+    base = replace(BASE, lds=LDSConfig(reweight="inverse"))
+    fixed = {p.name: p.config.lds.reweight for p in expand(spec, base, (0, 100)).points}
+    assert fixed == {"lds=on": "inverse", "lds=off": "inverse"}
+    plan = expand(parse_grid("fds=on; fds_ks=5,9; bin_size=25,1; lr=0.01"), BASE, (0, 100))
+    assert [p.name for p in plan.points] == ["fds_ks=5,bin_size=25", "fds_ks=5,bin_size=1", "fds_ks=9,bin_size=1"]
+    assert "needs more than 4 label bins" in plan.skipped[0].skipped
+    assert plan.points[0].config.optim.lr == 0.01 and plan.points[0].config.fds.enabled
+    single = expand(parse_grid("lds=on"), BASE, (0, 100), auto_reweight=True)
+    assert [p.name for p in single.points] == ["lds=on"]
+    with pytest.raises(ConfigError, match="no configuration to train"):
+        expand(parse_grid("lds=on; reweight=none"), BASE, (0, 100))
+
+
+def test_run_ablation_writes_runs_and_a_sorted_summary(data, tmp_path):
+    spec = parse_grid("lds=on,off; fds=on,off; lr=0.003,1e30; lds_ks=3,5")
+    base = replace(BASE, epochs=3)
+    plan = expand(spec, base, data.label_range, auto_reweight=True)
+    assert len(plan.points) == 12 and plan.duplicates == 4
+    # train four that work and one that diverges
+    plan.points[:] = [p for p in plan.points if ("lr=0.003" in p.name and "lds_ks=3" not in p.name)
+                      or p.name == "lds=off,fds=off,lr=1e+30"]
+    res = run_ablation(data, plan, tmp_path / "abl")
+    assert res.n_stacks == 2 and res.n_ok == 4 and res.n_diverged == 1
+    df = res.summary
+    ok = df[df["status"] == "ok"]
+    assert list(ok["val_mae"]) == sorted(ok["val_mae"]) and len(df) == 5
+    assert df["status"].iloc[4].startswith("diverged: training diverged at epoch 0")
+    assert list(df.columns[:3]) == ["run", "val_mae", "best_epoch"] and "[0,20)" in df and "All" in df
+    for name in ok["run"]:
+        run = load_run(tmp_path / "abl" / name)
+        assert run.metrics["best_val_mae"] == pytest.approx(float(ok.loc[ok["run"] == name, "val_mae"].iloc[0]))
+        assert run.config["ablation"]["name"] == name
+    assert not (tmp_path / "abl" / df["run"].iloc[4]).exists()
+    # the same configuration trained alone by train_head gives the same metrics
+    alone = train_head(data, plan.points[0].config)
+    stacked = load_run(tmp_path / "abl" / plan.points[0].name)
+    assert stacked.metrics["test"]["mae"] == pytest.approx(alone.metrics["test"]["mae"], abs=2e-4)
+    assert stacked.metrics["best_epoch"] == alone.best_epoch
+    csv = (tmp_path / "abl" / "summary.csv").read_text()
+    assert csv.startswith("run,val_mae,best_epoch,") and csv.count("\n") == 6
+    md = format_summary(df, res.notes)
+    assert md.splitlines()[2].startswith("| run | val MAE | best epoch | [0,20)")
+    assert "*n (test images)*" in md
+    # nothing is replaced without overwrite, and that is checked before training
+    with pytest.raises(RunError, match="--overwrite"):
+        run_ablation(data, plan, tmp_path / "abl")

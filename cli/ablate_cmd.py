@@ -1,0 +1,60 @@
+"""`iqa ablate`: a grid of training configurations, trained in stacks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from iqa_cache import cache as cache_mod
+from iqa_cache.errors import TrainingDiverged
+from iqa_cache.grid import GRID_KEYS, PLAN_FILE, SUMMARY_FILE, expand, format_summary, read_grid, run_ablation
+
+from .app import app
+from .common import echo_out, handle_errors, parse_expect
+from .train_cmd import TrainOptions, with_train_options
+
+
+@app.command("ablate")
+@handle_errors
+@with_train_options
+def ablate_command(
+    ctx: typer.Context,
+    cache: Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed`.")],
+    grid: Annotated[str, typer.Option(help="The grid, inline ('lds=on; lds_kernel=gaussian,triang; fds=on,off') "
+                                           "or a TOML file of the same keys.  Keys: " + ", ".join(GRID_KEYS) + ".")],
+    out: Annotated[Path, typer.Option(help=f"Output folder: a run directory per configuration, {SUMMARY_FILE} "
+                                           f"and {PLAN_FILE}.")],
+    opts: TrainOptions,
+    max_stack: Annotated[int, typer.Option(min=1, help="At most this many configurations are trained together "
+                                                       "(lower it if memory runs short).")] = 64,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing run directories and summary.")] = False,
+    expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
+                                                             "VALUE (repeatable), as for train-head.")] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
+) -> None:
+    """Train every configuration of a grid on cached features, those that share shapes at once.
+
+    The training options are the defaults of every configuration; the grid
+    varies any of its keys.  Each configuration gets a run directory
+    OUT/<name> (for `iqa report`); the summary (test MAE per label range,
+    sorted by validation MAE) is printed and written to OUT/summary.csv.  A
+    configuration that diverges gets no run directory and does not stop the
+    others.
+    """
+    expected = parse_expect(expect)
+    base = opts.config(ctx)
+    spec = read_grid(grid)
+    data = cache_mod.load(cache, expect=expected)
+    plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
+    result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
+    echo_out(format_summary(result.summary, result.notes))
+    n = len(plan.points)
+    typer.echo(f"ablate: {n} configuration(s) in {result.n_stacks} stack(s), {result.seconds:.1f} s on "
+               f"{result.device or base.device} ({result.seconds / n:.2f} s each); runs and {SUMMARY_FILE} in {out}/",
+               err=True)
+    if result.n_diverged:
+        typer.echo(f"warning: {result.n_diverged} of {n} configuration(s) diverged and have no run directory "
+                   "(see the summary)", err=True)
+    if result.n_ok == 0:
+        raise typer.Exit(TrainingDiverged.exit_code)

@@ -1,0 +1,501 @@
+"""Ablation grids: many training configurations from one base, trained in
+stacks (:mod:`iqa_cache.stacked`), each written as a normal run directory,
+plus one summary table sorted by validation MAE.
+
+A grid varies any of ``GRID_KEYS``; every other setting comes from the base
+configuration (the ``train-head`` options).  Written inline::
+
+    lds=on; lds_kernel=gaussian,triang,laplace; lds_sigma=1,2,5; fds=on,off
+
+or as a TOML file of the same keys, each a value or a list::
+
+    lds = true
+    lds_kernel = ["gaussian", "triang", "laplace"]
+    lds_sigma = [1, 2, 5]
+    fds = ["on", "off"]
+
+The grid is the product of the keys' values.  Settings that a configuration
+does not use (an LDS kernel with LDS off, an FDS kernel with FDS off, the bin
+size without LDS, reweighting or FDS) are dropped from it, and configurations
+that become equal are trained once.  Combinations that cannot be trained
+(LDS on with ``reweight=none``; an FDS window wider than the bins allow) are
+skipped and listed in the summary.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+
+from .cache import CacheData
+from .errors import ConfigError, RunError, TrainingDiverged
+from .imbalance import KERNELS, REWEIGHTS, LDSConfig
+from .metrics import bin_names, default_edges, per_bin_mae
+from .report import run_warnings
+from .runs import CACHE_KEYS, Run, check_out_dir, write_json, write_run
+from .stacked import check_fds_bins, plan_stacks, train_many
+from .train import TrainConfig, TrainResult
+
+log = logging.getLogger(__name__)
+
+GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
+             "bin_size", "lr", "seed")
+SUMMARY_FILE = "summary.csv"
+PLAN_FILE = "ablation.json"
+_ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
+_LDS_ONLY = ("lds_kernel", "lds_ks", "lds_sigma")
+_FDS_ONLY = ("fds_kernel", "fds_ks", "fds_sigma")
+
+
+# ------------------------------------------------------------------- values
+
+def _bad(key: str, raw: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"grid {key}={raw!r} is not valid: {allowed}")
+
+
+def parse_value(key: str, raw: Any) -> Any:
+    """One grid value (a string from the inline form, or a TOML value),
+    checked; ConfigError naming the key, the value and what is allowed."""
+    if key not in GRID_KEYS:
+        raise ConfigError(f"grid key '{key}' is not one of {', '.join(GRID_KEYS)}")
+    text = str(raw).strip() if not isinstance(raw, bool) else ("on" if raw else "off")
+    if key in ("lds", "fds"):
+        if text.lower() in _ON:
+            return True
+        if text.lower() in _OFF:
+            return False
+        raise _bad(key, raw, "use on or off")
+    if key == "reweight":
+        if text not in REWEIGHTS:
+            raise _bad(key, raw, f"use one of {', '.join(REWEIGHTS)}")
+        return text
+    if key in ("lds_kernel", "fds_kernel"):
+        if text not in KERNELS:
+            raise _bad(key, raw, f"use one of {', '.join(KERNELS)}")
+        return text
+    if key in ("lds_ks", "fds_ks", "seed"):
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if isinstance(raw, float) and not raw.is_integer() or not number.is_integer():
+            raise _bad(key, raw, "use a whole number" + (" (an odd kernel size)" if key != "seed" else ""))
+        value = int(number)
+        if key == "seed":
+            if value < 0:
+                raise _bad(key, raw, "use a seed of 0 or more")
+            return value
+        if value < 1:
+            raise _bad(key, raw, "use a positive odd kernel size")
+        if value % 2 == 0:
+            raise _bad(key, raw, f"{value} is even; use an odd kernel size (the reference code silently uses "
+                                 f"ks-1 = {value - 1} for even sizes, so the paper's N(12, 10) is ks 11)")
+        return value
+    try:  # lds_sigma, fds_sigma, bin_size, lr
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise _bad(key, raw, "use a positive number")
+    return value
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# --------------------------------------------------------------------- spec
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The keys of a grid and their values, in the order given."""
+
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]
+    source: str = "inline"
+
+    def __post_init__(self) -> None:
+        if not self.axes:
+            raise ConfigError("the grid is empty: give at least one key, e.g. 'lds=on,off'")
+
+    @property
+    def size(self) -> int:
+        return math.prod(len(v) for _, v in self.axes)
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        keys = [k for k, _ in self.axes]
+        for combo in itertools.product(*(v for _, v in self.axes)):
+            yield dict(zip(keys, combo))
+
+    def to_dict(self) -> dict[str, list[Any]]:
+        return {k: list(v) for k, v in self.axes}
+
+
+def _norm_key(key: str) -> str:
+    return key.strip().replace("-", "_")
+
+
+def _axes(items: Sequence[tuple[str, Sequence[Any]]]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    seen: dict[str, tuple[Any, ...]] = {}
+    for key, raws in items:
+        key = _norm_key(key)
+        if key not in GRID_KEYS:
+            raise ConfigError(f"grid key '{key}' is not one of {', '.join(GRID_KEYS)}")
+        if key in seen:
+            raise ConfigError(f"grid key '{key}' is given twice; list all its values once, e.g. {key}=a,b")
+        if len(raws) == 0:
+            raise ConfigError(f"grid key '{key}' has no values")
+        values = tuple(parse_value(key, r) for r in raws)
+        dup = [format_value(v) for i, v in enumerate(values) if v in values[:i]]
+        if dup:
+            raise ConfigError(f"grid {key}: value {dup[0]} is given twice")
+        seen[key] = values
+    return tuple(seen.items())
+
+
+def parse_grid(text: str) -> GridSpec:
+    """The inline form: ``key=v1,v2; key=v; ...`` (``;`` or newlines between
+    keys, ``,`` between values)."""
+    items = []
+    for part in text.replace("\n", ";").split(";"):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise ConfigError(f"grid part '{part.strip()}' is not key=value[,value...]; keys: {', '.join(GRID_KEYS)}")
+        key, _, values = part.partition("=")
+        raws = [v.strip() for v in values.split(",")]
+        if any(v == "" for v in raws):
+            raise ConfigError(f"grid key '{key.strip()}' has an empty value in '{part.strip()}'")
+        items.append((key, raws))
+    return GridSpec(_axes(items), source="inline")
+
+
+def load_grid_file(path: str | os.PathLike) -> GridSpec:
+    """A TOML file whose top-level keys are grid keys, each a value or a
+    list of values (an optional ``[grid]`` table holding them also works)."""
+    path = Path(path)
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise ConfigError(f"reading the grid file {path} needs Python 3.11 or the 'tomli' package "
+                              "(pip install tomli); or give the grid inline") from None
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"grid file {path} cannot be read ({e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"grid file {path} is not valid TOML ({e})") from None
+    if set(doc) == {"grid"} and isinstance(doc["grid"], dict):
+        doc = doc["grid"]
+    items = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            raise ConfigError(f"grid file {path}: '{key}' is a table; give grid keys as values or lists")
+        items.append((key, value if isinstance(value, list) else [value]))
+    return GridSpec(_axes(items), source=str(path))
+
+
+def read_grid(arg: str) -> GridSpec:
+    """``--grid``: a TOML file when ``arg`` names an existing file or ends in
+    .toml, else the inline form."""
+    p = Path(arg)
+    if arg.strip().lower().endswith(".toml") or ("=" not in arg and p.is_file()):
+        if not p.is_file():
+            raise ConfigError(f"grid file {p} does not exist")
+        return load_grid_file(p)
+    return parse_grid(arg)
+
+
+# ------------------------------------------------------------------ points
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One configuration of a grid: its run name, the grid values that take
+    effect in it, and the full training configuration."""
+
+    name: str
+    values: dict[str, Any]
+    config: TrainConfig | None = None
+    skipped: str = ""
+
+
+@dataclass
+class GridPlan:
+    spec: GridSpec
+    points: list[GridPoint]
+    skipped: list[GridPoint] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def _effective(values: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """The grid values that change what ``cfg`` trains."""
+    uses_bins = cfg.lds.reweight != "none" or cfg.fds.enabled
+    return {k: v for k, v in values.items()
+            if not (k in _LDS_ONLY and not cfg.lds.enabled) and not (k in _FDS_ONLY and not cfg.fds.enabled)
+            and not (k == "bin_size" and not uses_bins)}
+
+
+def apply_point(base: TrainConfig, values: dict[str, Any], *, auto_reweight: bool) -> TrainConfig:
+    """``base`` with the grid ``values`` set.  ``auto_reweight``: no reweight
+    was chosen, so it follows LDS (``sqrt_inv`` with LDS on, else ``none``),
+    as in train-head."""
+    lds_on = values.get("lds", base.lds.enabled)
+    if "reweight" in values:
+        reweight = values["reweight"]
+    elif auto_reweight:
+        reweight = "sqrt_inv" if lds_on else "none"
+    else:
+        reweight = base.lds.reweight
+    lds = LDSConfig(enabled=lds_on, reweight=reweight, kernel=values.get("lds_kernel", base.lds.kernel),
+                    ks=values.get("lds_ks", base.lds.ks), sigma=values.get("lds_sigma", base.lds.sigma))
+    fds = replace(base.fds, enabled=values.get("fds", base.fds.enabled),
+                  kernel=values.get("fds_kernel", base.fds.kernel), ks=values.get("fds_ks", base.fds.ks),
+                  sigma=values.get("fds_sigma", base.fds.sigma))
+    return replace(base, lds=lds, fds=fds, optim=replace(base.optim, lr=values.get("lr", base.optim.lr)),
+                   bin_size=values.get("bin_size", base.bin_size), seed=values.get("seed", base.seed))
+
+
+@contextlib.contextmanager
+def _quiet_config_warnings() -> Iterator[None]:
+    """TrainConfig warns when FDS would never smooth; say it once for the grid,
+    not once per configuration."""
+    logger = logging.getLogger("iqa_cache.train")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], *,
+           auto_reweight: bool = False) -> GridPlan:
+    """Every configuration of ``spec`` over ``base``: named, deduplicated,
+    and with impossible combinations set aside (``GridPlan.skipped``)."""
+    kept: list[tuple[dict[str, Any], TrainConfig]] = []
+    skipped: list[tuple[dict[str, Any], str]] = []
+    seen: set[tuple] = set()
+    duplicates = 0
+    with _quiet_config_warnings():
+        for values in spec.points():
+            try:
+                cfg = apply_point(base, values, auto_reweight=auto_reweight)
+                check_fds_bins(cfg, cfg.bins(label_range))
+            except ConfigError as e:
+                skipped.append((values, str(e)))
+                continue
+            eff = _effective(values, cfg)
+            key = tuple(sorted((k, format_value(v)) for k, v in eff.items()))
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            kept.append((eff, cfg))
+    if base.fds.start_smooth >= base.epochs and any(c.fds.enabled for _, c in kept):
+        log.warning("FDS starts smoothing at epoch %d but training stops after %d epochs: FDS will have no effect",
+                    base.fds.start_smooth, base.epochs)
+    if not kept:
+        reason = skipped[0][1] if skipped else "no configuration"
+        raise ConfigError(f"the grid leaves no configuration to train ({len(skipped)} skipped; first: {reason})")
+    order = [k for k, _ in spec.axes]
+    varying = {k for k in order if len({format_value(e[k]) if k in e else None for e, _ in kept}) > 1}
+    points = []
+    for eff, cfg in kept:
+        shown = [k for k in order if k in eff and (k in varying or not varying)]
+        name = ",".join(f"{k}={format_value(eff[k])}" for k in shown) or "base"
+        points.append(GridPoint(name=name, values=eff, config=cfg))
+    skipped_points = [GridPoint(name=",".join(f"{k}={format_value(v)}" for k, v in values.items()), values=values,
+                                skipped=reason) for values, reason in skipped]
+    if skipped:
+        log.warning("skipping %d grid configuration(s) that cannot be trained (first: %s: %s)", len(skipped),
+                    skipped_points[0].name, skipped[0][1])
+    if duplicates:
+        log.info("%d grid configuration(s) equal another one once unused settings are dropped: trained once",
+                 duplicates)
+    return GridPlan(spec=spec, points=points, skipped=skipped_points, duplicates=duplicates)
+
+
+# ---------------------------------------------------------------------- run
+
+@dataclass
+class Outcome:
+    """What became of one configuration."""
+
+    point: GridPoint
+    status: str  # ok, diverged, skipped
+    message: str = ""
+    result: TrainResult | None = None
+    run_dir: Path | None = None
+
+
+@dataclass
+class AblationResult:
+    outcomes: list[Outcome]
+    summary: pd.DataFrame
+    notes: list[str]
+    out_dir: Path
+    seconds: float
+    n_stacks: int
+    device: str
+
+    @property
+    def n_diverged(self) -> int:
+        return sum(o.status == "diverged" for o in self.outcomes)
+
+    @property
+    def n_ok(self) -> int:
+        return sum(o.status == "ok" for o in self.outcomes)
+
+
+def check_targets(plan: GridPlan, out_dir: Path, overwrite: bool) -> None:
+    """Refuse (before training) to replace anything without ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir} exists and is not a directory")
+    for p in plan.points:
+        check_out_dir(out_dir / p.name, overwrite)
+    for f in (SUMMARY_FILE, PLAN_FILE):
+        if (out_dir / f).exists() and not overwrite:
+            raise RunError(f"{out_dir / f} already exists; pass --overwrite to replace it, or another --out")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *, overwrite: bool = False,
+                 max_stack: int = 64, progress: bool = False) -> AblationResult:
+    """Train every configuration of ``plan`` on ``data`` (stacked where shapes
+    allow), write each as a run directory ``out_dir/<name>`` and the summary
+    as ``out_dir/summary.csv``.  A configuration that diverges gets no run
+    directory and does not stop the others."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_targets(plan, out_dir, overwrite)
+    cfgs = [p.config for p in plan.points]
+    n_stacks = len(plan_stacks(cfgs, max_stack))
+    outcomes: dict[int, Outcome] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(cfgs), desc="ablation", unit="config", dynamic_ncols=True)
+    try:
+        for i, res in train_many(data, cfgs, max_stack=max_stack, progress=progress):
+            point = plan.points[i]
+            target = out_dir / point.name
+            if isinstance(res, TrainingDiverged):
+                outcomes[i] = Outcome(point, "diverged", str(res))
+                if target.exists():  # only with --overwrite (checked above): not an old result of this name
+                    shutil.rmtree(target)
+                    log.warning("removed the old run directory %s: this configuration diverged", target)
+            else:
+                write_run(target, res, data.attrs, data.path, overwrite=overwrite,
+                          extra={"ablation": {"name": point.name, "grid": point.values,
+                                              "grid_source": plan.spec.source}})
+                outcomes[i] = Outcome(point, "ok", result=res, run_dir=target)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    ordered = [outcomes[i] for i in range(len(cfgs))] + [Outcome(p, "skipped", p.skipped) for p in plan.skipped]
+    summary = summary_frame(ordered, data.label_range, plan.spec)
+    notes = _notes(data, ordered)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_text = summary.to_csv(index=False, float_format="%.6f") + "".join(f"# {n}\n" for n in notes)
+    _write_text_atomic(out_dir / SUMMARY_FILE, csv_text)
+    tmp_plan = out_dir / f".{PLAN_FILE}.partial-{os.getpid()}"
+    write_json(tmp_plan, {"grid": plan.spec.to_dict(), "grid_source": plan.spec.source,
+                          "base": cfgs[0].to_dict() if cfgs else None,
+                          "configurations": [{"name": p.name, "grid": p.values} for p in plan.points],
+                          "skipped": [{"name": p.name, "reason": p.skipped} for p in plan.skipped],
+                          "duplicates": plan.duplicates, "cache": str(Path(data.path).resolve())})
+    os.replace(tmp_plan, out_dir / PLAN_FILE)
+    device = next((o.result.device for o in ordered if o.result is not None), "")
+    return AblationResult(outcomes=ordered, summary=summary, notes=notes, out_dir=out_dir,
+                          seconds=time.perf_counter() - t0, n_stacks=n_stacks, device=device)
+
+
+# ------------------------------------------------------------------ summary
+
+def summary_frame(outcomes: Sequence[Outcome], label_range: tuple[float, float], spec: GridSpec) -> pd.DataFrame:
+    """One row per configuration: validation MAE, best epoch, test MAE per
+    label range and overall, status, and its grid values; trained
+    configurations by validation MAE, then diverged, then skipped ones.
+    ``attrs['bins']`` names the per-range columns, ``attrs['n_test']`` gives
+    the test images per range."""
+    edges = default_edges(label_range)
+    names = bin_names(edges) + ["All"]
+    rows, counts = [], []
+    for o in outcomes:
+        row: dict[str, Any] = {"run": o.point.name, "val_mae": math.nan, "best_epoch": pd.NA}
+        row.update({n: math.nan for n in names})
+        if o.result is not None:
+            p = o.result.predictions
+            test = p[p["split"] == "test"]
+            per_bin = per_bin_mae(test["label"].to_numpy(), test["pred"].to_numpy(), edges)
+            row.update({n: per_bin[n][0] for n in names})
+            row["val_mae"], row["best_epoch"] = o.result.best_val_mae, o.result.best_epoch
+            counts = counts or [per_bin[n][1] for n in names]
+        row["status"] = o.status if o.status == "ok" else f"{o.status}: {o.message}"
+        for k, _ in spec.axes:
+            row[k] = format_value(o.point.values[k]) if k in o.point.values else ""
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    rank = [0 if o.status == "ok" else 1 if o.status == "diverged" else 2 for o in outcomes]
+    df = df.assign(_rank=rank).sort_values(["_rank", "val_mae"], kind="stable", na_position="last")
+    df = df.drop(columns="_rank").reset_index(drop=True)
+    df["best_epoch"] = df["best_epoch"].astype("Int64")
+    df.attrs["bins"], df.attrs["n_test"] = names, counts
+    return df
+
+
+def _notes(data: CacheData, outcomes: Sequence[Outcome]) -> list[str]:
+    runs = [Run(path=o.run_dir or Path(o.point.name), name=o.point.name,
+                config={"cache": {k: data.attrs.get(k) for k in CACHE_KEYS}},
+                predictions=o.result.predictions, metrics=o.result.metrics)
+            for o in outcomes if o.result is not None]
+    notes = run_warnings(runs[:1]) if runs else []  # one cache for all: the first run says it
+    return [n.replace(f"run '{runs[0].name}' was", "these runs were") for n in notes] if runs else notes
+
+
+def format_summary(df: pd.DataFrame, notes: Sequence[str] = (), digits: int = 4) -> str:
+    """The summary as markdown: a caption line, then the table (test MAE per
+    label range), then any notes."""
+    bins = df.attrs.get("bins", [])
+
+    def num(x: Any) -> str:
+        return "–" if pd.isna(x) else f"{x:.{digits}f}"
+
+    head = ["run", "val MAE", "best epoch"] + list(bins) + ["status"]
+    lines = [f"Test MAE per label range, {len(df)} configuration(s) sorted by validation MAE", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|"]
+    for _, r in df.iterrows():
+        epoch = "–" if pd.isna(r["best_epoch"]) else str(int(r["best_epoch"]))
+        lines.append("| " + " | ".join([r["run"], num(r["val_mae"]), epoch] + [num(r[b]) for b in bins]
+                                       + [r["status"]]) + " |")
+    counts = df.attrs.get("n_test") or []
+    if counts:
+        lines.append("| " + " | ".join(["*n (test images)*", "", ""] + [str(c) for c in counts] + [""]) + " |")
+    out = "\n".join(lines) + "\n"
+    if notes:
+        out += "\n" + "\n".join(f"> **{n.split(':', 1)[0]}**:{n.split(':', 1)[1]}" if ":" in n else f"> {n}"
+                                for n in notes) + "\n"
+    return out
