@@ -114,7 +114,8 @@ def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
-        return f"{value:g}"
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
     return str(value)
 
 
@@ -301,7 +302,7 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
                 skipped.append((values, str(e)))
                 continue
             eff = _effective(values, cfg)
-            key = tuple(sorted((k, format_value(v)) for k, v in eff.items()))
+            key = tuple(sorted(eff.items()))
             if key in seen:
                 duplicates += 1
                 continue

@@ -46,7 +46,7 @@ from .cache import CacheData
 from .encoder import resolve_device
 from .errors import ConfigError, TrainingDiverged
 from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
-from .imbalance import Bins, fds_window
+from .imbalance import Bins, LDSConfig, fds_window
 
 if TYPE_CHECKING:  # train.py imports this module inside train_head
     from .train import TrainConfig, TrainResult
@@ -111,8 +111,6 @@ def check_fds_bins(cfg: "TrainConfig", bins: Bins) -> None:
 def stack_key(cfg: "TrainConfig") -> "TrainConfig":
     """Configurations with equal keys can share a stack: they may differ only
     in LDS settings, seed, learning rate and FDS window (kernel, size, sigma)."""
-    from .imbalance import LDSConfig
-
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
     return replace(cfg, lds=LDSConfig(), seed=0, optim=replace(cfg.optim, lr=1.0), fds=fds)
 
