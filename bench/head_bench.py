@@ -47,13 +47,15 @@ GRID = ("lds=on; fds=on; lds_kernel=gaussian,triang,laplace; fds_kernel=gaussian
 
 
 def koniq_like_features(seed: int, dim: int = 768) -> CacheData:
-    """KonIQ-shaped features whose label is learnable from them."""
+    """KonIQ-shaped features: a smooth function of a noisy copy of the label
+    (noise 7 on the 0-100 scale, like rater noise), so the best reachable MAE
+    is about KonIQ's (~5), plus feature noise."""
     rng = np.random.default_rng(seed)
     n = sum(SPLITS.values())
     y = sample_koniq_like_labels(n, rng).astype(np.float32)
-    t = (y - 58.0) / 15.0
+    t = (y + 7.0 * rng.normal(size=n) - 58.0) / 15.0
     basis = rng.normal(size=(4, dim)) / np.sqrt(dim)
-    x = np.stack([t, np.sin(2 * t), t ** 2 - 1, np.cos(t)], 1) @ basis + 0.05 * rng.normal(size=(n, dim))
+    x = np.stack([t, np.sin(2 * t), t ** 2 - 1, np.cos(t)], 1) @ basis + 0.5 * rng.normal(size=(n, dim)) / np.sqrt(dim)
     split = np.array([s for s, k in SPLITS.items() for _ in range(k)], dtype=object)[rng.permutation(n)]
     return CacheData(path=Path("koniq-like-in-memory"), attrs={"label_range": [0.0, 100.0]},
                      features=np.ascontiguousarray(x, dtype=np.float32), label=y, split=split,
@@ -149,21 +151,25 @@ def main(argv: list[str] | None = None) -> dict:
     for name, n, s in rows:
         print(f"| {name} | {n} | {s:.3f} | {s / epochs:.4f} | {sec_a / s:.1f}x |")
     print(f"\n(c) in all: {total_c:.2f} s for {k} configurations; (c) vs (b) per configuration: {sec_b / sec_c:.2f}x")
-    same = []
+    diffs, agree = [], []
     for i in range(r):
         c = res_c[i]
-        ok = not isinstance(c, Exception) and abs(c.best_val_mae - res_b[i].best_val_mae) < 1e-3
-        same.append(bool(ok))
-        print(f"config {i}: best val MAE (a) {res_a[i]['best_val_mae']:.4f} (own batch order), "
-              f"(b) {res_b[i].best_val_mae:.4f}, (c) {getattr(c, 'best_val_mae', float('nan')):.4f}: "
-              f"(b) == (c) {'yes' if ok else 'NO'}")
+        vb = np.array([h["val_mae"] for h in res_b[i].history])
+        vc = np.array([h["val_mae"] for h in c.history]) if not isinstance(c, Exception) else np.full_like(vb, np.nan)
+        d = np.abs(vb - vc)
+        diffs.append(float(np.nanmax(d)) if np.isfinite(d).any() else float("nan"))
+        agree.append(int(np.argmax(~(d < 1e-3))) if not (d < 1e-3).all() else len(d))
+        print(f"config {i}: best val MAE (a) {res_a[i]['best_val_mae']:.4f} (its own batch order), "
+              f"(b) {res_b[i].best_val_mae:.4f}, (c) {getattr(c, 'best_val_mae', float('nan')):.4f}; "
+              f"(b) vs (c): val MAE within 1e-3 for {agree[-1]} of {len(d)} epochs, max difference {diffs[-1]:.2e}")
     print(f"load average after {load1[0]:.2f} (other processes share this machine's cores)")
     result = {
         "device": device, "machine": machine(device), "epochs": epochs, "k": k, "ref_configs": r,
         "n_train": SPLITS["train"], "dim": 768, "a_s_per_config": round(sec_a, 4), "b_s_per_config": round(sec_b, 4),
         "c_s_per_config": round(sec_c, 4), "c_total_s": round(total_c, 3), "speedup_b_vs_a": round(sec_a / sec_b, 2),
         "speedup_c_vs_a": round(sec_a / sec_c, 2), "speedup_c_vs_b": round(sec_b / sec_c, 2),
-        "b_equals_c": all(same), "load_before": round(load0[0], 2), "load_after": round(load1[0], 2),
+        "b_c_max_val_mae_diff": max(diffs), "b_c_epochs_within_1e-3": min(agree),
+        "load_before": round(load0[0], 2), "load_after": round(load1[0], 2),
         "quick": bool(args.quick),
     }
     print(json.dumps(result))
