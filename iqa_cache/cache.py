@@ -337,6 +337,14 @@ class CacheWriter:
             self.f.close()
             self.f = None
 
+    def file_descriptors(self) -> tuple[int, ...]:
+        """The OS file descriptor(s) of the open HDF5 file (for forked
+        children to close)."""
+        try:
+            return (int(self.f.id.get_vfd_handle()),)
+        except (TypeError, ValueError, AttributeError):  # a driver without a plain descriptor
+            return ()
+
     def __enter__(self) -> "CacheWriter":
         return self
 

@@ -18,6 +18,7 @@ produced lazily and streamed to disk.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -155,8 +156,18 @@ class _BatchList:
             yield rows.tolist()
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, inherited_fds: tuple[int, ...] = ()) -> None:
+    """In a forked decoding process: one thread, and close the copies of the
+    writer's lock and HDF5 file descriptors, so that a worker outliving a
+    killed writer (DataLoader workers notice within seconds) does not keep
+    the cache locked against the rerun.  Workers leave through ``os._exit``:
+    HDF5 never flushes or closes the file from here."""
     torch.set_num_threads(1)
+    for fd in inherited_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _check_files(manifest: Manifest) -> None:
@@ -180,7 +191,7 @@ def expected_attrs(manifest: Manifest, prov: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committer, device: str,
-             workers: int, draft: bool) -> int:
+             workers: int, draft: bool, inherited_fds: tuple[int, ...] = ()) -> int:
     """The reference pipeline: Pillow + OpenCLIP's transform in worker processes
     (``draft``: Pillow's reduced-scale JPEG decoding, not the reference)."""
     draft_size = (pre.image_size, pre.image_size) if draft else None
@@ -188,7 +199,8 @@ def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committ
                           draft_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_BatchList(writer), num_workers=workers, collate_fn=collate,
-        pin_memory=device.startswith("cuda"), worker_init_fn=_worker_init if workers else None,
+        pin_memory=device.startswith("cuda"),
+        worker_init_fn=functools.partial(_worker_init, inherited_fds=inherited_fds) if workers else None,
         prefetch_factor=max(1, cfg.prefetch) if workers else None, persistent_workers=False)
     n = 0
     with torch.inference_mode():
@@ -223,7 +235,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
     _check_files(manifest)
 
     t0 = time.perf_counter()
-    with cache_mod.WriterLock(out):
+    with cache_mod.WriterLock(out) as lock:
         cache_mod.remove_stale_temporaries(out)
         if out.exists() and not cfg.overwrite:
             attrs = cache_mod.read_attrs(out)
@@ -283,7 +295,8 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
                             routes = dict(loader.routes)
                     else:
                         n_done = _run_pil(manifest, cfg, pre, encoder, writer, committer, device, workers,
-                                          draft=pipeline == "pil-draft")
+                                          draft=pipeline == "pil-draft",
+                                          inherited_fds=(lock.fd, *writer.file_descriptors()))
                 finally:
                     committer.close()
             except KeyboardInterrupt:
