@@ -132,8 +132,8 @@ def embed_command(
         echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")
     else:
         echo_out(f"{s.path}: {s.n_embedded} of {s.n_images} images embedded, {s.n_failed} failed "
-                 f"({s.n_processed_now} processed in {s.seconds:.1f} s, {s.images_per_s:.1f} images/s on {s.device}, "
-                 f"{s.pipeline} pipeline)")
+                 f"({s.n_processed_now} processed in {s.embed_seconds:.1f} s, {s.images_per_s:.1f} images/s on "
+                 f"{s.device}, {s.pipeline} pipeline; {s.seconds:.1f} s with model loading)")
     if s.attrs.get("pretrained_kind") == "none":
         echo_out("note: --pretrained none: random encoder weights; features are for testing only")
     if s.n_failed:

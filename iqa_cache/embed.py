@@ -101,7 +101,8 @@ class EmbedSummary:
     n_failed: int
     n_processed_now: int = 0
     already_complete: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole call (model loading included)
+    embed_seconds: float = 0.0  # reading, decoding, encoding and writing the images of this run
     device: str = "cpu"
     pipeline: str = "pil"
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -110,7 +111,9 @@ class EmbedSummary:
 
     @property
     def images_per_s(self) -> float:
-        return self.n_processed_now / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of the embedding loop (model loading excluded)."""
+        t = self.embed_seconds or self.seconds
+        return self.n_processed_now / t if t > 0 else 0.0
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -170,6 +173,29 @@ def _worker_init(_: int, inherited_fds: tuple[int, ...] = ()) -> None:
             pass
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_heap() -> None:
+    """Hand freed heap memory back to the OS.  Called after each batch: with
+    several threads or processes producing the batches, glibc's per-thread
+    arenas otherwise keep fragments of the per-batch buffers and the peak
+    resident memory drifts up with the number of batches (by up to ~150 MB
+    over 20,000 images, measured with bench/rss_bench.py), although nothing
+    leaks."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _check_files(manifest: Manifest) -> None:
     missing = [p for p in manifest.path if not (manifest.root / p).exists()]
     if not missing:
@@ -211,6 +237,8 @@ def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committ
             status = np.where(ok, cache_mod.OK, cache_mod.FAILED).astype(np.int8)
             committer.put(int(rows[0]), emb, status, reasons)
             n += len(rows)
+            del x
+            release_free_heap()
     return n
 
 
@@ -283,6 +311,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
             log.info("embedding %d images on %s: %s pipeline, %d %s, batches of %d, %s", todo, device, pipeline,
                      workers, "threads" if pipeline == "tensor" else "processes", writer.batch_size,
                      enc_cfg.precision)
+            t_run = time.perf_counter()
             bar = _progress(todo, "embedding", progress)
             committer = AsyncCommitter(writer, depth=2, on_commit=bar.update)
             try:
@@ -306,12 +335,14 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
                 raise
             bar.close()
             counts = writer.finalize({"device": device})
+            embed_seconds = time.perf_counter() - t_run
     seconds = time.perf_counter() - t0
     if routes:
         log.info("decoded: %s", ", ".join(f"{v} {k}" for k, v in sorted(routes.items())))
     attrs = cache_mod.read_attrs(out)
     return EmbedSummary(path=out, n_images=len(manifest), n_embedded=counts["n_embedded"],
-                        n_failed=counts["n_failed"], n_processed_now=n_done, seconds=seconds, device=device,
+                        n_failed=counts["n_failed"], n_processed_now=n_done, seconds=seconds,
+                        embed_seconds=embed_seconds, device=device,
                         pipeline=pipeline, failures=cache_mod.failures(out, limit=20), attrs=attrs, routes=routes)
 
 

@@ -249,6 +249,7 @@ def run_tensor_pipeline(loader: TensorLoader, encoder: Encoder, batches: Iterabl
     number of rows processed.  Reading runs ``prefetch`` batches ahead; the
     features of batch k are copied back while batch k+1 is decoded."""
     from . import cache as cache_mod
+    from .embed import release_free_heap
 
     it: Iterator[np.ndarray] = iter(batches)
     inflight: deque[tuple[np.ndarray, list[Future]]] = deque()
@@ -284,6 +285,7 @@ def run_tensor_pipeline(loader: TensorLoader, encoder: Encoder, batches: Iterabl
                 host, ev = _features_to_host(encoder(x))
             if pending is not None:
                 finish(pending)
+                release_free_heap()
             pending = (rows, ok, reasons, host, ev)
             n += len(rows)
         if pending is not None:
