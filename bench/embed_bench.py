@@ -6,6 +6,9 @@ kept in --data for reuse) and runs, in this one process, on the same images:
 
   a  one image at a time, fp32: PIL open + OpenCLIP transform + a batch-1
      forward (a typical research script); on a subset (--a-images)
+  a-1thread  the same with one intra-op thread (CPU only, informational: batch-1
+     forwards with several OpenMP threads slow down several-fold when another
+     process takes a core; this one does not)
   b  a DataLoader with one PIL worker process per core and fp32 batches of 64
   c  ours on the CPU: `embed(device=cpu)`, the pil pipeline (the default there)
   c-tensor   ours on the CPU with the tensor pipeline (informational)
@@ -216,7 +219,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "iqa-embed-bench",
                     help="where the generated JPEGs are kept (reused by later runs)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", default="a,b,c,c-tensor,c-draft,d-fp32,d-bf16,d-fp16")
+    ap.add_argument("--variants", default="a,a-1thread,b,c,c-tensor,c-draft,d-fp32,d-bf16,d-fp16")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. 'machine shared')")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
@@ -230,6 +233,8 @@ def main(argv=None) -> dict:
     want = set(args.variants.split(","))
     if not cuda:
         want = {v for v in want if not v.startswith("d")}
+    else:
+        want.discard("a-1thread")
     dev_ab = "cuda" if cuda else "cpu"
     info = machine()
     log(f"machine: {info}")
@@ -250,6 +255,15 @@ def main(argv=None) -> dict:
         log(f"(a) one image at a time, fp32, {dev_ab}: {n_a} images")
         t, f = one_at_a_time(m, n_a, args.model, dev_ab)
         record("a_one_at_a_time", n_a, t, f, device=dev_ab)
+    if "a-1thread" in want:
+        log(f"(a-1thread) one image at a time, fp32, one thread, cpu: {n_a} images")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t, f = one_at_a_time(m, n_a, args.model, "cpu")
+        finally:
+            torch.set_num_threads(threads)
+        record("a_one_at_a_time_1thread", n_a, t, f, device="cpu")
     n_b = n if cuda else n_cpu
     if "b" in want:
         log(f"(b) DataLoader, {cores} PIL worker processes, fp32 batches of 64, {dev_ab}: {n_b} images")
@@ -283,15 +297,18 @@ def main(argv=None) -> dict:
     print(f"\nstage one on {n} KonIQ-sized JPEGs ({KONIQ_SIZE[0]}x{KONIQ_SIZE[1]}), {args.model} (random weights)")
     print(f"machine: {info['cpu']}, {info['cores']} cores" + (f", {info['gpu']}" if "gpu" in info else ", no GPU")
           + (f"; {args.note}" if args.note else ""))
-    print(f"{'variant':<22}{'images':>8}{'s':>9}{'images/s':>11}{'x (a)':>8}{'x (b)':>8}{'min cos':>11}")
+    print(f"{'variant':<24}{'images':>8}{'s':>9}{'images/s':>11}{'x (a)':>8}{'x (b)':>8}{'min cos':>11}")
     for name, r in results.items():
         xa = f"{r['x_a']:.2f}" if r["x_a"] else "-"
         xb = f"{r['x_b']:.2f}" if r["x_b"] else "-"
-        print(f"{name:<22}{r['images']:>8}{r['seconds']:>9.2f}{r['images_per_s']:>11.1f}{xa:>8}{xb:>8}"
+        print(f"{name:<24}{r['images']:>8}{r['seconds']:>9.2f}{r['images_per_s']:>11.1f}{xa:>8}{xb:>8}"
               f"{r['min_cos_vs_reference']:>11.6f}")
     targets = {}
     if "c_ours_cpu" in results and a:
         targets["cpu_path_x_a>=1.5"] = results["c_ours_cpu"]["x_a"] >= 1.5
+        a1 = results.get("a_one_at_a_time_1thread", {}).get("images_per_s")
+        if a1:
+            targets["cpu_path_x_a_1thread>=1.5"] = results["c_ours_cpu"]["images_per_s"] / a1 >= 1.5
     gpu = [r for k, r in results.items() if k.startswith("d_")]
     if gpu:
         best = max(gpu, key=lambda r: r["images_per_s"])
@@ -302,6 +319,7 @@ def main(argv=None) -> dict:
             if k.startswith("d_"):
                 targets[f"{k}_min_cos>=0.999"] = r["min_cos_vs_reference"] >= 0.999
     print("targets: " + (", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items()) or "none"))
+    info["load_avg_at_end"] = os.getloadavg()[0]
     report = {"bench": "embed", "n_images": n, "image_size": list(KONIQ_SIZE), "model": args.model,
               "weights": "random (--pretrained none)", "fidelity_images": n_fid, "machine": info, "note": args.note,
               "variants": results, "targets": targets}

@@ -13,8 +13,12 @@ Layout (schema 1)::
                   counts, complete — everything needed to refuse a mismatch
 
 Crash safety: the file is created complete-but-empty under a temporary name
-and renamed into place; every dataset is fully allocated at creation, so
-embedding a batch only overwrites raw data at fixed offsets.  A batch's rows
+and renamed into place; every dataset is fully allocated at creation (its
+NaN / 0 / empty contents are HDF5 fill values written chunk by chunk, so
+creating a cache holds no N x D array in memory), so embedding a batch only
+overwrites raw data at fixed offsets: no chunk index or other metadata
+changes, and chunks are uncompressed, so rewriting a chunk that also holds
+committed rows rewrites those rows' bytes unchanged.  A batch's rows
 are written and synced *before* its ``status`` entries; ``status`` is the
 commit point.  A process killed at any moment leaves rows either committed or
 pending, and a rerun embeds the pending ones.  The final counts are written

@@ -124,7 +124,7 @@ class TensorPreprocess:
     def _group(self, images: list[torch.Tensor]) -> torch.Tensor:
         h, w = images[0].shape[-2:]
         th, tw = resized_size(h, w, self.pre)
-        x = torch.stack(images).to(self.device, non_blocking=True).float()
+        x = torch.stack(images).float()
         x = self._resample(x, (th, tw))
         s = self.pre.image_size
         if (th, tw) != (s, s):
@@ -142,6 +142,8 @@ class TensorPreprocess:
             if im.dim() != 3 or im.shape[0] != 3 or im.dtype != torch.uint8:
                 raise ValueError(f"image {i}: expected a uint8 (3, H, W) tensor, got {im.dtype} {tuple(im.shape)}")
             groups[tuple(im.shape[-2:])].append(i)
+        # images decoded on the CPU (progressive/grayscale JPEGs) join those nvJPEG decoded on the GPU
+        images = [im if im.device == self.device else im.to(self.device, non_blocking=True) for im in images]
         for (h, w), idx in groups.items():
             per = max(1, MAX_GROUP_ELEMENTS // (3 * h * w))
             for k in range(0, len(idx), per):
