@@ -278,10 +278,11 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
             if attrs.get("complete"):
                 diff = [d for d in diff if not d.startswith("pipeline")]  # nothing left to compute
             if diff:
-                hint = ("; resume with the cache's --pipeline (both run on a CPU)"
-                        if any(d.startswith("pipeline") for d in diff) else "")
+                cached = str(attrs["pipeline"])
+                resume = (f"resume it with --pipeline {cached.replace('pil-draft', 'pil --draft')} (every pipeline "
+                          "runs on a CPU too), " if any(d.startswith("pipeline") for d in diff) else "")
                 raise cache_mod.CacheError(
-                    f"cache {out} was made differently: {'; '.join(diff)}{hint}; or pass another --out, or "
+                    f"cache {out} was made differently: {'; '.join(diff)}; {resume}pass another --out, or "
                     "--overwrite to replace it")
             if attrs.get("complete"):
                 log.info("cache %s is already complete (%s embedded, %s failed): nothing to do",

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from iqa_cache import cache
 from iqa_cache.datasets import load_koniq
@@ -226,7 +226,8 @@ def test_auto_pipeline_follows_the_cache_and_explicit_mismatch_is_refused(koniq_
     with h5py.File(out, "r+") as f:  # an interrupted run: the second batch never committed
         f["status"][8:16] = cache.PENDING
         f.attrs["complete"] = False
-    with pytest.raises(CacheError, match=r"pipeline: cache has 'tensor', asked for 'pil'.*cache's --pipeline"):
+    with pytest.raises(CacheError, match=r"pipeline: cache has 'tensor', asked for 'pil'; resume it with "
+                                         r"--pipeline tensor \(every pipeline runs on a CPU too\), pass another"):
         embed(m, _cfg(tiny_model, pipeline="pil"), out, progress=False)
     s = embed(m, _cfg(tiny_model, pipeline="auto"), out, progress=False)  # auto on a CPU would pick pil
     assert s.pipeline == "tensor" and s.n_processed_now == 8 and s.n_embedded == 16
