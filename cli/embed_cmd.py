@@ -91,7 +91,7 @@ def embed_command(
                         ] = Pipeline.auto,
     draft: Annotated[bool, typer.Option(help="pil pipeline: let Pillow decode JPEGs at reduced scale (faster "
                                              "on a CPU; not the reference, see the README).")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch (default 64 on "
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch (default 32 on "
                                                                   "CPU, 256 on GPU; a resumed cache keeps "
                                                                   "its own).")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding workers: processes for the pil "

@@ -76,6 +76,8 @@ def test_header_orientation_and_orient_match_pillow(orientation, tmp_path):
 def test_xmp_orientation_goes_to_pillow():
     buf = io.BytesIO()
     photo(20, 10).save(buf, format="JPEG", xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    if b"http://ns.adobe.com/xap/1.0/" not in buf.getvalue():
+        pytest.skip(f"Pillow {Image.__version__} does not write XMP into JPEGs")
     h = parse_header(buf.getvalue())
     assert not h.tensor_ok and "XMP" in h.why_not
 
