@@ -1,6 +1,10 @@
 """`iqa embed`: stage one."""
 from __future__ import annotations
 
+import contextlib
+import signal
+import warnings
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,6 +16,42 @@ from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig
 
 from .app import app
+
+
+class Pipeline(str, Enum):
+    auto = "auto"
+    pil = "pil"
+    tensor = "tensor"
+
+
+def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by the subprocess tests
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM ends a run like Ctrl-C: committed batches stay, exit code 130."""
+    try:
+        old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _allow_pixels(max_pixels: Optional[int]) -> None:
+    """Pillow refuses images over twice its own limit whatever we check;
+    --max-pixels above it raises Pillow's limit for this process.  Pillow's
+    warning for images over the limit is silenced: they are refused and
+    recorded anyway."""
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 from .common import (EXIT_WITH_FAILURES, DatasetName, Device, OutOfRange, Precision, ResizeMode, echo_out,
                      handle_errors, parse_range)
 
@@ -40,12 +80,23 @@ def embed_command(
     resize_mode: Annotated[ResizeMode, typer.Option(help="squash: whole image to 224x224 (the paper); "
                                                          "shortest: OpenCLIP's resize + center crop.")
                            ] = ResizeMode.squash,
-    precision: Annotated[Precision, typer.Option(help="Encoder precision (bf16/fp16 autocast on GPU).")
-                         ] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32 (the reference), or bf16/fp16 "
+                                                     "autocast (faster on a GPU; see the README for their "
+                                                     "measured fidelity).")] = Precision.fp32,
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 64,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes (default: from the "
-                                                               "core count).")] = None,
+    pipeline: Annotated[Pipeline, typer.Option(help="pil: Pillow + OpenCLIP's transform in worker processes "
+                                                    "(the reference); tensor: threads read, JPEGs decoded and "
+                                                    "resized on the device (nvJPEG on a GPU), other images via "
+                                                    "Pillow; auto: tensor on a GPU, pil on a CPU.")
+                        ] = Pipeline.auto,
+    draft: Annotated[bool, typer.Option(help="pil pipeline: let Pillow decode JPEGs at reduced scale (faster "
+                                             "on a CPU; not the reference, see the README).")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch (default 32 on "
+                                                                  "CPU, 256 on GPU; a resumed cache keeps "
+                                                                  "its own).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding workers: processes for the pil "
+                                                               "pipeline, reading threads for tensor "
+                                                               "(default: from the core count).")] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Embed only the first N images.")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels "
                                                                   "(default: Pillow's bomb limit).")] = None,
@@ -59,30 +110,35 @@ def embed_command(
 
     Rerunning the same command completes an interrupted cache and does
     nothing on a complete one.  Exit codes: 0 all images embedded; 3 finished
-    but some images failed (listed in the cache); 2 bad input; 130
-    interrupted (rerun to complete).
+    but some images failed (listed in the cache); 2 bad input, or the cache
+    is being written by another process; 130 interrupted (Ctrl-C or SIGTERM;
+    rerun to complete).
     """
+    _allow_pixels(max_pixels)
     manifest = load_dataset(dataset.value, root, csv=csv, resolution=resolution, image_col=image_col,
                             label_col=label_col, split_col=split_col, label_range=parse_range(label_range),
                             split_seed=split_seed, out_of_range=out_of_range.value).head(limit)
     cfg = EmbedConfig(
         encoder=EncoderConfig(model=model, pretrained=pretrained, precision=precision.value,
                               preprocess=PreprocessConfig(resize_mode=resize_mode.value)),
-        device=device.value, batch_size=batch_size, workers=workers, max_pixels=max_pixels, overwrite=overwrite)
+        device=device.value, batch_size=batch_size, workers=workers, max_pixels=max_pixels, overwrite=overwrite,
+        pipeline=pipeline.value, draft=draft)
     if out is None:
         out = default_cache_path(cache_dir, manifest.name, model, pretrained, resize_mode.value, limit=limit,
                                  precision=precision.value)
-    s = embed(manifest, cfg, out, progress=progress)
+    with _sigterm_interrupts():
+        s = embed(manifest, cfg, out, progress=progress)
     if s.already_complete:
         echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")
     else:
         echo_out(f"{s.path}: {s.n_embedded} of {s.n_images} images embedded, {s.n_failed} failed "
-                 f"({s.n_processed_now} processed in {s.seconds:.1f} s, {s.images_per_s:.1f} images/s on {s.device})")
+                 f"({s.n_processed_now} processed in {s.embed_seconds:.1f} s, {s.images_per_s:.1f} images/s on "
+                 f"{s.device}, {s.pipeline} pipeline; {s.seconds:.1f} s with model loading)")
     if s.attrs.get("pretrained_kind") == "none":
         echo_out("note: --pretrained none: random encoder weights; features are for testing only")
     if s.n_failed:
         for image_id, reason in s.failures[:5]:
             echo_out(f"  failed: {image_id}: {reason}")
-        if len(s.failures) > 5:
-            echo_out(f"  ... and {len(s.failures) - 5} more (see the cache's /error dataset)")
+        if s.n_failed > 5:
+            echo_out(f"  ... and {s.n_failed - 5} more (see the cache's /error dataset)")
         raise typer.Exit(EXIT_WITH_FAILURES)

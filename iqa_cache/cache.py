@@ -13,8 +13,12 @@ Layout (schema 1)::
                   counts, complete — everything needed to refuse a mismatch
 
 Crash safety: the file is created complete-but-empty under a temporary name
-and renamed into place; every dataset is fully allocated at creation, so
-embedding a batch only overwrites raw data at fixed offsets.  A batch's rows
+and renamed into place; every dataset is fully allocated at creation (its
+NaN / 0 / empty contents are HDF5 fill values written chunk by chunk, so
+creating a cache holds no N x D array in memory), so embedding a batch only
+overwrites raw data at fixed offsets: no chunk index or other metadata
+changes, and chunks are uncompressed, so rewriting a chunk that also holds
+committed rows rewrites those rows' bytes unchanged.  A batch's rows
 are written and synced *before* its ``status`` entries; ``status`` is the
 commit point.  A process killed at any moment leaves rows either committed or
 pending, and a rerun embeds the pending ones.  The final counts are written
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import glob
 import logging
 import math
 import os
@@ -168,9 +173,25 @@ def _check_schema(path: Path, attrs: dict[str, Any]) -> None:
                          "run `iqa embed` again to rebuild it")
 
 
+def _early_dcpl() -> h5py.h5p.PropDCID:
+    """A dataset-creation property list that allocates all of a dataset's
+    storage (and writes its fill value) when the dataset is created, so that
+    later writes only overwrite raw data at fixed offsets: no chunk index or
+    other metadata changes while a cache is being filled."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    return dcpl
+
+
 def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, batch_size: int,
            extra_attrs: dict[str, Any] | None = None) -> Path:
-    """Write an empty cache for ``manifest`` (all rows pending) atomically."""
+    """Write an empty cache for ``manifest`` (all rows pending) atomically.
+
+    Memory does not depend on the number of images beyond the manifest
+    itself: the NaN embeddings, zero status and empty reasons are HDF5 fill
+    values, written chunk by chunk when the storage is allocated (at
+    creation, see :func:`_early_dcpl`)."""
     from . import __version__
 
     path = Path(path)
@@ -180,16 +201,17 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
     str_dt = h5py.string_dtype("utf-8")
     try:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("embeddings", data=np.full((n, d), np.nan, dtype=np.float32),
-                             chunks=(min(CHUNK_ROWS, n), d), maxshape=(None, d))
+            f.create_dataset("embeddings", shape=(n, d), dtype=np.float32, chunks=(max(1, min(CHUNK_ROWS, n)), d),
+                             maxshape=(None, d), fillvalue=np.float32(np.nan), dcpl=_early_dcpl())
             f["embeddings"].attrs["feature"] = provenance.get("feature", "")
             f.create_dataset("image_id", data=np.asarray(manifest.image_id, dtype=object), dtype=str_dt)
             f.create_dataset("path", data=np.asarray(manifest.path, dtype=object), dtype=str_dt)
             f.create_dataset("label", data=manifest.label.astype(np.float32))
             f.create_dataset("split", data=np.asarray(manifest.split, dtype=object), dtype=str_dt)
-            f.create_dataset("status", data=np.zeros(n, dtype=np.int8))
+            f.create_dataset("status", shape=(n,), dtype=np.int8, fillvalue=np.int8(PENDING), dcpl=_early_dcpl())
             f["status"].attrs["meaning"] = "0 pending, 1 embedded, 2 failed (reason in /error)"
-            f.create_dataset("error", data=np.zeros(n, dtype=f"S{REASON_BYTES}"))
+            f.create_dataset("error", shape=(n,), dtype=f"S{REASON_BYTES}", fillvalue=np.bytes_(b""),
+                             dcpl=_early_dcpl())
             attrs = {
                 "schema": SCHEMA,
                 "schema_version": SCHEMA_VERSION,
@@ -220,6 +242,27 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a writer killed while creating or
+    finalising ``path`` left beside it.  Call only while holding the
+    :class:`WriterLock`.  Returns what was removed."""
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if re.fullmatch(re.escape(f".{path.name}.") + r"(creating|final)-\d+", p.name):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted writer: %s", len(removed),
+                 ", ".join(p.name for p in removed))
+    return removed
 
 
 def _fsync_path(path: Path) -> None:
@@ -298,23 +341,43 @@ class CacheWriter:
             self.f.close()
             self.f = None
 
+    def file_descriptors(self) -> tuple[int, ...]:
+        """The OS file descriptor(s) of the open HDF5 file (for forked
+        children to close)."""
+        try:
+            return (int(self.f.id.get_vfd_handle()),)
+        except (TypeError, ValueError, AttributeError):  # a driver without a plain descriptor
+            return ()
+
     def __enter__(self) -> "CacheWriter":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def pending_batches(self) -> list[np.ndarray]:
-        """Row indices of every batch that has a pending row.  Batches are
-        fixed slices of ``batch_size`` rows, so a resumed run feeds the
-        encoder exactly the batches an uninterrupted run would."""
+    def iter_pending_batches(self) -> Iterator[np.ndarray]:
+        """Row indices of every batch that has a pending row, lazily.
+        Batches are fixed slices of ``batch_size`` rows, so a resumed run
+        feeds the encoder exactly the batches an uninterrupted run would."""
         b = self.batch_size
-        out = []
         for start in range(0, self.n, b):
             stop = min(start + b, self.n)
             if (self.status[start:stop] == PENDING).any():
-                out.append(np.arange(start, stop))
-        return out
+                yield np.arange(start, stop)
+
+    def pending_batches(self) -> list[np.ndarray]:
+        """:meth:`iter_pending_batches` as a list."""
+        return list(self.iter_pending_batches())
+
+    def n_pending_batches(self) -> int:
+        b = self.batch_size
+        return sum(1 for start in range(0, self.n, b) if (self.status[start:start + b] == PENDING).any())
+
+    def n_pending_rows_in_batches(self) -> int:
+        """Rows in the pending batches (what a run will process)."""
+        b = self.batch_size
+        return sum(min(b, self.n - start) for start in range(0, self.n, b)
+                   if (self.status[start:start + b] == PENDING).any())
 
     def n_pending(self) -> int:
         return int((self.status == PENDING).sum())
@@ -418,17 +481,21 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
                      label=label.astype(np.float32), split=split, image_id=ids)
 
 
-def failures(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(image_id, reason) for every image that could not be embedded."""
+def failures(path: str | os.PathLike, limit: int | None = None) -> list[tuple[str, str]]:
+    """(image_id, reason) for the images that could not be embedded, in
+    file order; the first ``limit`` of them when given.  Reads only the
+    failed rows."""
     path = Path(path)
     with _open(path) as f:
         status = f["status"][...]
         idx = np.flatnonzero(status == FAILED)
+        if limit is not None:
+            idx = idx[:limit]
         if len(idx) == 0:
             return []
-        ids = f["image_id"][...]
-        err = f["error"][...]
-    return [(_py(ids[i]), _py(err[i])) for i in idx]
+        ids = f["image_id"][idx]
+        err = f["error"][idx]
+    return [(_py(i), _py(e)) for i, e in zip(ids, err)]
 
 
 def iter_summary(attrs: dict[str, Any]) -> Iterator[str]:

@@ -15,7 +15,6 @@ import logging
 import os
 import pickle
 import socket
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -252,10 +251,20 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixels: int | None = None) -> Image.Image:
+def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixels: int | None = None,
+               draft: tuple[int, int] | None = None) -> Image.Image:
     """Open an image as RGB: EXIF orientation applied, 16-bit and float
     images scaled to 8 bits, palette/alpha/CMYK/grayscale converted.  Raises
-    :class:`ImageLoadError` with a short reason."""
+    :class:`ImageLoadError` with a short reason.
+
+    ``max_pixels`` (default: Pillow's ``Image.MAX_IMAGE_PIXELS``) refuses
+    larger images before decoding them.  ``draft=(w, h)`` lets Pillow decode a
+    JPEG at a reduced scale (1/2, 1/4, 1/8) that is still at least ``w`` x
+    ``h``: faster, but not the reference decode (opt-in).
+
+    Safe to call from several threads at once (no warnings-filter juggling:
+    Pillow's own DecompressionBombWarning may be emitted, the image is
+    refused here all the same)."""
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
@@ -266,19 +275,19 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixe
         raise ImageLoadError("empty file (0 bytes)")
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if limit is not None and im.width * im.height > limit:
-                    raise ImageLoadError(f"{im.width}x{im.height} pixels exceeds the limit of {limit:,} "
-                                         "(decompression-bomb guard; raise it with --max-pixels)")
-                im.load()
-                if exif_transpose:
-                    im = ImageOps.exif_transpose(im)
-                return _to_rgb(im)
+        with Image.open(path) as im:
+            if limit is not None and im.width * im.height > limit:
+                raise ImageLoadError(f"{im.width}x{im.height} pixels exceeds the limit of {limit:,} "
+                                     "(decompression-bomb guard; raise it with --max-pixels)")
+            if draft is not None and im.format == "JPEG":
+                im.draft("RGB", draft)
+            im.load()
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
     except ImageLoadError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
         raise ImageLoadError(f"decompression-bomb guard: {e}") from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError("not an image file Pillow can identify") from None

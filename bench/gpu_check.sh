@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One short call on a lent GPU machine (an H200): the CUDA-marked tests, the
+# tensor-pipeline tests under that machine's own Pillow/torchvision, and the
+# side-by-side benchmark on KonIQ-sized JPEGs.  About 4-6 minutes (inner time limits
+# 180 s + 330 s, so the call below ends inside its 540 s).
+#
+# That machine has no network and lacks open_clip_torch and its two small
+# dependencies ftfy and wcwidth: they travel as wheels in .whl/ (ignored by
+# git, see .gitignore).  Fetch them once on a machine with the registry:
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#       --implementation cp --platform manylinux2014_x86_64 -d .whl \
+#       open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4
+#
+# (2.3 MB in all; the versions this project is tested with).  Then, from a
+# session that has a device machine, in the repository root:
+#
+#   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+#
+# Results come back in $OUT: gpu.txt, pytest_gpu.log, embed_bench.log and
+# embed_bench.json (the benchmark's JSON line).  N=... changes the number of
+# images (default 4000; generated in parallel, ~30 s on 16 cores).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/iqa-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}  # the interpreter that has torch (plain python3 on the GPU machine)
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
+    nproc
+    "$PY" -c "import torch, torchvision, PIL, h5py, open_clip; print('torch', torch.__version__, 'torchvision', \
+torchvision.__version__, 'pillow', PIL.__version__, 'h5py', h5py.__version__, 'open_clip', open_clip.__version__, \
+'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+# 1. GPU tests, and the CPU tests of the tensor pipeline against this machine's Pillow (~1 min)
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or not slow" \
+    tests/test_embed_pipeline.py tests/test_bad_images.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
+
+# 2. the benchmark (~2-4 min): (a) one at a time fp32 on the GPU, (b) 16 PIL processes + fp32 batches,
+#    (c) ours on the CPU, (d) ours on the GPU in fp32 / bf16 / fp16, fidelity against the CPU fp32 reference
+timeout 330 "$PY" bench/embed_bench.py --n "${N:-4000}" --note "lent GPU machine" 2>&1 \
+    | tee "$OUT/embed_bench.log" | tail -16
+tail -1 "$OUT/embed_bench.log" > "$OUT/embed_bench.json"
