@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [("(a) reference style: DataLoader, per-label FDS loop", r, sec_a),
             ("(b) train_head, one run at a time", r, sec_b),
             (f"(c) stacked grid, {k} configurations", k, sec_c)]
-    print(f"\n| variant | configs | s per config | s per config-epoch | speed-up vs (a) |")
+    print("\n| variant | configs | s per config | s per config-epoch | speed-up vs (a) |")
     print("|---|---:|---:|---:|---:|")
     for name, n, s in rows:
         print(f"| {name} | {n} | {s:.3f} | {s / epochs:.4f} | {sec_a / s:.1f}x |")

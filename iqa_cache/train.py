@@ -179,19 +179,13 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
     """:func:`train_head` as one plain loop over ``nn.Module`` layers and
     ``torch.optim.Adam``: slower, easy to read, and the reference that the
     stacked engine must match."""
+    from .stacked import check_data
+
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     bins = cfg.bins(data.label_range)
-    if bins.n < 2:
-        raise ConfigError(f"--bin-size {cfg.bin_size:g} leaves a single label bin over {bins.lo:g}-{bins.hi:g}")
+    check_data(data, cfg, bins)
     tr, va = data.subset("train"), data.subset("val")
-    if len(tr) == 0:
-        raise ConfigError(f"cache {data.path} has no training images (split 'train'); nothing to train on")
-    if len(va) == 0:
-        log.warning("cache %s has no validation images: the last epoch is kept instead of the best one", data.path)
-    n_out = bins.out_of_range(data.label[tr])
-    if n_out:
-        log.warning("%d training label(s) lie outside [%g, %g]: counted in the end bins", n_out, bins.lo, bins.hi)
     head_cfg = replace(cfg.head, in_dim=int(data.features.shape[1]))
     cfg = replace(cfg, head=head_cfg, device=device)
 

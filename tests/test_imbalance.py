@@ -2,13 +2,12 @@
 reference formulas (DESIGN §6), written independently of the library."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import convolve1d, gaussian_filter1d
-from scipy.signal.windows import triang
+from scipy.ndimage import convolve1d
+
+from bench.reference import calibrate_mean_var, ref_bin, ref_kernel_window, ref_lds_weights
 
 from iqa_cache.errors import ConfigError
 from iqa_cache.imbalance import (FDS, Bins, FDSConfig, LDSConfig, bin_statistics, calibrate, fds_window,
@@ -17,54 +16,19 @@ from iqa_cache.imbalance import (FDS, Bins, FDSConfig, LDSConfig, bin_statistics
 from .conftest import koniq_like_labels
 
 
-# ------------------------------------------------------------ plain reference
+# The reference formulas, label by label, live in bench/reference.py (also
+# benchmark variant (a)); it imports nothing from iqa_cache.
 
 def plain_window(kernel: str, ks: int, sigma: float) -> list[float]:
-    half_ks = (ks - 1) // 2
-    if kernel == "gaussian":
-        base = [0.0] * half_ks + [1.0] + [0.0] * half_ks
-        g = gaussian_filter1d(base, sigma=sigma)
-        return list(g / max(g))
-    if kernel == "triang":
-        return list(triang(ks))
-    vals = [math.exp(-abs(x) / sigma) / (2.0 * sigma) for x in range(-half_ks, half_ks + 1)]
-    return [v / max(vals) for v in vals]
+    return list(ref_kernel_window(kernel, ks, sigma))
 
 
 def plain_lds_weights(labels, reweight, lds, kernel, ks, sigma, max_target=100):
-    """The reference `_prepare_weights`, label by label, with float smoothing."""
-    value_dict = {x: 0 for x in range(max_target)}
-    for label in labels:
-        value_dict[min(max_target - 1, int(label))] += 1
-    if reweight == "sqrt_inv":
-        value_dict = {k: math.sqrt(v) for k, v in value_dict.items()}
-    elif reweight == "inverse":
-        value_dict = {k: float(min(max(v, 5), 1000)) for k, v in value_dict.items()}
-    num_per_label = [value_dict[min(max_target - 1, int(label))] for label in labels]
-    if reweight == "none":
-        return [1.0] * len(labels)
-    if lds:
-        window = plain_window(kernel, ks, sigma)
-        smoothed = convolve1d(np.asarray([float(v) for _, v in value_dict.items()]), weights=window,
-                              mode="constant")
-        num_per_label = [smoothed[min(max_target - 1, int(label))] for label in labels]
-    weights = [1.0 / x for x in num_per_label]
-    scaling = len(weights) / sum(weights)
-    return [scaling * x for x in weights]
+    return ref_lds_weights(ref_bin(labels, 0, max_target, 1), max_target, reweight, lds, kernel, ks, sigma)
 
 
-def plain_calibrate(matrix, m1, v1, m2, v2, clip_min=0.1, clip_max=10.0):
-    """The reference `calibrate_mean_var` for one bin's samples."""
-    matrix = matrix.clone()
-    if torch.sum(v1) < 1e-10:
-        return matrix
-    if (v1 == 0.0).any():
-        valid = v1 != 0.0
-        factor = torch.clamp(v2[valid] / v1[valid], clip_min, clip_max)
-        matrix[:, valid] = (matrix[:, valid] - m1[valid]) * torch.sqrt(factor) + m2[valid]
-        return matrix
-    factor = torch.clamp(v2 / v1, clip_min, clip_max)
-    return (matrix - m1) * torch.sqrt(factor) + m2
+def plain_calibrate(matrix, m1, v1, m2, v2):
+    return calibrate_mean_var(matrix.clone(), m1, v1, m2, v2)
 
 
 # ------------------------------------------------------------------ LDS tests
