@@ -15,7 +15,7 @@ import typer
 from iqa_cache import cache as cache_mod
 from iqa_cache.head import HeadConfig
 from iqa_cache.imbalance import FDSConfig, LDSConfig
-from iqa_cache.report import format_table, per_bin_table
+from iqa_cache.report import ReportConfig, build_report, format_report
 from iqa_cache.runs import check_out_dir, load_run, write_run
 from iqa_cache.train import PRESETS, OptimConfig, TrainConfig, train_head
 
@@ -159,4 +159,4 @@ def train_head_command(
     write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset or ""})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "
              f"trained in {result.seconds:.1f} s on {result.device}")
-    echo_out(format_table(per_bin_table([load_run(out)])))
+    echo_out(format_report(build_report([load_run(out)], ReportConfig(tables=("ranges",), baseline=True))))

@@ -14,7 +14,7 @@ from .embed import EmbedConfig, embed
 from .encoder import EncoderConfig, PreprocessConfig, resolve_weights
 from .errors import WeightsUnavailable
 from .imbalance import FDSConfig, LDSConfig
-from .report import Table, format_table, per_bin_table
+from .report import Report, ReportConfig, build_report, format_report
 from .runs import load_run, write_run
 from .synth import SynthSpec, ensure_dataset
 from .train import OptimConfig, TrainConfig, train_head
@@ -42,7 +42,7 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
-    table: Table
+    report: Report
     pretrained_used: str
     seconds: dict[str, float]
 
@@ -91,9 +91,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> DemoRe
         runs.append(write_run(cfg.runs_dir / name, result, data.attrs, out, overwrite=True))
         log.info("trained %s in %.1f s (best epoch %d)", name, result.seconds, result.best_epoch)
     seconds["train"] = time.perf_counter() - t
-    table = per_bin_table([load_run(r) for r in runs])
-    return DemoResult(table=table, pretrained_used=pretrained, seconds=seconds)
+    report = build_report([load_run(r) for r in runs], ReportConfig(tables=("ranges",), baseline=True))
+    return DemoResult(report=report, pretrained_used=pretrained, seconds=seconds)
 
 
 def demo_text(result: DemoResult) -> str:
-    return format_table(result.table, "markdown")
+    return format_report(result.report, "markdown")
