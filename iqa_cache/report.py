@@ -287,7 +287,8 @@ def run_seed(run: Run) -> Any:
 
 
 def _group_name(names: list[str], seeds: list[Any]) -> str:
-    stripped = [re.sub(rf"[_\-.]?(s|seed)[_\-]?{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
+    # 'lds_s0', 'lds-seed1', and ablate's 'lds=on,seed=2' all lose their seed part
+    stripped = [re.sub(rf"[_\-.,]?(s|seed)[_\-=]?{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
     if len(set(stripped)) == 1 and stripped[0] and stripped[0] not in names:
         return stripped[0]
     prefix = os.path.commonprefix(names).rstrip("_-. ")

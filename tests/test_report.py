@@ -322,3 +322,11 @@ def test_lds_density_weights_are_the_training_weights(trained):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     assert cur["empirical"].sum() == pytest.approx(1.0) and cur["smoothed"].sum() == pytest.approx(1.0)
     assert np.isnan(cur["weight"][cur["counts"] == 0]).all()
+
+
+def test_seed_group_names_drop_the_seed_part():
+    from iqa_cache.report import _group_name
+
+    assert _group_name(["lds_s0", "lds_s1"], [0, 1]) == "lds"
+    assert _group_name(["lds=on,fds=off,seed=0", "lds=on,fds=off,seed=2"], [0, 2]) == "lds=on,fds=off"
+    assert _group_name(["a-seed3", "a-seed4"], [3, 4]) == "a"
