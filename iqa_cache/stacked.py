@@ -48,7 +48,7 @@ from .errors import ConfigError, TrainingDiverged
 from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
 from .imbalance import Bins, LDSConfig, fds_window
 
-if TYPE_CHECKING:  # train.py imports this module inside train_head
+if TYPE_CHECKING:  # train.py imports this module at its top: import train lazily here
     from .train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from .errors import ConfigError, TrainingDiverged
 from .head import HeadConfig, ResidualMLPHead
 from .imbalance import Bins, FDSConfig, LDSConfig
 from .metrics import default_edges, mae, per_bin_mae
-from .stacked import loss_terms, train_stack
+from .stacked import check_data, loss_terms, train_stack
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,6 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
     """:func:`train_head` as one plain loop over ``nn.Module`` layers and
     ``torch.optim.Adam``: slower, easy to read, and the reference that the
     stacked engine must match."""
-    from .stacked import check_data
-
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
     bins = cfg.bins(data.label_range)
