@@ -103,13 +103,19 @@ def embed_command(
     out: Annotated[Optional[Path], typer.Option(help="Cache file (default: cache/<dataset>_<model>_<weights>_"
                                                      "<resize>.h5).")] = None,
     cache_dir: Annotated[Path, typer.Option(help="Folder for default cache names.")] = Path("cache"),
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache made differently.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache made differently (the new one is "
+                                                 "built beside it and replaces it once complete).")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Also retry images that failed before and whose file did "
+                                                    "not change (changed files are always re-embedded).")
+                            ] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Run the frozen OpenCLIP image encoder once over a dataset into an HDF5 cache.
 
-    Rerunning the same command completes an interrupted cache and does
-    nothing on a complete one.  Exit codes: 0 all images embedded; 3 finished
+    Rerunning the same command completes an interrupted cache; on a
+    complete one it re-embeds exactly the images whose file changed (or
+    another --root), embeds added rows, drops removed ones, and updates
+    changed labels, splits and --label-range without re-embedding.  Exit codes: 0 all images embedded; 3 finished
     but some images failed (listed in the cache); 2 bad input, or the cache
     is being written by another process; 130 interrupted (Ctrl-C or SIGTERM;
     rerun to complete).
@@ -127,7 +133,9 @@ def embed_command(
         out = default_cache_path(cache_dir, manifest.name, model, pretrained, resize_mode.value, limit=limit,
                                  precision=precision.value)
     with _sigterm_interrupts():
-        s = embed(manifest, cfg, out, progress=progress)
+        s = embed(manifest, cfg, out, progress=progress, retry_failed=retry_failed)
+    for line in s.changes:
+        echo_out(f"{s.path}: {line}")
     if s.already_complete:
         echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")
     else:

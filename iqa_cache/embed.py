@@ -110,6 +110,7 @@ class EmbedSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     attrs: dict[str, Any] = field(default_factory=dict)
     routes: dict[str, int] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # what a rerun found changed, one line each
 
     @property
     def images_per_s(self) -> float:
@@ -237,19 +238,109 @@ def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committ
             if x is not None:
                 emb[ok] = encoder(x).cpu().numpy()
             status = np.where(ok, cache_mod.OK, cache_mod.FAILED).astype(np.int8)
-            committer.put(int(rows[0]), emb, status, reasons)
+            committer.put(rows, emb, status, reasons)
             n += len(rows)
             del x
             release_free_heap()
     return n
 
 
-def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progress: bool = True) -> EmbedSummary:
-    """Embed every image of ``manifest`` into the cache at ``out``, creating
-    it, resuming it, or finding it complete.  Raises
-    :class:`~iqa_cache.errors.CacheError` when ``out`` holds a cache made
-    differently (unless ``cfg.overwrite``) or is being written by another
-    process."""
+def _feature_diff(attrs: dict[str, Any], manifest: Manifest, planned: dict[str, Any]) -> list[str]:
+    """What differs in how the features are made (not which images, labels
+    or splits: those a rerun updates)."""
+    exp = expected_attrs(manifest, planned)
+    keys = tuple(k for k in exp if k not in cache_mod.DATA_KEYS)
+    return cache_mod.differences(attrs, exp, keys)
+
+
+def _cache_pipeline(attrs: dict[str, Any], cfg: EmbedConfig, pipeline: str) -> str:
+    attrs.setdefault("pipeline", "pil")  # caches made before the tensor pipeline existed
+    if cfg.pipeline == "auto" and not cfg.draft and attrs["pipeline"] != pipeline:
+        log.info("continuing with the cache's %s pipeline (auto would pick %s here) so that all its rows "
+                 "are made the same way", attrs["pipeline"], pipeline)
+        return str(attrs["pipeline"])
+    return pipeline
+
+
+@dataclass
+class _Target:
+    """Where this run writes: the cache itself (created, resumed or updated
+    in place) or its replacement ``.next`` (moved over it when complete)."""
+
+    path: Path
+    pipeline: str
+    plan: "cache_mod.UpdatePlan | None" = None  # None: a new cache
+    rebuild_from: Path | None = None  # rows kept from this cache
+    replace: bool = False  # move over ``out`` when complete
+
+    @property
+    def n_to_embed(self) -> int:
+        return -1 if self.plan is None else self.plan.n_pending
+
+
+def _choose_target(manifest: Manifest, cfg: EmbedConfig, out: Path, planned: dict[str, Any], pipeline: str,
+                   retry_failed: bool) -> _Target:
+    """Decide, reading only, what this run does (see :func:`embed`)."""
+    nxt = cache_mod.next_path(out)
+    if nxt.exists():  # an unfinished replacement: resume it when it is for this very command
+        try:
+            attrs = cache_mod.read_attrs(nxt)
+            pipe = _cache_pipeline(attrs, cfg, pipeline)
+            ok = attrs.get("schema_version") == cache_mod.SCHEMA_VERSION and not _feature_diff(
+                attrs, manifest, {**planned, "pipeline": pipe})
+            plan = cache_mod.plan_update(nxt, manifest, retry_failed=retry_failed) if ok else None
+        except cache_mod.CacheError:
+            plan = None
+        if plan is not None and not plan.structural:
+            log.info("resuming the unfinished replacement %s of %s", nxt, out)
+            return _Target(nxt, pipe, plan, replace=True)
+        nxt.unlink()
+        log.info("removed %s, an unfinished replacement made for another command", nxt)
+    if not out.exists():
+        return _Target(out, pipeline)
+    if cfg.overwrite:
+        return _Target(nxt, pipeline, replace=True)
+    attrs = cache_mod.read_attrs(out)
+    pipe = _cache_pipeline(attrs, cfg, pipeline)
+    diff = _feature_diff(attrs, manifest, {**planned, "pipeline": pipe})
+    hard = [d for d in diff if not d.startswith("pipeline")]
+    plan = None if hard else cache_mod.plan_update(out, manifest, retry_failed=retry_failed)
+    if plan is None or (diff and plan.n_pending):  # another pipeline only matters for rows still to embed
+        cached = str(attrs["pipeline"])
+        resume = (f"resume it with --pipeline {cached.replace('pil-draft', 'pil --draft')} (every pipeline "
+                  "runs on a CPU too), " if any(d.startswith("pipeline") for d in diff) else "")
+        raise cache_mod.CacheError(
+            f"cache {out} was made differently: {'; '.join(diff)}; {resume}pass another --out, or "
+            "--overwrite to replace it")
+    if plan.structural:
+        return _Target(nxt, pipe, plan, rebuild_from=out, replace=True)
+    return _Target(out, pipe, plan)
+
+
+def _load_checked_encoder(enc_cfg, device: str, weights, model_name: str, planned: dict[str, Any]):
+    encoder = load_encoder(enc_cfg, device, weights)
+    if encoder.feature_dim != planned["feature_dim"]:  # a config whose width is not the feature width
+        raise ConfigError(f"model {model_name}: feature width {encoder.feature_dim} differs from its config's "
+                          f"{planned['feature_dim']}")
+    return encoder
+
+
+def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progress: bool = True,
+          retry_failed: bool = False) -> EmbedSummary:
+    """Embed every image of ``manifest`` into the cache at ``out``: create
+    it, resume it, update it, or find it up to date.
+
+    On an existing cache made the same way, images whose file changed
+    (size and mtime, else size and content hash; or another ``--root``) are
+    re-embedded, new images embedded, removed ones dropped, and new labels,
+    splits and label range written without re-embedding anything;
+    ``retry_failed`` also retries failed images whose file did not change.
+    Added, removed or reordered rows, an old schema and ``cfg.overwrite``
+    build a replacement beside the cache (``.<name>.next``) that is moved
+    over it only once complete; the encoder is loaded before anything is
+    written.  Raises :class:`~iqa_cache.errors.CacheError` when ``out`` holds
+    a cache whose features are made differently (unless ``cfg.overwrite``)
+    or is being written by another process."""
     from .pipeline import AsyncCommitter, TensorLoader, run_tensor_pipeline
 
     out = Path(out)
@@ -267,85 +358,81 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
     t0 = time.perf_counter()
     with cache_mod.WriterLock(out) as lock:
         cache_mod.remove_stale_temporaries(out)
-        if out.exists() and not cfg.overwrite:
+        target = _choose_target(manifest, cfg, out, planned, pipeline, retry_failed)
+        pipeline = planned["pipeline"] = target.pipeline
+        plan = target.plan
+        changes = plan.describe() if plan is not None else []
+        if plan is not None and plan.nothing_to_do:
             attrs = cache_mod.read_attrs(out)
-            attrs.setdefault("pipeline", "pil")  # caches made before the tensor pipeline existed
-            if cfg.pipeline == "auto" and not cfg.draft and attrs["pipeline"] != pipeline:
-                log.info("continuing with the cache's %s pipeline (auto would pick %s here) so that all its rows "
-                         "are made the same way", attrs["pipeline"], pipeline)
-                pipeline = attrs["pipeline"]
-            planned["pipeline"] = pipeline
-            expected = expected_attrs(manifest, planned)
-            diff = cache_mod.differences(attrs, expected, tuple(expected))
-            if attrs.get("complete"):
-                diff = [d for d in diff if not d.startswith("pipeline")]  # nothing left to compute
-            if diff:
-                cached = str(attrs["pipeline"])
-                resume = (f"resume it with --pipeline {cached.replace('pil-draft', 'pil --draft')} (every pipeline "
-                          "runs on a CPU too), " if any(d.startswith("pipeline") for d in diff) else "")
-                raise cache_mod.CacheError(
-                    f"cache {out} was made differently: {'; '.join(diff)}; {resume}pass another --out, or "
-                    "--overwrite to replace it")
-            if attrs.get("complete"):
+            if attrs.get("complete") and not attrs.get("updating"):
                 log.info("cache %s is already complete (%s embedded, %s failed): nothing to do",
                          out, attrs.get("n_embedded"), attrs.get("n_failed"))
                 return EmbedSummary(path=out, n_images=int(attrs["n_images"]), n_embedded=int(attrs["n_embedded"]),
                                     n_failed=int(attrs["n_failed"]), already_complete=True, device=device,
                                     pipeline=str(attrs["pipeline"]), failures=cache_mod.failures(out, limit=20),
                                     attrs=attrs)
-            log.info("resuming %s", out)
+        for line in changes:
+            log.info("%s: %s", out, line)
+        # the encoder is loaded (a bad --pretrained refused) before anything is written
+        encoder = (_load_checked_encoder(enc_cfg, device, weights, model_name, planned)
+                   if target.n_to_embed != 0 else None)
+        if plan is None:
+            cache_mod.create(target.path, manifest, planned, batch_size=batch_size,
+                             identities=cache_mod.Identities.of(manifest.root, manifest.path))
+            log.info("created %s for %d images", target.path, len(manifest))
+        elif target.rebuild_from is not None:
+            cache_mod.rebuild(target.rebuild_from, target.path, manifest, plan, planned, history="; ".join(changes))
         else:
-            planned["pipeline"] = pipeline
-            cache_mod.create(out, manifest, planned, batch_size=batch_size)
-            log.info("created %s for %d images", out, len(manifest))
+            cache_mod.apply_in_place(target.path, manifest, plan, sync=cfg.sync, history="; ".join(changes))
+            log.info("resuming %s", target.path)
 
-        encoder = load_encoder(enc_cfg, device, weights)
-        if encoder.feature_dim != planned["feature_dim"]:  # a config whose width is not the feature width
-            raise ConfigError(f"model {model_name}: feature width {encoder.feature_dim} differs from its config's "
-                              f"{planned['feature_dim']}")
         n_done = 0
         routes: dict[str, int] = {}
-        with cache_mod.CacheWriter(out, sync=cfg.sync) as writer:
+        with cache_mod.CacheWriter(target.path, sync=cfg.sync) as writer:
             todo = writer.n_pending_rows_in_batches()
             if cfg.batch_size is not None and writer.batch_size != cfg.batch_size:
                 log.info("using the cache's batch size %d (asked %d) so resumed batches match",
                          writer.batch_size, cfg.batch_size)
-            workers = default_workers(device, pipeline) if cfg.workers is None else cfg.workers
-            log.info("embedding %d images on %s: %s pipeline, %d %s, batches of %d, %s", todo, device, pipeline,
-                     workers, "threads" if pipeline == "tensor" else "processes", writer.batch_size,
-                     enc_cfg.precision)
             t_run = time.perf_counter()
-            bar = _progress(todo, "embedding", progress)
-            committer = AsyncCommitter(writer, depth=2, on_commit=bar.update)
-            try:
+            if todo:
+                workers = default_workers(device, pipeline) if cfg.workers is None else cfg.workers
+                log.info("embedding %d images on %s: %s pipeline, %d %s, batches of %d, %s", todo, device, pipeline,
+                         workers, "threads" if pipeline == "tensor" else "processes", writer.batch_size,
+                         enc_cfg.precision)
+                bar = _progress(todo, "embedding", progress)
+                committer = AsyncCommitter(writer, depth=2, on_commit=bar.update)
                 try:
-                    if pipeline == "tensor":
-                        with TensorLoader(manifest.root, manifest.path, pre, device, workers=workers,
-                                          max_pixels=cfg.max_pixels) as loader:
-                            n_done = run_tensor_pipeline(loader, encoder, writer.iter_pending_batches(), committer,
-                                                         prefetch=cfg.prefetch)
-                            routes = dict(loader.routes)
-                    else:
-                        n_done = _run_pil(manifest, cfg, pre, encoder, writer, committer, device, workers,
-                                          draft=pipeline == "pil-draft",
-                                          inherited_fds=(lock.fd, *writer.file_descriptors()))
-                finally:
-                    committer.close()
-            except KeyboardInterrupt:
+                    try:
+                        if pipeline == "tensor":
+                            with TensorLoader(manifest.root, manifest.path, pre, device, workers=workers,
+                                              max_pixels=cfg.max_pixels) as loader:
+                                n_done = run_tensor_pipeline(loader, encoder, writer.iter_pending_batches(),
+                                                             committer, prefetch=cfg.prefetch)
+                                routes = dict(loader.routes)
+                        else:
+                            n_done = _run_pil(manifest, cfg, pre, encoder, writer, committer, device, workers,
+                                              draft=pipeline == "pil-draft",
+                                              inherited_fds=(lock.fd, *writer.file_descriptors()))
+                    finally:
+                        committer.close()
+                except KeyboardInterrupt:
+                    bar.close()
+                    log.warning("interrupted: %d of %d images of this run committed to %s; run the same command "
+                                "again to complete it%s", committer.n_committed, todo, target.path,
+                                f" ({out} is unchanged until then)" if target.replace else "")
+                    raise
                 bar.close()
-                log.warning("interrupted: %d of %d images of this run committed to %s; run the same command "
-                            "again to complete it", committer.n_committed, todo, out)
-                raise
-            bar.close()
             counts = writer.finalize({"device": device})
             embed_seconds = time.perf_counter() - t_run
+        if target.replace:
+            cache_mod.replace_with(target.path, out)
     seconds = time.perf_counter() - t0
     if routes:
         log.info("decoded: %s", ", ".join(f"{v} {k}" for k, v in sorted(routes.items())))
     attrs = cache_mod.read_attrs(out)
     return EmbedSummary(path=out, n_images=len(manifest), n_embedded=counts["n_embedded"],
                         n_failed=counts["n_failed"], n_processed_now=n_done, seconds=seconds,
-                        embed_seconds=embed_seconds, device=device,
+                        embed_seconds=embed_seconds, device=device, changes=changes,
                         pipeline=pipeline, failures=cache_mod.failures(out, limit=20), attrs=attrs, routes=routes)
 
 

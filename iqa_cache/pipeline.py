@@ -218,7 +218,7 @@ class AsyncCommitter:
             except BaseException as e:  # noqa: BLE001 - handed to the main thread
                 self.error = e
 
-    def put(self, start: int, emb: np.ndarray, status: np.ndarray, reasons: list[str]) -> None:
+    def put(self, start: int | np.ndarray, emb: np.ndarray, status: np.ndarray, reasons: list[str]) -> None:
         if self.error is not None:
             raise self.error
         self.q.put((start, emb, status, reasons))
@@ -269,7 +269,7 @@ def run_tensor_pipeline(loader: TensorLoader, encoder: Encoder, batches: Iterabl
                 ev.synchronize()
             emb[ok] = host.numpy()
         status = np.where(ok, cache_mod.OK, cache_mod.FAILED).astype(np.int8)
-        committer.put(int(rows[0]), emb, status, reasons)
+        committer.put(rows, emb, status, reasons)
 
     n = 0
     pending = None

@@ -92,6 +92,15 @@ def run_warnings(runs: Sequence[Run]) -> list[str]:
         groups = "; ".join(", ".join(v) for v in ident.values())
         notes.append(f"warning: these runs were trained on different caches (groups: {groups}): "
                      "differences mix the method with the features or the data")
+    else:
+        contents: dict[str, list[str]] = {}
+        for r in runs:
+            if r.cache.get("content_id"):  # runs of caches made before content ids cannot be told apart
+                contents.setdefault(str(r.cache["content_id"]), []).append(repr(r.name))
+        if len(contents) > 1:
+            groups = "; ".join(f"{', '.join(v)} (content {k})" for k, v in contents.items())
+            notes.append(f"warning: these runs were trained on different contents of the same cache (images "
+                         f"re-embedded, or labels/splits updated, in between): {groups}")
     return notes
 
 

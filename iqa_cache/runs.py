@@ -30,7 +30,8 @@ from .train import TrainConfig, TrainResult
 
 RUN_FILES = ("config.json", "head.pt", "predictions.csv", "metrics.json")
 CACHE_KEYS = FEATURE_KEYS + ("dataset", "dataset_root", "manifest_sha256", "n_images", "n_embedded", "n_failed",
-                             "label_name", "label_range", "split_source", "pretrained", "pretrained_file")
+                             "label_name", "label_range", "split_source", "pretrained", "pretrained_file",
+                             "content_id", "labels_version")
 
 
 def _clean(x: Any) -> Any:
