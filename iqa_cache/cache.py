@@ -756,7 +756,8 @@ def plan_update(path: str | os.PathLike, manifest, *, retry_failed: bool = False
                              & (cur.hash == old_hash[j]))
         # a file that was missing and still is: unchanged too
         unchanged |= found & (cur.size < 0) & (old_size[j] < 0)
-        plan._identities_moved = bool((unchanged & ~quick & found).any())
+        plan._identities_moved = bool((found & ((cur.size != old_size[j]) | (cur.mtime_ns != old_mtime[j])
+                                                | (cur.hash != old_hash[j]))).any())
     else:
         trusted = found & same_path & (not root_changed)
         unchanged = trusted
@@ -829,9 +830,18 @@ def rebuild(old: str | os.PathLike, new: str | os.PathLike, manifest, plan: Upda
         hist.append(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {history}")
     create(new, manifest, provenance, batch_size=int(attrs.get("batch_size", 32)), identities=plan.identities,
            state={"labels_version": version, "history": hist})
+    try:
+        _copy_rows(old, new, plan)
+    except BaseException:
+        new.unlink(missing_ok=True)  # ours, and not worth resuming: the next run copies again
+        raise
+    return new
+
+
+def _copy_rows(old: Path, new: Path, plan: UpdatePlan) -> None:
     keep = np.flatnonzero(~plan.pending)
     if not len(keep):
-        return new
+        return
     with disk_guard(new, "writing"), _open(old) as src, _open(new, "r+") as dst:
         step = 4 * CHUNK_ROWS
         for s in range(0, len(keep), step):
@@ -851,7 +861,6 @@ def rebuild(old: str | os.PathLike, new: str | os.PathLike, manifest, plan: Upda
             dst["status"][rows] = stat
         dst.flush()
     _fsync_path(new)
-    return new
 
 
 @dataclass(frozen=True)
@@ -943,3 +952,5 @@ def iter_summary(attrs: dict[str, Any]) -> Iterator[str]:
     yield f"feature      {attrs.get('feature')} ({attrs.get('feature_dim')}-d)"
     yield (f"status       {attrs.get('n_embedded')} embedded, {attrs.get('n_failed')} failed, "
            f"complete={attrs.get('complete')}")
+    if attrs.get("content_id"):
+        yield f"content      {attrs.get('content_id')} (labels version {attrs.get('labels_version')})"

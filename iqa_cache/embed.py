@@ -362,7 +362,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
         pipeline = planned["pipeline"] = target.pipeline
         plan = target.plan
         changes = plan.describe() if plan is not None else []
-        if plan is not None and plan.nothing_to_do:
+        if plan is not None and plan.nothing_to_do and not target.replace:
             attrs = cache_mod.read_attrs(out)
             if attrs.get("complete") and not attrs.get("updating"):
                 log.info("cache %s is already complete (%s embedded, %s failed): nothing to do",

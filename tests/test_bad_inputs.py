@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from iqa_cache import cache
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -173,7 +174,7 @@ def test_other_schema_version(good_cache, tmp_path):
 def test_partial_cache_names_the_command_that_completes_it(good_cache, tmp_path):
     with h5py.File(good_cache, "r+") as f:
         f["status"][50:] = 0
-        f.attrs["complete"] = False
+        cache._write_state(f, f.filename, {"complete": False}, sync=False)
     err = one_line_error(train(good_cache, tmp_path / "r"), "incomplete", "150 of 200")
     assert f"iqa embed ... --out {good_cache}" in err
 

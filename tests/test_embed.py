@@ -83,7 +83,7 @@ def test_rerun_is_noop_and_partial_cache_is_completed_bit_identically(koniq_root
     with h5py.File(tmp_path / "b.h5", "r+") as f:
         f["status"][8:24] = cache.PENDING
         f["embeddings"][8:24] = np.nan
-        f.attrs["complete"] = False
+        cache._write_state(f, f.filename, {"complete": False}, sync=False)
     with pytest.raises(CacheError, match=r"incomplete \(16 of 40.*same `iqa embed"):
         cache.load(tmp_path / "b.h5")
     resumed = _embed(m, tmp_path / "b.h5", tiny_model)

@@ -227,7 +227,7 @@ def test_auto_pipeline_follows_the_cache_and_explicit_mismatch_is_refused(koniq_
     embed(m, _cfg(tiny_model, pipeline="tensor"), out, progress=False)
     with h5py.File(out, "r+") as f:  # an interrupted run: the second batch never committed
         f["status"][8:16] = cache.PENDING
-        f.attrs["complete"] = False
+        cache._write_state(f, f.filename, {"complete": False}, sync=False)
     with pytest.raises(CacheError, match=r"pipeline: cache has 'tensor', asked for 'pil'; resume it with "
                                          r"--pipeline tensor \(every pipeline runs on a CPU too\), pass another"):
         embed(m, _cfg(tiny_model, pipeline="pil"), out, progress=False)

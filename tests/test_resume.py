@@ -99,7 +99,7 @@ def _run_until(cmd, out: Path, rows: int, sig: int, timeout: float = 120) -> tup
 def _complete_and_compare(cmd, out, reference) -> None:
     with h5py.File(out, "r", locking=False) as f:
         status = f["status"][...]
-        assert not f.attrs["complete"] and 0 < (status != cache.PENDING).sum() < N
+        assert not cache._read_state(f)["complete"] and 0 < (status != cache.PENDING).sum() < N
         # committed rows come in whole batches: a batch is all pending or all done
         assert {tuple(b) for b in status.reshape(-1, 2).tolist()} <= {(0, 0), (1, 1)}
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -189,8 +189,9 @@ def test_crash_between_embeddings_and_status_is_redone(koniq_root, tiny_model, t
     real_commit = cache.CacheWriter.commit
 
     def dying_commit(self, start, emb, status, reasons):
-        if start == 8:  # third batch: rows written, status not yet
-            self.f["embeddings"][start:start + len(status)] = emb
+        first = int(np.atleast_1d(start)[0])  # a start row, or the batch's rows
+        if first == 8:  # third batch: rows written, status not yet
+            self.f["embeddings"][first:first + len(status)] = emb
             self.f.flush()
             raise Crash
         real_commit(self, start, emb, status, reasons)
@@ -213,7 +214,7 @@ def test_temporaries_of_a_killed_writer_are_removed(koniq_root, tiny_model, tmp_
     out = tmp_path / "c.h5"
     embed(m, _cfg(tiny_model), out, progress=False)
     with h5py.File(out, "r+") as f:  # killed inside finalize: every row done, not marked complete
-        f.attrs["complete"] = False
+        cache._write_state(f, f.filename, {"complete": False}, sync=False)
     stale = [tmp_path / ".c.h5.final-4242", tmp_path / ".c.h5.creating-77"]
     for p in stale:
         p.write_bytes(b"half a copy")
