@@ -178,6 +178,16 @@ def _open(path: Path, mode: str = "r") -> h5py.File:
                          "run `iqa embed` again") from None
 
 
+def is_iqa_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an HDF5 file that says it is an iqa-cache (what
+    this tool may replace or remove)."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            return _py(f.attrs.get("schema")) == SCHEMA
+    except (OSError, ValueError):
+        return False
+
+
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The cache's attributes as plain Python (with the mutable ones from
     ``/state``), after checking the schema."""

@@ -290,6 +290,9 @@ def _choose_target(manifest: Manifest, cfg: EmbedConfig, out: Path, planned: dic
                 attrs, manifest, {**planned, "pipeline": pipe})
             plan = cache_mod.plan_update(nxt, manifest, retry_failed=retry_failed) if ok else None
         except cache_mod.CacheError:
+            if not cache_mod.is_iqa_cache(nxt):
+                raise cache_mod.CacheError(f"{nxt} is in the way of the replacement of {out} and was not written "
+                                           "by `iqa embed`; move it away") from None
             plan = None
         if plan is not None and not plan.structural:
             log.info("resuming the unfinished replacement %s of %s", nxt, out)

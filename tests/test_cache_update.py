@@ -305,3 +305,11 @@ def test_schema_1_cache_is_read_and_upgraded(data, made, tmp_path, tiny_model):
     (data / pd.read_csv(data / "labels.csv").image[0]).write_bytes(jpeg_bytes(photo(64, 48, seed=11)))
     r = embed(data, made, tiny_model)
     assert "1 image changed" in r.stdout and processed(r) == 1, r.output
+
+
+def test_a_foreign_file_in_the_replacements_place_is_never_removed(data, made, tmp_path, tiny_model):
+    notes = tmp_path / ".c.h5.next"
+    notes.write_text("my notes")
+    r = embed(data, made, tiny_model, "--overwrite")
+    assert r.exit_code == 2 and "not written by `iqa embed`" in r.output, r.output
+    assert notes.read_text() == "my notes" and len(cache.load(made)) == N
