@@ -8,11 +8,13 @@ the features (batch 256), an FDS layer that loops in Python over the labels
 present in each batch (``torch.unique`` + boolean masks, per-bin
 ``calibrate_mean_var``), running statistics updated once per epoch from a
 second pass over a ``DataLoader`` whose features are gathered row by row into
-a list, and validation by another ``DataLoader`` pass.  It follows *this
-project's* semantics where the design deviates from that code on purpose
-(DESIGN §6.3): labels are binned first, calibration uses copies of the
-statistics of the last update (not aliases), and the features for the
-statistics come from the head in evaluation mode.
+a list, and validation by another ``DataLoader`` pass.  Its FDS follows the
+reference's *timing* literally by default (``RefFDS(schedule="reference")``:
+the aliased buffers and the first effective calibration one epoch after
+start_smooth); ``schedule="project"`` is this project's deliberate deviation
+(copies of the last update's statistics, used from start_smooth on), named
+as such.  Labels are binned first (DESIGN §6.3) and dropout, when used, acts
+after FDS as in the reference.
 
 Nothing here imports ``iqa_cache``: it is a second, plain implementation.
 """
@@ -88,15 +90,62 @@ def calibrate_mean_var(matrix, m1, v1, m2, v2, clip_min=0.1, clip_max=10.0):
     return (matrix - m1) * torch.sqrt(factor) + m2
 
 
+def ref_fill_empty_buckets(running_mean, running_var, present) -> None:
+    """The continuous-label reference's (sts-b-dir ``update_running_stats``)
+    "make up for zero training samples buckets", in place, bucket by bucket in
+    increasing order: the first bucket copies the second, the last copies the
+    one before it, any other takes the mean of its two neighbours (the left
+    one already refilled in this sweep, the right one not yet).  Works on
+    torch tensors and numpy arrays alike."""
+    n = len(present)
+    for b in range(n):
+        if present[b]:
+            continue
+        if b == 0:
+            running_mean[0] = running_mean[1]
+            running_var[0] = running_var[1]
+        elif b == n - 1:
+            running_mean[b] = running_mean[b - 1]
+            running_var[b] = running_var[b - 1]
+        else:
+            running_mean[b] = (running_mean[b - 1] + running_mean[b + 1]) / 2.0
+            running_var[b] = (running_var[b - 1] + running_var[b + 1]) / 2.0
+
+
 class RefFDS(nn.Module):
     """FDS as the reference class, label by label.  ``update_running_stats``
-    loops over the bins present; ``smooth`` over the bins of a batch."""
+    loops over the bins present; ``smooth`` over the bins of a batch.
+
+    ``schedule``:
+
+    * ``"reference"`` (default): the reference's timing, literally.  At the
+      end of each epoch >= start_update the training loop calls
+      ``update_last_epoch_stats(epoch)`` and then ``update_running_stats``.
+      The first only acts when ``epoch == self.epoch + 1`` (``self.epoch``
+      starts at start_update): it *aliases* ``running_mean_last_epoch`` to
+      ``running_mean`` and smooths it.  So calibration sees the initial
+      buffers (mean 0, variance 1: the identity) until epoch
+      max(start_smooth, start_update + 2), the first effective one (epoch 2
+      for start_update 0, start_smooth 1), and from then on the smoothed
+      statistics lag one epoch behind the raw ones (which the alias keeps
+      current);
+    * ``"project"``: this project's deliberate deviation (DESIGN §6.3): after
+      every update, copies of the statistics and their smoothed versions,
+      used from start_smooth on.
+
+    ``empty_bins``: ``"keep"`` (the discrete-label reference: bins without
+    samples keep their buffers) or ``"fill"`` (the continuous-label
+    reference, :func:`ref_fill_empty_buckets` after each update)."""
 
     def __init__(self, feature_dim: int, bucket_num: int, start_update: int = 0, start_smooth: int = 1,
-                 kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0, momentum: float = 0.9):
+                 kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0, momentum: float = 0.9, *,
+                 schedule: str = "reference", empty_bins: str = "keep"):
         super().__init__()
+        if schedule not in ("reference", "project") or empty_bins not in ("keep", "fill"):
+            raise ValueError(f"schedule {schedule!r} / empty_bins {empty_bins!r}")
         self.feature_dim, self.bucket_num = feature_dim, bucket_num
         self.start_update, self.start_smooth, self.momentum = start_update, start_smooth, momentum
+        self.schedule, self.empty_bins = schedule, empty_bins
         w = ref_kernel_window(kernel, ks, sigma)
         self.register_buffer("kernel_window", torch.tensor(w / sum(w), dtype=torch.float32))
         self.half_ks = (ks - 1) // 2
@@ -104,33 +153,57 @@ class RefFDS(nn.Module):
                            ("running_var_last_epoch", 1.0), ("smoothed_mean_last_epoch", 0.0),
                            ("smoothed_var_last_epoch", 1.0)):
             self.register_buffer(name, torch.full((bucket_num, feature_dim), fill))
+        self.epoch = start_update  # the reference's ``epoch`` buffer
         self.updated = False
 
     def _smooth(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv1d(F.pad(x.unsqueeze(1).permute(2, 1, 0), pad=(self.half_ks, self.half_ks), mode="reflect"),
                         weight=self.kernel_window.view(1, 1, -1), padding=0).permute(2, 1, 0).squeeze(1)
 
+    def update_last_epoch_stats(self, epoch: int) -> None:
+        """The reference: only on the epoch after the last one it acted on;
+        the raw statistics are an alias of the running ones."""
+        if epoch == self.epoch + 1:
+            self.epoch += 1
+            self.running_mean_last_epoch = self.running_mean
+            self.running_var_last_epoch = self.running_var
+            self.smoothed_mean_last_epoch = self._smooth(self.running_mean_last_epoch)
+            self.smoothed_var_last_epoch = self._smooth(self.running_var_last_epoch)
+
     @torch.no_grad()
-    def update_running_stats(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+    def end_of_epoch(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+        """What the reference training loop does after each epoch."""
         if epoch < self.start_update:
             return
+        if self.schedule == "reference":
+            self.update_last_epoch_stats(epoch)
+        self.update_running_stats(features, labels, epoch)
+
+    @torch.no_grad()
+    def update_running_stats(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> None:
+        if epoch < (self.epoch if self.schedule == "reference" else self.start_update):
+            return
+        present = [False] * self.bucket_num
         for label in torch.unique(labels):
             curr = features[labels == label]
             mean = torch.mean(curr, 0)
             var = torch.var(curr, 0, unbiased=curr.size(0) != 1)
             factor = 0 if epoch == self.start_update else self.momentum
             i = int(label)
+            present[i] = True
             self.running_mean[i] = (1 - factor) * mean + factor * self.running_mean[i]
             self.running_var[i] = (1 - factor) * var + factor * self.running_var[i]
-        # this project: calibrate with copies of this update's statistics and their smoothed versions
-        self.running_mean_last_epoch = self.running_mean.clone()
-        self.running_var_last_epoch = self.running_var.clone()
-        self.smoothed_mean_last_epoch = self._smooth(self.running_mean_last_epoch)
-        self.smoothed_var_last_epoch = self._smooth(self.running_var_last_epoch)
-        self.updated = True
+        if self.empty_bins == "fill":
+            ref_fill_empty_buckets(self.running_mean, self.running_var, present)
+        if self.schedule == "project":
+            self.running_mean_last_epoch = self.running_mean.clone()
+            self.running_var_last_epoch = self.running_var.clone()
+            self.smoothed_mean_last_epoch = self._smooth(self.running_mean_last_epoch)
+            self.smoothed_var_last_epoch = self._smooth(self.running_var_last_epoch)
+            self.updated = True
 
     def smooth(self, features: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
-        if epoch < self.start_smooth or not self.updated:
+        if epoch < self.start_smooth or (self.schedule == "project" and not self.updated):
             return features
         features = features.clone()
         for label in torch.unique(labels):
@@ -154,13 +227,15 @@ class RefBlock(nn.Module):
 
 
 class RefHead(nn.Module):
-    """Linear → ReLU → residual blocks → FDS (training only) → Linear."""
+    """Linear → ReLU → residual blocks → FDS (training only) → dropout →
+    Linear (the reference's ``encoding → FDS.smooth → dropout → linear``)."""
 
-    def __init__(self, in_dim: int, hidden: int, blocks: int, fds: RefFDS | None):
+    def __init__(self, in_dim: int, hidden: int, blocks: int, fds: RefFDS | None, dropout: float = 0.0):
         super().__init__()
         self.proj = nn.Linear(in_dim, hidden)
         self.blocks = nn.ModuleList(RefBlock(hidden) for _ in range(blocks))
         self.FDS = fds
+        self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, 1)
 
     def forward(self, x, labels=None, epoch=None):
@@ -170,7 +245,7 @@ class RefHead(nn.Module):
         encoding = h
         if self.training and self.FDS is not None and epoch is not None:
             h = self.FDS.smooth(h, labels, epoch)
-        return self.fc(h).squeeze(-1), encoding
+        return self.fc(self.dropout(h)).squeeze(-1), encoding
 
 
 # ---------------------------------------------------------------- training
@@ -195,7 +270,7 @@ def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, ep
               lds: bool = False, reweight: str = "none", lds_kernel: str = "gaussian", lds_ks: int = 5,
               lds_sigma: float = 2.0, fds: bool = False, fds_kernel: str = "gaussian", fds_ks: int = 5,
               fds_sigma: float = 2.0, label_range=(0.0, 100.0), bin_size: float = 1.0, seed: int = 0,
-              device: str = "cpu") -> dict:
+              device: str = "cpu", fds_schedule: str = "reference", fds_empty_bins: str = "fill") -> dict:
     """One configuration, reference style.  Returns the best validation MAE,
     its epoch, the test MAE and the seconds taken."""
     t0 = time.perf_counter()
@@ -215,7 +290,8 @@ def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, ep
     val_loader = DataLoader(ds_va, batch_size=batch_size, shuffle=False)
     test_loader = DataLoader(ds_te, batch_size=batch_size, shuffle=False)
 
-    fds_layer = RefFDS(hidden, n_bins, 0, 1, fds_kernel, fds_ks, fds_sigma, 0.9) if fds else None
+    fds_layer = (RefFDS(hidden, n_bins, 0, 1, fds_kernel, fds_ks, fds_sigma, 0.9, schedule=fds_schedule,
+                        empty_bins=fds_empty_bins) if fds else None)
     model = RefHead(features.shape[1], hidden, blocks, fds_layer).to(device)
     with torch.no_grad():
         model.fc.bias.fill_(float(labels[tr].mean()))
@@ -251,7 +327,7 @@ def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, ep
                     labs.extend(b.numpy())
             encodings = torch.from_numpy(np.vstack(encodings)).to(device)
             labs = torch.from_numpy(np.hstack(labs)).to(device)
-            fds_layer.update_running_stats(encodings, labs, epoch)
+            fds_layer.end_of_epoch(encodings, labs, epoch)
         val = evaluate(val_loader)
         if val < best:
             best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())

@@ -98,15 +98,6 @@ class OutOfRange(str, Enum):
     drop = "drop"
 
 
-def odd_kernel_size(value: int | None) -> int | None:
-    """Typer callback: kernel sizes must be odd."""
-    if value is not None and value % 2 == 0:
-        raise typer.BadParameter(
-            f"{value} is even; use an odd kernel size (the reference code silently uses ks-1 = {value - 1} "
-            "for even sizes, so the paper's N(12, 10) is --lds-ks 11 --lds-sigma 10)")
-    return value
-
-
 def positive_float(value: float | None) -> float | None:
     if value is not None and not value > 0:
         raise typer.BadParameter(f"{value} must be a positive number")

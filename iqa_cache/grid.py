@@ -38,7 +38,7 @@ import pandas as pd
 
 from .cache import CacheData
 from .errors import ConfigError, RunError, TrainingDiverged
-from .imbalance import KERNELS, REWEIGHTS, LDSConfig
+from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
 from .runs import CACHE_KEYS, Run, check_out_dir, write_json, write_run
@@ -97,8 +97,7 @@ def parse_value(key: str, raw: Any) -> Any:
         if value < 1:
             raise _bad(key, raw, "use a positive odd kernel size")
         if value % 2 == 0:
-            raise _bad(key, raw, f"{value} is even; use an odd kernel size (the reference code silently uses "
-                                 f"ks-1 = {value - 1} for even sizes, so the paper's N(12, 10) is ks 11)")
+            raise _bad(key, raw, even_kernel_message(None, value))
         return value
     try:  # lds_sigma, fds_sigma, bin_size, lr
         value = float(text)

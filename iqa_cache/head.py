@@ -1,9 +1,11 @@
 """The residual MLP regression head (paper Fig. 2).
 
-    x (D) → Linear(D, H) → act → [ResidualBlock(H)] × n_blocks → FDS → Linear(H, 1)
+    x (D) → Linear(D, H) → act → [ResidualBlock(H)] × n_blocks → FDS → Dropout → Linear(H, 1)
 
-A residual block is ``act(h + Linear(drop(act(Linear(h)))))``.  FDS (when
-enabled) recalibrates the final hidden features during training only.
+A residual block is ``act(h + Linear(act(Linear(h))))``.  FDS (when
+enabled) recalibrates the final hidden features during training only;
+dropout (when ``dropout > 0``) acts on the calibrated features, as in the
+DIR reference (its ``encoding → FDS.smooth → dropout → linear``).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 @dataclass(frozen=True)
 class HeadConfig:
     """Head shape.  Defaults: 768 → 512, two residual blocks, ReLU, no
-    dropout."""
+    dropout (``dropout``: on the features after FDS, before the final layer)."""
 
     in_dim: int = 768
     hidden_dim: int = 512
@@ -41,15 +43,14 @@ class HeadConfig:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, dim: int, activation: str, dropout: float):
+    def __init__(self, dim: int, activation: str):
         super().__init__()
         self.fc1 = nn.Linear(dim, dim)
         self.fc2 = nn.Linear(dim, dim)
         self.act = ACTIVATIONS[activation]()
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.act(h + self.fc2(self.drop(self.act(self.fc1(h)))))
+        return self.act(h + self.fc2(self.act(self.fc1(h))))
 
 
 class ResidualMLPHead(nn.Module):
@@ -58,14 +59,14 @@ class ResidualMLPHead(nn.Module):
         self.cfg = cfg
         self.proj = nn.Linear(cfg.in_dim, cfg.hidden_dim)
         self.act = ACTIVATIONS[cfg.activation]()
-        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden_dim, cfg.activation, cfg.dropout)
-                                    for _ in range(cfg.n_blocks))
+        self.blocks = nn.ModuleList(ResidualBlock(cfg.hidden_dim, cfg.activation) for _ in range(cfg.n_blocks))
         if fds is not None and fds.enabled:
             if n_bins is None:
                 raise ConfigError("FDS needs the number of label bins")
             self.fds: FDS | None = FDS(cfg.hidden_dim, n_bins, fds)
         else:
             self.fds = None
+        self.drop = nn.Dropout(cfg.dropout)
         self.fc = nn.Linear(cfg.hidden_dim, 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,4 +80,4 @@ class ResidualMLPHead(nn.Module):
         z = self.features(x)
         if self.fds is not None:
             z = self.fds(z, bins, epoch)
-        return self.fc(z).squeeze(-1)
+        return self.fc(self.drop(z)).squeeze(-1)

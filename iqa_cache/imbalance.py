@@ -10,7 +10,8 @@ Semantics follow Yang et al., "Delving into Deep Imbalanced Regression"
   unique raw label values;
 * **even kernel sizes are rejected**: the reference silently uses ``ks - 1``
   for the gaussian and laplace windows (its half width is ``(ks-1)//2``), so
-  the paper's N(12, 10) is run here as ks 11, sigma 10;
+  the paper's N(12, 10) is run here as ks 11, sigma 10 (the same window); its
+  triang window is ``triang(ks)`` of even length, off-centre by half a bin;
 * LDS smoothing is done in **floating point** for every reweight mode (the
   reference convolves the integer counts of ``inverse`` in integer
   arithmetic, which truncates the smoothed density);
@@ -18,7 +19,15 @@ Semantics follow Yang et al., "Delving into Deep Imbalanced Regression"
   takes both the per-bin and the smoothed statistics from the same update
   (the reference aliases ``running_mean_last_epoch`` to ``running_mean``, so
   its calibration mixes this epoch's raw statistics with the previous
-  epoch's smoothed ones);
+  epoch's smoothed ones), and calibrates from ``start_smooth`` with the
+  statistics of the epoch before; the reference's first effective
+  calibration comes one epoch later (its smoothed statistics lag one epoch);
+* FDS fills the statistics of **empty bins** from their neighbours by
+  linear interpolation (``empty_bins='fill'``, the default; ``'keep'``
+  leaves them at mean 0 / variance 1 as the discrete-label reference
+  variants do); the continuous-label reference (sts-b-dir) fills them bin by
+  bin each epoch, which equals this for a lone empty bin and converges to it
+  for runs of empty bins;
 * FDS calibration is **out of place** and vectorised (no Python loop over
   labels), and works on any device.
 """
@@ -102,6 +111,27 @@ class Bins:
 
 # --------------------------------------------------------------------- kernels
 
+def even_kernel_message(kernel: str | None, ks: int, what: str = "kernel") -> str:
+    """Why an even kernel size is refused, as the reference would treat it.
+
+    The reference builds gaussian and laplace windows from a half width of
+    ``(ks - 1) // 2``, i.e. silently with ``ks - 1`` bins; its triang window is
+    ``scipy.signal.windows.triang(ks)`` as given: ``ks`` bins with no centre
+    bin, which shifts LDS smoothing by half a bin and leaves its FDS
+    smoothing one bin short.  ``kernel`` None (not known yet): both cases."""
+    kernel = None if kernel is None else str(getattr(kernel, "value", kernel))
+    odd = f"use an odd size ({ks - 1} or {ks + 1})"
+    shrink = (f"for gaussian and laplace the reference code silently uses ks-1 = {ks - 1} "
+              "(so the paper's N(12, 10) is ks 11, sigma 10)")
+    tri = (f"for triang it uses scipy's triang({ks}) as is, an even window without a centre bin that shifts "
+           "LDS smoothing by half a bin and makes its FDS smoothing one bin short")
+    if kernel == "triang":
+        return f"{what} size {ks} is even; {odd}: {tri}"
+    if kernel in ("gaussian", "laplace"):
+        return f"{what} size {ks} is even; {odd}: {shrink}"
+    return f"{what} size {ks} is even; {odd}: {shrink}; {tri}"
+
+
 def check_kernel(kernel: str, ks: int, sigma: float, *, what: str = "kernel") -> None:
     """Raise ConfigError for an unknown kernel, an even or non-positive size
     or a non-positive sigma."""
@@ -110,8 +140,7 @@ def check_kernel(kernel: str, ks: int, sigma: float, *, what: str = "kernel") ->
     if int(ks) != ks or ks < 1:
         raise ConfigError(f"{what} size {ks} must be a positive odd integer")
     if ks % 2 == 0:
-        raise ConfigError(f"{what} size {ks} is even; use an odd size: the reference code silently uses "
-                          f"ks-1 = {ks - 1} for even sizes (so the paper's N(12, 10) is ks 11)")
+        raise ConfigError(even_kernel_message(kernel, int(ks), what))
     if not (math.isfinite(sigma) and sigma > 0):
         raise ConfigError(f"{what} sigma must be a positive number, got {sigma}")
 
@@ -210,6 +239,49 @@ def bin_statistics(features: torch.Tensor, bins: torch.Tensor, n_bins: int
     return count, mean, var
 
 
+EMPTY_BINS = ("fill", "keep")
+
+
+def empty_bin_plan(present) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For bins without training samples (``present`` False): the two bins
+    and the weight their statistics are filled from, ``(left, right, t)``
+    with ``filled = (1 - t) * x[left] + t * x[right]``.
+
+    A run of empty bins between two non-empty ones is interpolated linearly
+    between them; a run at either end copies the nearest non-empty bin.  For
+    a lone empty bin this is exactly what the reference's continuous-label
+    FDS (sts-b-dir) does each epoch (the mean of its two neighbours; an end
+    bin copies its neighbour); for longer runs it is the state that the
+    reference's bin-by-bin filling converges to over epochs.  Present bins
+    map to themselves (t 0).  None when no bin is empty or none is present."""
+    present = np.asarray(present, dtype=bool)
+    n = len(present)
+    if present.all() or not present.any():
+        return None
+    idx = np.arange(n)
+    pos = np.flatnonzero(present)
+    left = pos[np.clip(np.searchsorted(pos, idx, side="right") - 1, 0, len(pos) - 1)]
+    right = pos[np.clip(np.searchsorted(pos, idx, side="left"), 0, len(pos) - 1)]
+    left = np.where(idx < pos[0], right, left)  # before the first present bin: copy it
+    right = np.where(idx > pos[-1], left, right)  # after the last: copy it
+    gap = (right - left).astype(np.float64)
+    t = np.where(gap > 0, (idx - left) / np.where(gap > 0, gap, 1.0), 0.0)
+    return left, right, t
+
+
+def fill_empty_bins(stats: torch.Tensor, present) -> torch.Tensor:
+    """``stats`` [..., n_bins, D] with the rows of empty bins replaced as
+    :func:`empty_bin_plan` says (out of place; present bins unchanged)."""
+    present = np.asarray(present.cpu() if isinstance(present, torch.Tensor) else present, dtype=bool)
+    plan = empty_bin_plan(present)
+    if plan is None:
+        return stats
+    left, right, t = (torch.as_tensor(a, device=stats.device) for a in plan)
+    t = t.to(stats.dtype).unsqueeze(-1)
+    filled = (1 - t) * stats[..., left, :] + t * stats[..., right, :]
+    return torch.where(torch.as_tensor(present, device=stats.device).unsqueeze(-1), stats, filled)
+
+
 def smooth_statistics(stats: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     """Smooth [n_bins, D] statistics across bins with ``window``, padding by
     reflection at both ends (as the reference)."""
@@ -243,7 +315,15 @@ def calibrate(features: torch.Tensor, bins: torch.Tensor, mean: torch.Tensor, va
 class FDSConfig:
     """FDS settings (DESIGN §6.2).  Statistics are updated from the training
     features at the end of each epoch >= ``start_update`` and used for
-    calibration from epoch ``start_smooth`` on."""
+    calibration from epoch ``start_smooth`` on (the reference's first
+    effective calibration comes one epoch later: see the README).
+
+    ``empty_bins``: what the statistics of bins without training samples
+    are before smoothing.  ``fill`` (default, as the reference's
+    continuous-label variant sts-b-dir): taken from the neighbouring bins
+    (:func:`empty_bin_plan`); ``keep``: left at mean 0 / variance 1 (the
+    reference's discrete-label variants), which drags the smoothed statistics
+    of the bins next to them, i.e. of the rare tail bins."""
 
     enabled: bool = False
     kernel: str = "gaussian"
@@ -254,9 +334,13 @@ class FDSConfig:
     start_smooth: int = 1
     clip_min: float = 0.1
     clip_max: float = 10.0
+    empty_bins: str = "fill"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel", str(getattr(self.kernel, "value", self.kernel)))
+        object.__setattr__(self, "empty_bins", str(getattr(self.empty_bins, "value", self.empty_bins)))
+        if self.empty_bins not in EMPTY_BINS:
+            raise ConfigError(f"--fds-empty-bins '{self.empty_bins}' is not one of {', '.join(EMPTY_BINS)}")
         if self.enabled:
             check_kernel(self.kernel, self.ks, self.sigma, what="--fds-kernel")
         if not 0.0 <= self.momentum < 1.0:
@@ -274,7 +358,9 @@ class FDS(torch.nn.Module):
     """Feature distribution smoothing for [N, D] features with integer bins.
 
     Buffers (saved in the state dict): ``running_mean``/``running_var`` (per
-    bin, momentum-averaged over epochs; the first update of a bin replaces),
+    bin, momentum-averaged over epochs; the first update of a bin replaces;
+    bins without samples in an update filled from their neighbours, or kept,
+    per ``empty_bins``),
     ``mean``/``var`` (a copy of the running statistics at the last update:
     what calibration uses) and ``smoothed_mean``/``smoothed_var`` (those,
     smoothed across bins).  At evaluation, and before ``start_smooth``, the
@@ -310,6 +396,9 @@ class FDS(torch.nn.Module):
         self.running_mean.copy_(torch.where(upd, keep * self.running_mean + (1 - keep) * mean, self.running_mean))
         self.running_var.copy_(torch.where(upd, keep * self.running_var + (1 - keep) * var, self.running_var))
         self.seen |= present
+        if self.cfg.empty_bins == "fill":
+            self.running_mean.copy_(fill_empty_bins(self.running_mean, present))
+            self.running_var.copy_(fill_empty_bins(self.running_var, present))
         self.mean.copy_(self.running_mean)
         self.var.copy_(self.running_var)
         self.smoothed_mean.copy_(smooth_statistics(self.mean, self.window))

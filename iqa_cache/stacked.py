@@ -46,7 +46,7 @@ from .cache import CacheData
 from .encoder import resolve_device
 from .errors import ConfigError, TrainingDiverged
 from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
-from .imbalance import Bins, LDSConfig, fds_window
+from .imbalance import Bins, LDSConfig, fds_window, fill_empty_bins
 
 if TYPE_CHECKING:  # train.py imports this module at its top: import train lazily here
     from .train import TrainConfig, TrainResult
@@ -159,26 +159,26 @@ class HeadStack:
             out[f"{name}.bias"] = params[2 * i + 1][k].detach().reshape(-1).cpu().clone()
         return out
 
-    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None, *,
-                 train: bool = False) -> torch.Tensor:
-        """Hidden features ``[K, B, H]`` for per-configuration inputs
-        ``[K, B, D]`` or shared inputs ``[B, D]``; dropout only when ``train``."""
+    def features(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Hidden features ``[K, B, H]`` (what FDS calibrates) for
+        per-configuration inputs ``[K, B, D]`` or shared inputs ``[B, D]``."""
         p = self.params if params is None else params
         k = int(p[0].shape[0])
         if x.dim() == 2:
             x = x.expand(k, *x.shape)
         h = self.act(torch.baddbmm(p[1], x, p[0]))
-        drop = self.cfg.dropout if train else 0.0
         for j in range(self.cfg.n_blocks):
             w1, b1, w2, b2 = p[2 + 4 * j: 6 + 4 * j]
-            u = self.act(torch.baddbmm(b1, h, w1))
-            if drop > 0:
-                u = F.dropout(u, drop, training=True)
-            h = self.act(h + torch.baddbmm(b2, u, w2))
+            h = self.act(h + torch.baddbmm(b2, self.act(torch.baddbmm(b1, h, w1)), w2))
         return h
 
-    def output(self, z: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def output(self, z: torch.Tensor, params: Sequence[torch.Tensor] | None = None, *,
+               train: bool = False) -> torch.Tensor:
+        """The final layer on (calibrated) features ``z`` [K, B, H], after
+        dropout when ``train`` (as ``ResidualMLPHead``: FDS, dropout, FC)."""
         p = self.params if params is None else params
+        if train and self.cfg.dropout > 0:
+            z = F.dropout(z, self.cfg.dropout, training=True)
         return torch.baddbmm(p[-1], z, p[-2]).squeeze(-1)
 
     @torch.no_grad()
@@ -243,6 +243,7 @@ class StackedFDS:
         c = fds_cfgs[0]
         self.momentum, self.start_update, self.start_smooth = c.momentum, c.start_update, c.start_smooth
         self.clip = (c.clip_min, c.clip_max)
+        self.empty_bins = c.empty_bins
         self.k, self.n_bins, self.dim = len(fds_cfgs), n_bins, dim
         self.windows = padded_windows([fds_window(f.kernel, f.ks, f.sigma) for f in fds_cfgs]).to(device)
         shape = (self.k, n_bins, dim)
@@ -290,6 +291,9 @@ class StackedFDS:
         """After all configurations were folded: mark the bins seen, smooth the
         statistics and rebuild the calibration table."""
         self.seen |= count > 0
+        if self.empty_bins == "fill":
+            self.running_mean = fill_empty_bins(self.running_mean, count > 0)
+            self.running_var = fill_empty_bins(self.running_var, count > 0)
         self.smoothed_mean = stacked_smooth(self.running_mean, self.windows)
         self.smoothed_var = stacked_smooth(self.running_var, self.windows)
         self.updated = True
@@ -442,10 +446,10 @@ def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceDa
             else:
                 idx = perm[:, i:i + bs]
                 xb, yb, wb, bb = dev.x_tr[idx], dev.y_tr[idx], w_lds.gather(1, idx), b_tr[idx]
-            z = stack.features(xb, train=True)
+            z = stack.features(xb)
             if calibrating:
                 z = fds.calibrate(z, bb)
-            pred = stack.output(z)
+            pred = stack.output(z, train=True)
             loss_k = (loss_terms(pred, yb, c0.loss) * wb).mean(dim=-1)
             grads = torch.autograd.grad(loss_k.sum(), stack.params)
             for v, (a, b) in zip(views, runs):
