@@ -128,6 +128,56 @@ def test_preset_fills_defaults_but_explicit_options_win(feature_cache, tmp_path)
     assert r.exit_code == 2 and "paper-koniq" in r.output
 
 
+PAPER_HEAD = {"in_dim": 768, "hidden_dim": 512, "n_blocks": 2, "dropout": 0.0, "activation": "relu"}
+PAPER_LDS = {"enabled": True, "reweight": "sqrt_inv", "kernel": "gaussian", "ks": 11, "sigma": 10.0}
+PAPER_FDS = {"enabled": True, "kernel": "gaussian", "ks": 5, "sigma": 2.0, "momentum": 0.9, "start_update": 0,
+             "start_smooth": 1, "clip_min": 0.1, "clip_max": 10.0, "empty_bins": "fill"}
+
+
+@pytest.mark.parametrize("preset,lr,bin_size,label_range", [
+    ("paper-koniq", 0.1, 1.0, [0.0, 100.0]),
+    ("paper-internal", 0.01, 0.04, [0.0, 4.0]),
+])
+def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset, lr, bin_size, label_range):
+    """Every setting of LDS+FDS under each preset: the paper's Adam and
+    epochs, its LDS kernel N(12, 10) as gaussian ks 11 sigma 10, FDS N(5, 2)
+    from epoch 0/1, and the preset's bins."""
+    r = iqa("train-head", "--cache", feature_cache, "--preset", preset, "--lds", "--fds", "--show-config")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.stdout)
+    assert got == {"preset": preset, "train": {
+        "head": PAPER_HEAD, "lds": PAPER_LDS, "fds": PAPER_FDS,
+        "optim": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant"},
+        "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
+        "seed": 0, "device": "auto"}}
+    # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset
+    from iqa_cache.imbalance import Bins
+    assert Bins(*label_range, bin_size).n == 100
+    r = iqa("train-head", "--cache", feature_cache, "--preset", preset, "--lds", "--lds-ks", 5, "--show-config")
+    assert json.loads(r.stdout)["train"]["lds"]["ks"] == 5
+    assert json.loads(r.stdout)["train"]["lds"]["sigma"] == 10.0
+
+
+def test_paper_internal_bins_keep_each_value_of_the_0_4_scale_apart():
+    from iqa_cache.imbalance import Bins
+    from iqa_cache.train import PRESETS
+
+    p = PRESETS["paper-internal"]
+    b = Bins(*p["label_range"], p["bin_size"])
+    assert list(b.index([0, 1, 2, 3, 4])) == [0, 25, 50, 75, 99]
+
+
+def test_even_kernel_message_follows_the_kernel(feature_cache, tmp_path):
+    r = iqa("train-head", "--cache", feature_cache, "--lds", "--lds-kernel", "triang", "--lds-ks", 4,
+            "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--lds-ks" in r.output and "triang(4)" in r.output
+    assert "ks-1" not in r.output  # the reference does not shrink triang windows
+    r = iqa("train-head", "--cache", feature_cache, "--fds", "--fds-kernel", "laplace", "--fds-ks", 6,
+            "--out", tmp_path / "x")
+    assert r.exit_code == 2 and "--fds-ks" in r.output and "ks-1 = 5" in r.output and "triang" not in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_errors_are_one_line_without_traceback(tmp_path, feature_cache):
     r = iqa("train-head", "--cache", tmp_path / "missing.h5", "--out", tmp_path / "r")
     assert r.exit_code == 2

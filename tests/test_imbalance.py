@@ -94,6 +94,16 @@ def test_bad_kernels_rejected(ks, sigma, match):
 def test_even_kernel_message_names_reference_behaviour():
     with pytest.raises(ConfigError, match=r"ks-1 = 11"):
         LDSConfig(enabled=True, reweight="sqrt_inv", ks=12, sigma=10)
+    # the reference's triang is scipy's triang(ks) as given: even, no centre bin, not ks-1
+    with pytest.raises(ConfigError, match=r"triang\(4\)") as e:
+        LDSConfig(enabled=True, reweight="sqrt_inv", kernel="triang", ks=4)
+    assert "ks-1" not in str(e.value)
+    assert len(ref_kernel_window("triang", 4, 1.0)) == 4 and len(ref_kernel_window("gaussian", 12, 10.0)) == 11
+
+
+def test_paper_kernel_n12_10_is_the_reference_window_for_ks_12():
+    np.testing.assert_allclose(kernel_window("gaussian", 11, 10.0), ref_kernel_window("gaussian", 12, 10.0),
+                               rtol=1e-12)
 
 
 def test_lds_without_reweight_is_refused():

@@ -129,3 +129,32 @@ def test_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="unknown"):
         TrainConfig.from_dict({"epochz": 3})
+
+
+def test_dropout_acts_after_fds_on_the_final_features():
+    """As in the DIR reference (encoding → FDS.smooth → dropout → linear):
+    the features FDS sees and gathers statistics from carry no dropout; the
+    calibrated ones are dropped before the final layer.  The stacked head
+    (ablate, train_head) does the same."""
+    from iqa_cache.head import ResidualMLPHead
+    from iqa_cache.stacked import HeadStack
+
+    torch.manual_seed(0)
+    head = ResidualMLPHead(HeadConfig(in_dim=8, hidden_dim=16, n_blocks=2, dropout=0.5),
+                           FDSConfig(enabled=True), n_bins=10).train()
+    x, b = torch.randn(32, 8), torch.randint(0, 10, (32,))
+    assert torch.equal(head.features(x), head.features(x))  # no dropout before FDS
+    seen = []
+    head.fds.register_forward_hook(lambda m, inp, out: seen.append((inp[0].clone(), out.clone())))
+    head.fds.update(head.features(x), b, 0)
+    torch.manual_seed(1)
+    out = head(x, b, 1)
+    z_in, z_cal = seen[-1]
+    assert torch.equal(z_in, head.features(x)) and not torch.equal(z_cal, z_in)  # FDS calibrated
+    torch.manual_seed(1)
+    want = head.fc(torch.nn.functional.dropout(z_cal, 0.5, training=True)).squeeze(-1)
+    torch.testing.assert_close(out, want)
+    stack = HeadStack.from_heads([head], "cpu")
+    torch.testing.assert_close(stack.features(x)[0], head.features(x))
+    torch.manual_seed(1)
+    torch.testing.assert_close(stack.output(z_cal[None], train=True)[0], want, rtol=1e-5, atol=1e-5)
