@@ -38,6 +38,7 @@ import pandas as pd
 
 from .cache import CacheData
 from .errors import ConfigError, RunError, TrainingDiverged
+from .importer import item_noun
 from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
@@ -416,6 +417,7 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
             bar.close()
     ordered = [outcomes[i] for i in range(len(cfgs))] + [Outcome(p, "skipped", p.skipped) for p in plan.skipped]
     summary = summary_frame(ordered, data.label_range, plan.spec)
+    summary.attrs["noun"] = item_noun(data.attrs)
     notes = _notes(data, ordered)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_text = summary.to_csv(index=False, float_format="%.6f") + "".join(f"# {n}\n" for n in notes)
@@ -492,7 +494,8 @@ def format_summary(df: pd.DataFrame, notes: Sequence[str] = (), digits: int = 4)
                                        + [r["status"]]) + " |")
     counts = df.attrs.get("n_test") or []
     if counts:
-        lines.append("| " + " | ".join(["*n (test images)*", "", ""] + [str(c) for c in counts] + [""]) + " |")
+        noun = df.attrs.get("noun", "images")
+        lines.append("| " + " | ".join([f"*n (test {noun})*", "", ""] + [str(c) for c in counts] + [""]) + " |")
     out = "\n".join(lines) + "\n"
     if notes:
         out += "\n" + "\n".join(f"> **{n.split(':', 1)[0]}**:{n.split(':', 1)[1]}" if ":" in n else f"> {n}"

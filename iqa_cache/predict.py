@@ -134,6 +134,9 @@ def encoder_for_run(run: Run, pretrained: str | None = None, device: str = "auto
     """The frozen encoder, weights and preprocessing recorded in the run's
     cache section, rebuilt and verified."""
     cache = run.cache
+    if cache.get("feature_source") == "imported":
+        raise RunError(f"run {run.path} was trained on imported features ({cache.get('imported_path')}): scoring "
+                       "new images needs the encoder that made them, which an imported cache does not record")
     missing = [k for k in NEEDED if cache.get(k) in (None, "") and not (k == "pretrained_sha256"
                                                                           and cache.get("pretrained_kind") == "none")]
     if missing:

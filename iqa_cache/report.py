@@ -111,6 +111,14 @@ def _edges_for(runs: Sequence[Run], edges: Sequence[float] | None) -> list[float
     return default_edges(next(iter(ranges))) if len(ranges) == 1 else default_edges((0.0, 100.0))
 
 
+def runs_noun(runs: Sequence[Run]) -> str:
+    """What the rows are called in tables: ``images``, or ``items`` when any
+    run was trained on imported features (``iqa import``)."""
+    from .importer import item_noun
+
+    return "items" if any(item_noun(r.cache) == "items" for r in runs) else "images"
+
+
 def per_bin_table(runs: Sequence[Run], edges: Sequence[float] | None = None, split: str = "test") -> Table:
     """The paper's Table 1 form: MAE per label range and overall, one row per
     run, plus the number of images per range."""
@@ -132,7 +140,7 @@ def per_bin_table(runs: Sequence[Run], edges: Sequence[float] | None = None, spl
         counts = []
         notes.append(f"warning: the runs have different {split} sets; per-bin counts differ")
     return Table(title=f"MAE per label range ({split} split)", columns=names, rows=rows,
-                 count_label=f"n ({split} images)", counts=counts or [], notes=notes, key="ranges")
+                 count_label=f"n ({split} {runs_noun(runs)})", counts=counts or [], notes=notes, key="ranges")
 
 
 # ------------------------------------------------------------------ loading
@@ -426,10 +434,11 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     baselines = make_baselines(runs, split) if cfg.baseline else []
     all_runs = [r for e in entries for r in e.runs]
     if not any(len(_split_arrays(r, split)[1]) for r in all_runs):
-        raise RunError(f"none of the runs has {split} images with labels; try --split "
+        raise RunError(f"none of the runs has {split} {runs_noun(all_runs)} with labels; try --split "
                        f"{'val' if split == 'test' else 'test'}")
     tables: list[Table] = []
-    n_label = f"n ({split} images)"
+    noun = runs_noun(all_runs)
+    n_label = f"n ({split} {noun})"
 
     if "ranges" in cfg.tables:
         edges = _edges_for(all_runs, cfg.edges)
@@ -488,8 +497,9 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
                               count_label=n_label, digits=cfg.digits)
         desc = "; ".join(f"bins of {k}: {v['many']} many-, {v['medium']} medium-, {v['few']} few-shot"
                          for k, v in shot_bins.items())
-        t.caption = (f"Imbalanced-regression metrics, {split} split (lower is better): a {split} image is many-shot "
-                     f"when its LDS bin holds more than {cfg.many} training images, few-shot when it holds fewer "
+        t.caption = (f"Imbalanced-regression metrics, {split} split (lower is better): a {split} {noun[:-1]} is "
+                     f"many-shot when its LDS bin holds more than {cfg.many} training {noun}, few-shot when it "
+                     "holds fewer "
                      f"than {cfg.few}, medium otherwise ({desc}). G-Mean: geometric mean of the absolute errors. "
                      "An empty region is left blank.")
         if dis:

@@ -31,7 +31,10 @@ from .train import TrainConfig, TrainResult
 RUN_FILES = ("config.json", "head.pt", "predictions.csv", "metrics.json")
 CACHE_KEYS = FEATURE_KEYS + ("dataset", "dataset_root", "manifest_sha256", "n_images", "n_embedded", "n_failed",
                              "label_name", "label_range", "split_source", "pretrained", "pretrained_file",
-                             "content_id", "labels_version")
+                             "content_id", "labels_version",
+                             # features imported with `iqa import` (iqa_cache.importer): where they came from
+                             "feature_source", "imported_path", "imported_sha256", "imported_format",
+                             "imported_features_key", "imported_shape", "labels_csv")
 
 
 def _clean(x: Any) -> Any:

@@ -1,0 +1,55 @@
+"""`iqa import`: a cache from features made elsewhere (bring your own
+embeddings); the work is in :mod:`iqa_cache.importer`."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from iqa_cache.importer import ImportConfig, import_features
+
+from .app import app
+from .common import OutOfRange, echo_out, handle_errors, parse_range
+
+
+@app.command("import")
+@handle_errors
+def import_command(
+    features: Annotated[Path, typer.Option(help="Feature matrix, one row per item: .npy, .npz, .h5/.hdf5 or "
+                                                ".parquet.")],
+    labels: Annotated[Path, typer.Option(help="CSV with an id, a label and optionally a split per item.")],
+    out: Annotated[Path, typer.Option(help="The cache file to write (.h5).")],
+    id_col: Annotated[Optional[str], typer.Option(help="CSV id column [default: id, image_id, image, ...].")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="CSV label column [default: label, mos, score].")] = None,
+    split_col: Annotated[Optional[str], typer.Option(help="CSV split column, train/val/test [default: split or "
+                                                          "set; none: a seeded 70/10/20 split].")] = None,
+    features_key: Annotated[Optional[str], typer.Option(help="Array (.npz/.h5) or column (.parquet) holding the "
+                                                             "features [default: features, embeddings, ... or "
+                                                             "the only 2-D array].")] = None,
+    ids_key: Annotated[Optional[str], typer.Option(help="Array or column holding the ids [default: ids, id, "
+                                                        "image_id, ...; none: feature row i is CSV row i].")] = None,
+    label_range: Annotated[Optional[str], typer.Option(help="The label scale LO,HI [default: the smallest "
+                                                            "whole-number range holding every label].")] = None,
+    out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside --label-range: error, clip or drop.")
+                            ] = OutOfRange.error,
+    split_seed: Annotated[int, typer.Option(help="Seed of the split when the CSV has none.")] = 0,
+    name: Annotated[Optional[str], typer.Option(help="Dataset name recorded [default: the features file's "
+                                                     "stem].")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing cache at --out.")] = False,
+) -> None:
+    """Write a cache from features made elsewhere, for train-head, ablate and report.
+
+    Rows are matched by id when the features carry ids (.npz/.h5 arrays,
+    a .parquet column), else by order. The cache records the file, its
+    SHA-256, format and shape; it records no encoder, so `iqa predict`
+    cannot score new inputs with runs trained on it.
+    """
+    cfg = ImportConfig(features=features, labels=labels, out=out, features_key=features_key, ids_key=ids_key,
+                       id_col=id_col, label_col=label_col, split_col=split_col,
+                       label_range=parse_range(label_range), out_of_range=out_of_range.value,
+                       split_seed=split_seed, name=name, overwrite=overwrite)
+    s = import_features(cfg)
+    c = s.split_counts
+    echo_out(f"{s.path}: {s.n_items} items × {s.feature_dim} features from {s.format} (matched {s.id_matching}); "
+             f"train/val/test {c['train']}/{c['val']}/{c['test']}")

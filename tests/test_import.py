@@ -1,0 +1,176 @@
+"""`iqa import`: features made elsewhere become a normal cache that
+train-head, ablate and report use unchanged, trains exactly like an embedded
+cache holding the same numbers, records where it came from, and is refused
+by predict in one line; bad inputs are one-line errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
+from iqa_cache import cache
+
+runner = CliRunner()
+TRAIN = ("--lds", "--fds", "--epochs", 6, "--hidden", 32, "--blocks", 1, "--batch-size", 8, "--lr", "3e-3",
+         "--seed", 3, "--device", "cpu", "--no-progress")
+
+
+def iqa(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, koniq_root, tiny_model):
+    """An embedded cache (tiny encoder), its numbers exported to every
+    format, and the labels CSV (id, label, split) in the cache's row order."""
+    d = tmp_path_factory.mktemp("imp")
+    h5 = d / "embedded.h5"
+    r = iqa("embed", "--dataset", "koniq", "--root", koniq_root, "--model", tiny_model, "--pretrained", "none",
+            "--device", "cpu", "--workers", "0", "--out", h5, "--no-progress")
+    assert r.exit_code == 0, r.output
+    data = cache.load(h5)
+    ids = np.asarray(data.image_id, dtype=str)
+    x = data.features
+    pd.DataFrame({"id": ids, "label": data.label.astype(np.float64), "split": data.split}).to_csv(
+        d / "labels.csv", index=False)
+    perm = np.random.default_rng(0).permutation(len(ids))  # formats with ids: stored in another order
+    np.save(d / "f.npy", x)
+    np.savez(d / "f.npz", embeddings=x[perm], ids=ids[perm])
+    with h5py.File(d / "f.h5", "w") as f:
+        f["features"] = x[perm]
+        f["image_id"] = ids[perm].astype(object).astype(h5py.string_dtype())
+    wide = pd.DataFrame(x[perm], columns=[f"f{i}" for i in range(x.shape[1])])
+    wide.insert(0, "id", ids[perm])
+    wide.to_parquet(d / "f.parquet")
+    pd.DataFrame({"id": ids[perm], "embedding": list(x[perm])}).to_parquet(d / "list.parquet")
+    return d, h5, data
+
+
+def train(cache_path, out):
+    r = iqa("train-head", "--cache", cache_path, *TRAIN, "--out", out)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.mark.parametrize("fmt", ["f.npy", "f.npz", "f.h5", "f.parquet", "list.parquet"])
+def test_imported_cache_trains_exactly_like_the_embedded_one(embedded, tmp_path, fmt):
+    d, h5, data = embedded
+    out = tmp_path / "imported.h5"
+    r = iqa("import", "--features", d / fmt, "--labels", d / "labels.csv", "--label-range", "0,100", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert f"{len(data)} items" in r.stdout and ("by id" in r.stdout) == (fmt != "f.npy")
+    imp = cache.load(out)
+    np.testing.assert_array_equal(imp.features, data.features)
+    np.testing.assert_array_equal(imp.label, data.label)
+    assert list(imp.split) == list(data.split) and list(imp.image_id) == list(data.image_id)
+    # self-describing: where the features came from, and no made-up encoder or image fields
+    a = imp.attrs
+    assert a["feature_source"] == "imported" and a["imported_path"] == str((d / fmt).resolve())
+    assert a["imported_sha256"] == cache._py(__import__("hashlib").sha256((d / fmt).read_bytes()).hexdigest())
+    assert a["imported_shape"] == list(data.features.shape) and a["feature_dim"] == data.features.shape[1]
+    assert a["imported_format"] == {"npy": "npy", "npz": "npz", "h5": "hdf5", "parquet": "parquet"}[fmt.split(".")[1]]
+    for k in ("model", "pretrained", "image_size", "resize_mode", "mean", "std", "interpolation"):
+        assert k not in a
+    # the same seed gives the same metrics and predictions as the embedded cache
+    train(h5, tmp_path / "emb_run")
+    rep = train(out, tmp_path / "imp_run")
+    m_e = json.loads((tmp_path / "emb_run" / "metrics.json").read_text())
+    m_i = json.loads((tmp_path / "imp_run" / "metrics.json").read_text())
+    assert m_i == m_e
+    p_e = pd.read_csv(tmp_path / "emb_run" / "predictions.csv")
+    p_i = pd.read_csv(tmp_path / "imp_run" / "predictions.csv")
+    pd.testing.assert_frame_equal(p_e, p_i)
+    assert "n (test items)" in rep.stdout and "test images" not in rep.stdout
+
+
+def test_report_ablate_and_predict_on_an_imported_cache(embedded, tmp_path):
+    d, h5, data = embedded
+    out = tmp_path / "c.h5"
+    assert iqa("import", "--features", d / "f.npz", "--labels", d / "labels.csv", "--label-range", "0,100",
+               "--out", out).exit_code == 0
+    train(out, tmp_path / "run")
+    r = iqa("report", tmp_path / "run", "--tables", "ranges,shots")
+    assert r.exit_code == 0, r.output
+    assert "n (test items)" in r.stdout and "image" not in r.stdout
+    r = iqa("ablate", "--cache", out, "--grid", "lds=on,off", "--epochs", 2, "--hidden", 16, "--blocks", 1,
+            "--device", "cpu", "--out", tmp_path / "abl", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "*n (test items)*" in r.stdout
+    # predict needs the encoder, which an imported cache does not record: one line, exit 2
+    img = next((Path(data.attrs["dataset_root"]) / "512x384").iterdir())
+    r = iqa("predict", "--run", tmp_path / "run", img, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 2
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and "imported features" in err and "needs the encoder" in err
+    # the embedded cache's tables still speak of images
+    train(h5, tmp_path / "emb")
+    assert "n (test images)" in iqa("report", tmp_path / "emb").stdout
+
+
+def _bad(tmp_path, feats, csv_text, *extra):
+    (tmp_path / "l.csv").write_text(csv_text)
+    out = tmp_path / "bad.h5"
+    r = iqa("import", "--features", feats, "--labels", tmp_path / "l.csv", "--out", out, *extra)
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and "Traceback" not in r.output
+    assert not out.exists()
+    return err
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    csv4 = "id,label,split\na,1,train\nb,2,train\nc,3,val\nd,4,test\n"
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "ids.npz", features=x, ids=np.array(["a", "b", "c", "e"]))
+    err = _bad(tmp_path, tmp_path / "ids.npz", csv4)
+    assert "have no feature row" in err and "'d'" in err
+    np.savez(tmp_path / "extra.npz", features=np.vstack([x, x[:1]]), ids=np.array(["a", "b", "c", "d", "z"]))
+    err = _bad(tmp_path, tmp_path / "extra.npz", csv4)
+    assert "no label" in err and "'z'" in err
+    np.savez(tmp_path / "dup.npz", features=x, ids=np.array(["a", "b", "b", "d"]))
+    assert "appears on feature rows 1 and 2" in _bad(tmp_path, tmp_path / "dup.npz", csv4)
+    assert "3 rows" in _bad(tmp_path, tmp_path / "x.npy", csv4.rsplit("d,", 1)[0])  # .npy: rows must agree
+    nan = x.copy()
+    nan[2, 1] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    assert "NaN or Inf" in (e := _bad(tmp_path, tmp_path / "nan.npy", csv4)) and "row 2" in e
+    np.save(tmp_path / "inf.npy", np.full((4, 3), 1e300))  # finite in float64, not in float32
+    assert "NaN or Inf" in _bad(tmp_path, tmp_path / "inf.npy", csv4)
+    np.save(tmp_path / "flat.npy", x.ravel())
+    assert "2-D" in _bad(tmp_path, tmp_path / "flat.npy", csv4)
+    np.savez(tmp_path / "short.npz", features=x, ids=np.array(["a", "b"]))
+    assert "2 ids" in _bad(tmp_path, tmp_path / "short.npz", csv4)
+    np.savez(tmp_path / "two.npz", a=x, b=x)
+    assert "--features-key" in _bad(tmp_path, tmp_path / "two.npz", csv4)
+    assert "no array 'q'" in _bad(tmp_path, tmp_path / "two.npz", csv4, "--features-key", "q")
+    (tmp_path / "x.txt").write_text("1 2 3")
+    assert "unknown format" in _bad(tmp_path, tmp_path / "x.txt", csv4)
+    assert "not a number" in _bad(tmp_path, tmp_path / "x.npy", csv4.replace("c,3", "c,three"))
+    assert "outside the declared range" in _bad(tmp_path, tmp_path / "x.npy", csv4, "--label-range", "0,3")
+    assert "no id column" in _bad(tmp_path, tmp_path / "x.npy", csv4.replace("id,", "key,"))
+    assert "does not exist" in _bad(tmp_path, tmp_path / "missing.npy", csv4)
+
+
+def test_an_existing_cache_is_replaced_only_with_overwrite_and_nothing_else_is(tmp_path):
+    x = np.ones((3, 2), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "l.csv").write_text("id,label\na,1\nb,2\nc,3\n")
+    out = tmp_path / "c.h5"
+    args = ("import", "--features", tmp_path / "x.npy", "--labels", tmp_path / "l.csv", "--out", out)
+    assert iqa(*args).exit_code == 0
+    r = iqa(*args)
+    assert r.exit_code == 2 and "--overwrite" in r.stderr
+    assert iqa(*args, "--overwrite").exit_code == 0
+    other = tmp_path / "notes.h5"
+    other.write_text("not a cache")
+    r = iqa("import", "--features", tmp_path / "x.npy", "--labels", tmp_path / "l.csv", "--out", other,
+            "--overwrite")
+    assert r.exit_code == 2 and other.read_text() == "not a cache"
+    assert cache.load(out).attrs["split_source"].startswith("seeded random split")
