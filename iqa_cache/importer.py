@@ -277,7 +277,8 @@ def import_features(cfg: ImportConfig) -> ImportSummary:
     if out.exists():
         if not cfg.overwrite:
             raise CacheError(f"--out {out} already exists; pass --overwrite to replace it, or another --out")
-        cache_mod.read_attrs(out)  # replace only an iqa-cache file, never anything else
+        if not cache_mod.is_iqa_cache(out):  # replace only an iqa-cache file, never anything else
+            raise CacheError(f"--out {out} exists and is not an iqa cache; refusing to replace it")
     csv_path, icol, lcol, csv_ids, labels, split, split_source = _labels_table(cfg)
     x, feature_ids, info = read_features(Path(cfg.features), cfg)
     order, matching = _match_rows(feature_ids, csv_ids, len(x), cfg)
@@ -312,7 +313,7 @@ def import_features(cfg: ImportConfig) -> ImportSummary:
             with cache_mod.CacheWriter(tmp, sync=False) as w:
                 w.commit(0, feats, np.full(n, cache_mod.OK, np.int8), [""] * n)
                 w.finalize()
-            os.replace(tmp, out)
+            cache_mod.replace_with(tmp, out)
         finally:
             if tmp.exists():
                 tmp.unlink()
