@@ -331,11 +331,15 @@ class Identities:
         return cls(np.full(n, -1, np.int64), np.full(n, -1, np.int64), np.zeros(n, "S16"))
 
     @classmethod
-    def of(cls, root: Path, paths, *, with_hash: bool = True, threads: int = 8) -> "Identities":
+    def of(cls, root: Path, paths, *, with_hash: bool = True, threads: int = 8, reader=None) -> "Identities":
         """Identities of ``root / p`` for every path (threads: reading and
-        hashing release the GIL)."""
+        hashing release the GIL); with a manifest's ``reader`` (webdataset
+        members), ``reader.identity(p)``."""
         root = Path(root)
-        fn = lambda p: file_identity(root / str(p), with_hash=with_hash)  # noqa: E731
+        if reader is not None:
+            fn = lambda p: reader.identity(str(p), with_hash=with_hash)  # noqa: E731
+        else:
+            fn = lambda p: file_identity(root / str(p), with_hash=with_hash)  # noqa: E731
         if len(paths) > 64 and threads > 1:
             with ThreadPoolExecutor(threads) as ex:
                 res = list(ex.map(fn, paths, chunksize=64))
@@ -750,7 +754,8 @@ def plan_update(path: str | os.PathLike, manifest, *, retry_failed: bool = False
     plan.n_added = int((~found).sum())
     plan.n_removed = len(old_ids) - int(found.sum())
     # current identities: stat everything, hash what stat cannot vouch for
-    cur = Identities.of(manifest.root, manifest.path, with_hash=False)
+    reader = getattr(manifest, "reader", None)  # webdataset members: identities from the shards
+    cur = Identities.of(manifest.root, manifest.path, with_hash=False, reader=reader)
     if has_ident:
         quick = found & same_path & (not root_changed) & (cur.size == old_size[j]) & (cur.mtime_ns == old_mtime[j]) \
             & (cur.size >= 0) & (old_hash[j] != b"")
@@ -758,7 +763,7 @@ def plan_update(path: str | os.PathLike, manifest, *, retry_failed: bool = False
         quick = np.zeros(n, bool)
     need = np.flatnonzero(~quick & (cur.size >= 0))
     if len(need):
-        h = Identities.of(manifest.root, manifest.path[need])
+        h = Identities.of(manifest.root, manifest.path[need], reader=reader)
         cur.size[need], cur.mtime_ns[need], cur.hash[need] = h.size, h.mtime_ns, h.hash
     if has_ident:
         cur.hash[quick] = old_hash[j][quick]

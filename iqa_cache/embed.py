@@ -33,6 +33,7 @@ from . import cache as cache_mod
 from .datasets import Manifest
 from .encoder import (EncoderConfig, ImageLoadError, build_transform, feature_width, load_encoder, load_image,
                       preprocess_for, provenance, resolve_device, resolve_model_name, resolve_weights)
+from .decode import DECODERS
 from .errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class EmbedConfig:
     pipeline: str = "auto"
     draft: bool = False
     prefetch: int = 2
+    decoder: str = "auto"  # tensor pipeline's JPEG decoder: auto (TorchCodec where installed), torchcodec, torchvision
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -84,6 +86,8 @@ class EmbedConfig:
         if self.draft and self.pipeline == "tensor":
             raise ConfigError("--draft applies to the pil pipeline only (Pillow's reduced-scale JPEG decoding); "
                               "drop it or use --pipeline pil")
+        if self.decoder not in DECODERS:
+            raise ConfigError(f"--decoder '{self.decoder}' is not one of {', '.join(DECODERS)}")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be 0 or more batches, got {self.prefetch}")
 
@@ -123,8 +127,9 @@ class ImageFolder(torch.utils.data.Dataset):
     """Row index → (row, preprocessed tensor or None, failure reason)."""
 
     def __init__(self, root: Path, paths: np.ndarray, transform, exif_transpose: bool = True,
-                 max_pixels: int | None = None, draft: tuple[int, int] | None = None):
+                 max_pixels: int | None = None, draft: tuple[int, int] | None = None, reader=None):
         self.root, self.paths, self.transform = root, paths, transform
+        self.reader = reader  # None: files under root; else read(rel_path) gives the bytes (a tar member)
         self.exif_transpose, self.max_pixels, self.draft = exif_transpose, max_pixels, draft
 
     def __len__(self) -> int:
@@ -132,7 +137,13 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.root / self.paths[i], exif_transpose=self.exif_transpose,
+            src = self.root / self.paths[i]
+            if self.reader is not None:
+                try:
+                    src = self.reader.read(self.paths[i])
+                except OSError as e:
+                    raise ImageLoadError(f"cannot read: {e}") from None
+            img = load_image(src, exif_transpose=self.exif_transpose,
                              max_pixels=self.max_pixels, draft=self.draft)
             return i, self.transform(img), ""
         except ImageLoadError as e:
@@ -200,6 +211,8 @@ def release_free_heap() -> None:
 
 
 def _check_files(manifest: Manifest) -> None:
+    if getattr(manifest, "reader", None) is not None:  # tar members: listed from the shards themselves
+        return
     missing = [p for p in manifest.path if not (manifest.root / p).exists()]
     if not missing:
         return
@@ -225,7 +238,7 @@ def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committ
     (``draft``: Pillow's reduced-scale JPEG decoding, not the reference)."""
     draft_size = (pre.image_size, pre.image_size) if draft else None
     dataset = ImageFolder(manifest.root, manifest.path, build_transform(pre), pre.exif_transpose, cfg.max_pixels,
-                          draft_size)
+                          draft_size, reader=getattr(manifest, "reader", None))
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_BatchList(writer), num_workers=workers, collate_fn=collate,
         pin_memory=device.startswith("cuda"),
@@ -329,7 +342,7 @@ def _load_checked_encoder(enc_cfg, device: str, weights, model_name: str, planne
 
 
 def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progress: bool = True,
-          retry_failed: bool = False) -> EmbedSummary:
+          retry_failed: bool = False, extra_attrs: dict[str, Any] | None = None) -> EmbedSummary:
     """Embed every image of ``manifest`` into the cache at ``out``: create
     it, resume it, update it, or find it up to date.
 
@@ -343,7 +356,9 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
     over it only once complete; the encoder is loaded before anything is
     written.  Raises :class:`~iqa_cache.errors.CacheError` when ``out`` holds
     a cache whose features are made differently (unless ``cfg.overwrite``)
-    or is being written by another process."""
+    or is being written by another process.  ``extra_attrs``: more
+    attributes for a newly created cache (a distributed rank's part, see
+    :mod:`iqa_cache.distributed`)."""
     from .pipeline import AsyncCommitter, TensorLoader, run_tensor_pipeline
 
     out = Path(out)
@@ -380,8 +395,9 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
         encoder = (_load_checked_encoder(enc_cfg, device, weights, model_name, planned)
                    if target.n_to_embed != 0 else None)
         if plan is None:
-            cache_mod.create(target.path, manifest, planned, batch_size=batch_size,
-                             identities=cache_mod.Identities.of(manifest.root, manifest.path))
+            cache_mod.create(target.path, manifest, planned, batch_size=batch_size, extra_attrs=extra_attrs,
+                             identities=cache_mod.Identities.of(manifest.root, manifest.path,
+                                                                reader=getattr(manifest, "reader", None)))
             log.info("created %s for %d images", target.path, len(manifest))
         elif target.rebuild_from is not None:
             cache_mod.rebuild(target.rebuild_from, target.path, manifest, plan, planned, history="; ".join(changes))
@@ -391,6 +407,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
 
         n_done = 0
         routes: dict[str, int] = {}
+        done_attrs: dict[str, Any] = {"device": device}
         with cache_mod.CacheWriter(target.path, sync=cfg.sync) as writer:
             todo = writer.n_pending_rows_in_batches()
             if cfg.batch_size is not None and writer.batch_size != cfg.batch_size:
@@ -408,7 +425,9 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
                     try:
                         if pipeline == "tensor":
                             with TensorLoader(manifest.root, manifest.path, pre, device, workers=workers,
-                                              max_pixels=cfg.max_pixels) as loader:
+                                              max_pixels=cfg.max_pixels, decoder=cfg.decoder,
+                                              reader=getattr(manifest, "reader", None)) as loader:
+                                done_attrs["jpeg_decoder"] = loader.decoder
                                 n_done = run_tensor_pipeline(loader, encoder, writer.iter_pending_batches(),
                                                              committer, prefetch=cfg.prefetch)
                                 routes = dict(loader.routes)
@@ -425,7 +444,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
                                 f" ({out} is unchanged until then)" if target.replace else "")
                     raise
                 bar.close()
-            counts = writer.finalize({"device": device})
+            counts = writer.finalize(done_attrs)
             embed_seconds = time.perf_counter() - t_run
         if target.replace:
             cache_mod.replace_with(target.path, out)

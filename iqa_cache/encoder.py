@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 
@@ -251,9 +253,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixels: int | None = None,
+def load_image(path: str | os.PathLike | bytes | bytearray, *, exif_transpose: bool = True, max_pixels: int | None = None,
                draft: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image as RGB: EXIF orientation applied, 16-bit and float
+    """Open an image (a file, or its bytes) as RGB: EXIF orientation applied, 16-bit and float
     images scaled to 8 bits, palette/alpha/CMYK/grayscale converted.  Raises
     :class:`ImageLoadError` with a short reason.
 
@@ -265,8 +267,10 @@ def load_image(path: str | os.PathLike, *, exif_transpose: bool = True, max_pixe
     Safe to call from several threads at once (no warnings-filter juggling:
     Pillow's own DecompressionBombWarning may be emitted, the image is
     refused here all the same)."""
+    if isinstance(path, (bytes, bytearray, memoryview, np.ndarray)):  # the image's bytes (e.g. a tar member)
+        path = io.BytesIO(path)
     try:
-        size = os.path.getsize(path)
+        size = path.getbuffer().nbytes if isinstance(path, io.BytesIO) else os.path.getsize(path)
     except FileNotFoundError:
         raise ImageLoadError("file not found") from None
     except OSError as e:

@@ -5,9 +5,10 @@ For each fixed batch of rows (see :meth:`iqa_cache.cache.CacheWriter.pending_bat
 1. a thread pool reads the files' bytes a few batches ahead and looks at each
    JPEG's header (:mod:`iqa_cache.jpeg`);
 2. plain baseline JPEGs are decoded together on the GPU
-   (``torchvision.io.decode_jpeg(list, device="cuda")``, nvJPEG); on the CPU,
-   and for progressive or grayscale JPEGs on the GPU too, the reading thread
-   decodes them with torchvision's libjpeg-turbo decoder;
+   (``decode_jpeg(list, device="cuda")``, nvJPEG, from TorchCodec where
+   installed, else torchvision: :mod:`iqa_cache.decode`); on the CPU, and for
+   progressive or grayscale JPEGs on the GPU too, the reading thread decodes
+   them with the same library's libjpeg-turbo decoder;
 3. everything else — PNG, CMYK, 16-bit, truncated or odd JPEGs, missing or
    broken files — goes to the reference path, :func:`~iqa_cache.encoder.load_image`
    plus OpenCLIP's transform, in the same threads; images that cannot be read
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .decode import ORIENTS, jpeg_decoder
 from .encoder import Encoder, ImageLoadError, PreprocessConfig, build_transform, load_image
 from .jpeg import SEQUENTIAL, parse_header
 from .tensorprep import TensorPreprocess, orient
@@ -74,19 +76,16 @@ def read_bytes(path: Path) -> bytearray:
     return buf
 
 
-def _decode_jpeg(data, device: str | torch.device = "cpu"):
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-
-
 class TensorLoader:
     """Reads rows in threads and turns a batch of them into the encoder's
     input on ``device``."""
 
     def __init__(self, root: Path, paths: np.ndarray, pre: PreprocessConfig, device: str, *, workers: int,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, decoder: str = "auto", reader=None):
         self.root, self.paths, self.pre, self.device = Path(root), paths, pre, device
+        self.reader = reader  # None: files under root; else an object whose read(rel_path) returns the bytes
+        self.decoder, self.decode = jpeg_decoder(decoder)  # torchcodec, or torchvision's deprecated decoder
+        self.decoder_orients = ORIENTS[self.decoder]
         self.device_decode = device.startswith("cuda")  # baseline JPEGs go to nvJPEG
         self.decode_device = device
         self.limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
@@ -105,32 +104,46 @@ class TensorLoader:
         self.close()
 
     # ---------------------------------------------------------- reading threads
-    def _reference(self, row: int, path: Path) -> Loaded:
+    def _reference(self, row: int, path: Path, data=None) -> Loaded:
         """Pillow + OpenCLIP's transform: the reference path, and the judge of
-        what cannot be read."""
+        what cannot be read (``data``: the bytes when they do not come from a file)."""
         try:
-            img = load_image(path, exif_transpose=self.pre.exif_transpose, max_pixels=self.limit)
+            img = load_image(path if data is None else data, exif_transpose=self.pre.exif_transpose,
+                             max_pixels=self.limit)
             return Loaded(row, path, ready=self.transform(img), route=PIL_PATH)
         except ImageLoadError as e:
             return Loaded(row, path, reason=str(e), route=FAILED)
 
     def load(self, row: int) -> Loaded:
         path = self.root / self.paths[row]
-        try:
-            data = read_bytes(path)
-        except OSError:
-            return self._reference(row, path)
+        if self.reader is not None:
+            try:
+                data = self.reader.read(self.paths[row])
+            except OSError as e:
+                return Loaded(row, path, reason=f"cannot read: {e}", route=FAILED)
+            ref = data
+        else:
+            try:
+                data = read_bytes(path)
+            except OSError:
+                return self._reference(row, path)
+            ref = None
         hdr = parse_header(data)
         if hdr is None or not hdr.tensor_ok or (self.limit is not None and hdr.pixels > self.limit):
-            return self._reference(row, path)
+            return self._reference(row, path, ref)
         orientation = hdr.orientation if self.pre.exif_transpose else 1
+        if self.decoder_orients and hdr.orientation != 1:
+            if not self.pre.exif_transpose:  # the decoder would rotate it: Pillow keeps it as stored
+                return self._reference(row, path, ref)
+            orientation = 1  # the (CPU) decoder applies it
         t = torch.frombuffer(data, dtype=torch.uint8)
-        if self.device_decode and hdr.sof in SEQUENTIAL and hdr.components == 3:
+        if self.device_decode and hdr.sof in SEQUENTIAL and hdr.components == 3 and (
+                hdr.orientation == 1 or not self.decoder_orients):
             return Loaded(row, path, jpeg=t, orientation=orientation, route=NVJPEG)
         try:
-            pixels = _decode_jpeg(t)
+            pixels = self.decode(t)
         except RuntimeError:
-            return self._reference(row, path)
+            return self._reference(row, path, ref)
         return Loaded(row, path, pixels=orient(pixels, orientation), route=LIBJPEG)
 
     def submit(self, rows: np.ndarray) -> list[Future]:
@@ -142,22 +155,23 @@ class TensorLoader:
         fails, one by one; what nvJPEG refuses goes to libjpeg, then Pillow."""
         datas = [it.jpeg for it in items]
         try:
-            out = _decode_jpeg(datas, self.decode_device)
+            out = self.decode(datas, self.decode_device)
         except RuntimeError:
             out = []
             for d in datas:
                 try:
-                    out.append(_decode_jpeg(d, self.decode_device))
+                    out.append(self.decode(d, self.decode_device))
                 except RuntimeError:
                     out.append(None)
         for k, (it, t) in enumerate(zip(items, out)):
             if t is None:
                 log.debug("nvJPEG could not decode %s; decoding it on the CPU", it.path)
                 try:
-                    t = _decode_jpeg(it.jpeg)
+                    t = self.decode(it.jpeg)
                     it.route = LIBJPEG
                 except RuntimeError:
-                    items[k] = self._reference(it.row, it.path)
+                    items[k] = self._reference(it.row, it.path,
+                                               None if self.reader is None else it.jpeg.numpy())
                     continue
             it.pixels = orient(t, it.orientation)
             it.jpeg = None

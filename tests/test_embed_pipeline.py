@@ -13,6 +13,7 @@ from PIL import Image
 
 from iqa_cache import cache
 from iqa_cache.datasets import load_koniq
+from iqa_cache.decode import jpeg_decoder, resolve_decoder, torchcodec_available
 from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig, build_transform, load_image
 from iqa_cache.errors import CacheError, ConfigError
@@ -172,18 +173,86 @@ def _cfg(tiny_model, **kw):
                        **kw)
 
 
-def test_tensor_pipeline_end_to_end_equals_reference(koniq_root, tiny_model, tmp_path):
+needs_torchcodec = pytest.mark.skipif(bool(torchcodec_available()), reason="TorchCodec is not usable here")
+DECODER_PARAMS = [pytest.param("torchcodec", marks=needs_torchcodec), "torchvision"]
+
+
+@pytest.mark.parametrize("decoder", DECODER_PARAMS)
+def test_tensor_pipeline_end_to_end_equals_reference(koniq_root, tiny_model, tmp_path, decoder):
     m = load_koniq(koniq_root).head(20)
     ref = embed(m, _cfg(tiny_model, pipeline="pil", workers=0), tmp_path / "pil.h5", progress=False)
-    s = embed(m, _cfg(tiny_model, pipeline="tensor"), tmp_path / "tensor.h5", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the torchvision fallback's warning is handled
+        s = embed(m, _cfg(tiny_model, pipeline="tensor", decoder=decoder), tmp_path / "tensor.h5", progress=False)
     assert (s.n_embedded, s.n_failed, s.pipeline, s.routes) == (20, 0, "tensor", {"libjpeg": 20})
-    assert ref.pipeline == "pil" and cache.read_attrs(tmp_path / "tensor.h5")["pipeline"] == "tensor"
+    attrs = cache.read_attrs(tmp_path / "tensor.h5")
+    assert ref.pipeline == "pil" and attrs["pipeline"] == "tensor" and attrs["jpeg_decoder"] == decoder
     cos = _cos(cache.load(tmp_path / "pil.h5").features, cache.load(tmp_path / "tensor.h5").features)
     assert cos.min() > 0.9999
     # deterministic: the same run again gives the same bits
-    embed(m, _cfg(tiny_model, pipeline="tensor", workers=1), tmp_path / "tensor2.h5", progress=False)
+    embed(m, _cfg(tiny_model, pipeline="tensor", workers=1, decoder=decoder), tmp_path / "tensor2.h5",
+          progress=False)
     np.testing.assert_array_equal(cache.load(tmp_path / "tensor.h5").features,
                                   cache.load(tmp_path / "tensor2.h5").features)
+
+
+@needs_torchcodec
+def test_torchcodec_and_torchvision_decode_the_same_pixels_as_pillow(tmp_path):
+    """Baseline, progressive, grayscale and odd-sized JPEGs: both decoders
+    give Pillow's pixels bit for bit; EXIF-rotated ones: TorchCodec applies
+    the orientation itself, as Pillow's exif_transpose does (torchvision does
+    not); both refuse broken data with RuntimeError (which sends the image to
+    Pillow)."""
+    _, tc = jpeg_decoder("torchcodec")
+    _, tv = jpeg_decoder("torchvision")
+    img = photo(61, 37, seed=5)
+    cases = [jpeg_bytes(img), jpeg_bytes(img, progressive=True), jpeg_bytes(img.convert("L")),
+             jpeg_bytes(photo(333, 17, seed=2))]
+    for k, data in enumerate(cases):
+        want = load_image(data, exif_transpose=False)
+        t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        for decode in (tc, tv):
+            np.testing.assert_array_equal(decode(t).permute(1, 2, 0).numpy(), np.asarray(want))
+    for o in range(1, 9):
+        data = jpeg_bytes(img, exif=exif_with_orientation(o))
+        t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        np.testing.assert_array_equal(tc(t).permute(1, 2, 0).numpy(), np.asarray(load_image(data)))
+        np.testing.assert_array_equal(tv(t).permute(1, 2, 0).numpy(),
+                                      np.asarray(load_image(data, exif_transpose=False)))
+    for decode in (tc, tv):
+        with pytest.raises(RuntimeError):
+            decode(torch.frombuffer(bytearray(b"\xff\xd8not a jpeg" * 8), dtype=torch.uint8))
+    assert resolve_decoder("auto") == "torchcodec"
+
+
+@pytest.mark.parametrize("decoder", DECODER_PARAMS)
+@pytest.mark.parametrize("exif_transpose", [True, False])
+def test_tensor_loader_orients_once_with_either_decoder(decoder, exif_transpose, tmp_path):
+    """EXIF-rotated JPEGs through the tensor loader give Pillow's pixels,
+    with the EXIF orientation applied or not, whichever decoder runs."""
+    pre = PreprocessConfig(exif_transpose=exif_transpose)
+    names = []
+    for o in range(1, 9):
+        (tmp_path / f"{o}.jpg").write_bytes(jpeg_bytes(photo(40, 24, seed=o), exif=exif_with_orientation(o)))
+        names.append(f"{o}.jpg")
+    with TensorLoader(tmp_path, np.array(names, dtype=object), pre, "cpu", workers=1, decoder=decoder) as loader:
+        for it in [f.result() for f in loader.submit(np.arange(8))]:
+            want = load_image(it.path, exif_transpose=exif_transpose)
+            if it.pixels is not None:
+                np.testing.assert_array_equal(it.pixels.permute(1, 2, 0).numpy(), np.asarray(want))
+            else:  # sent to the reference path
+                assert it.route == "pil" and decoder == "torchcodec" and not exif_transpose
+
+
+def test_torchcodec_missing_falls_back_to_torchvision(monkeypatch):
+    import iqa_cache.decode as dec
+
+    monkeypatch.setattr(dec, "torchcodec_available", lambda: "ImportError: No module named 'torchcodec'")
+    assert dec.resolve_decoder("auto") == "torchvision"
+    with pytest.raises(ConfigError, match="--decoder torchcodec: TorchCodec cannot be used here"):
+        dec.resolve_decoder("torchcodec")
+    with pytest.raises(ConfigError, match="--decoder 'nvjpeg' is not one of auto, torchcodec, torchvision"):
+        EmbedConfig(decoder="nvjpeg")
 
 
 def test_device_decoder_failures_fall_back_per_image(koniq_root, monkeypatch):
@@ -194,7 +263,6 @@ def test_device_decoder_failures_fall_back_per_image(koniq_root, monkeypatch):
 
     m = load_koniq(koniq_root).head(4)
     calls = []
-    real = pl._decode_jpeg
 
     def fake(data, device="cpu"):
         if device != "fake-gpu":
@@ -209,7 +277,8 @@ def test_device_decoder_failures_fall_back_per_image(koniq_root, monkeypatch):
         loaded = [f.result() for f in loader.submit(np.arange(4))]
         assert all(it.jpeg is not None and it.route == pl.NVJPEG for it in loaded)
         refused = loaded[2].jpeg.numel()
-        monkeypatch.setattr(pl, "_decode_jpeg", fake)
+        real = loader.decode
+        monkeypatch.setattr(loader, "decode", fake)
         x, ok, reasons = loader.assemble(loaded)
     assert calls == [4, 1, 1, 1, 1]  # one batched call, then one by one
     assert [it.route for it in loaded] == [pl.NVJPEG, pl.NVJPEG, pl.LIBJPEG, pl.NVJPEG]
