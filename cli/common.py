@@ -78,6 +78,7 @@ class DatasetName(str, Enum):
     spaq = "spaq"
     csv = "csv"
     demo = "demo"
+    webdataset = "webdataset"
 
 
 class KernelName(str, Enum):

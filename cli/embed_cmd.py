@@ -10,12 +10,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from iqa_cache import distributed as dist
 from iqa_cache.cache import default_cache_path
 from iqa_cache.datasets import load_dataset
 from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig
+from iqa_cache.errors import ConfigError
 
 from .app import app
+
+
+class Decoder(str, Enum):
+    auto = "auto"
+    torchcodec = "torchcodec"
+    torchvision = "torchvision"
 
 
 class Pipeline(str, Enum):
@@ -61,14 +69,19 @@ from .common import (EXIT_WITH_FAILURES, DatasetName, Device, OutOfRange, Precis
 def embed_command(
     dataset: Annotated[DatasetName, typer.Option(help="Dataset layout to read.")] = DatasetName.koniq,
     root: Annotated[Optional[Path], typer.Option(help="Dataset folder (for demo: where to generate it; "
-                                                     "default cache/demo-data).")] = None,
+                                                     "default cache/demo-data); for webdataset: the shards, "
+                                                     "e.g. 'shards/{00000..00099}.tar'.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Label CSV (required for --dataset csv; overrides the "
                                                     "default file for koniq/spaq).")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="KonIQ image folder: 1024x768 or 512x384 "
                                                            "(default: whichever exists, 1024x768 first).")] = None,
     image_col: Annotated[Optional[str], typer.Option(help="CSV column with image paths (relative to --root).")] = None,
-    label_col: Annotated[Optional[str], typer.Option(help="CSV column with labels.")] = None,
-    split_col: Annotated[Optional[str], typer.Option(help="CSV column with train/val/test (optional).")] = None,
+    label_col: Annotated[Optional[str], typer.Option("--label-col", "--label-key",
+                                                     help="CSV column with labels; webdataset: json key (or "
+                                                          "member such as cls) with the label.")] = None,
+    split_col: Annotated[Optional[str], typer.Option("--split-col", "--split-key",
+                                                     help="CSV column (webdataset: json key) with train/val/test "
+                                                          "(optional).")] = None,
     label_range: Annotated[Optional[str], typer.Option(help="Declared label range LO,HI for --dataset csv "
                                                             "(default: whole numbers around the labels).")] = None,
     out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside the range: error, clip or drop.")
@@ -91,6 +104,13 @@ def embed_command(
                         ] = Pipeline.auto,
     draft: Annotated[bool, typer.Option(help="pil pipeline: let Pillow decode JPEGs at reduced scale (faster "
                                              "on a CPU; not the reference, see the README).")] = False,
+    decoder: Annotated[Decoder, typer.Option(help="tensor pipeline's JPEG decoder: auto (TorchCodec where "
+                                                  "installed, else torchvision), torchcodec, torchvision.")
+                       ] = Decoder.auto,
+    distributed: Annotated[Optional[bool], typer.Option(
+        "--distributed/--no-distributed",
+        help="One part per torchrun rank, merged into --out by rank 0 (default: on when launched by "
+             "torchrun).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch (default 32 on "
                                                                   "CPU, 256 on GPU; a resumed cache keeps "
                                                                   "its own).")] = None,
@@ -128,12 +148,23 @@ def embed_command(
         encoder=EncoderConfig(model=model, pretrained=pretrained, precision=precision.value,
                               preprocess=PreprocessConfig(resize_mode=resize_mode.value)),
         device=device.value, batch_size=batch_size, workers=workers, max_pixels=max_pixels, overwrite=overwrite,
-        pipeline=pipeline.value, draft=draft)
+        pipeline=pipeline.value, draft=draft, decoder=decoder.value)
     if out is None:
         out = default_cache_path(cache_dir, manifest.name, model, pretrained, resize_mode.value, limit=limit,
                                  precision=precision.value)
+    env = dist.from_env() if distributed is not False else None
+    if distributed and env is None:
+        env = dist.require_env()
     with _sigterm_interrupts():
-        s = embed(manifest, cfg, out, progress=progress, retry_failed=retry_failed)
+        if env is None:
+            s = embed(manifest, cfg, out, progress=progress, retry_failed=retry_failed)
+        else:
+            if retry_failed:
+                raise ConfigError("--retry-failed is not available under torchrun: run the same `iqa embed "
+                                  "--retry-failed` in one process on the merged cache")
+            s = dist.embed_distributed(manifest, cfg, out, env=env, progress=progress)
+            if env.rank != 0:
+                return  # rank 0 reports the whole run
     for line in s.changes:
         echo_out(f"{s.path}: {line}")
     if s.already_complete:

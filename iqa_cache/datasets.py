@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,9 @@ class Manifest:
     source: str = ""
     split_source: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # None: images are files under root; else an object whose read(path) returns an image's bytes
+    # (webdataset tar members, :class:`iqa_cache.wds.TarReader`)
+    reader: Any = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -363,7 +366,7 @@ def load_csv(root: str | os.PathLike, csv: str | os.PathLike, *, image_col: str 
                   split_source, out_of_range, lcol)
 
 
-DATASETS = ("koniq", "spaq", "csv", "demo")
+DATASETS = ("koniq", "spaq", "csv", "demo", "webdataset")
 DEMO_ROOT = Path("cache") / "demo-data"
 
 
@@ -372,7 +375,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, csv: str |
                  split_col: str | None = None, label_range: tuple[float, float] | None = None,
                  split_seed: int = 0, out_of_range: str = "error") -> Manifest:
     """Dispatch on the dataset name (``--dataset``).  ``demo`` generates the
-    synthetic demo set under ``root`` (default ``cache/demo-data``) first."""
+    synthetic demo set under ``root`` (default ``cache/demo-data``) first;
+    ``webdataset``: ``root`` is a brace pattern of tar shards and
+    ``label_col``/``split_col`` name json keys (:mod:`iqa_cache.wds`)."""
     if name not in DATASETS:
         raise DatasetError(f"--dataset '{name}' is not one of {', '.join(DATASETS)}")
     if name == "demo":
@@ -388,6 +393,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, csv: str |
         return load_koniq(root, resolution=resolution, csv=csv, split_seed=split_seed, out_of_range=out_of_range)
     if name == "spaq":
         return load_spaq(root, csv=csv, split_seed=split_seed, out_of_range=out_of_range)
+    if name == "webdataset":
+        from .wds import load_webdataset
+
+        return load_webdataset(root, label_key=label_col, split_key=split_col, label_range=label_range,
+                               split_seed=split_seed, out_of_range=out_of_range)
     if csv is None:
         raise DatasetError("--dataset csv needs --csv (the CSV naming each image, its label and split)")
     return load_csv(root, csv, image_col=image_col, label_col=label_col, split_col=split_col,

@@ -232,6 +232,21 @@ def expected_attrs(manifest: Manifest, prov: dict[str, Any]) -> dict[str, Any]:
     return exp
 
 
+def planned_attrs(manifest: Manifest, cfg: EmbedConfig, device: str) -> dict[str, Any]:
+    """The provenance attributes (encoder, weights, preprocessing, pipeline)
+    a cache of ``manifest`` made with ``cfg`` on ``device`` records: what
+    :func:`embed` plans before creating a cache, for callers that check or
+    assemble caches themselves (:mod:`iqa_cache.distributed`)."""
+    model_name, config_json = resolve_model_name(cfg.encoder.model)
+    weights = resolve_weights(model_name, cfg.encoder.pretrained)
+    pre = preprocess_for(model_name, weights, cfg.encoder.preprocess.resize_mode,
+                         interpolation=cfg.encoder.preprocess.interpolation)
+    planned = provenance(replace(cfg.encoder, preprocess=pre), weights, model_name, config_json,
+                         feature_width(model_name))
+    planned["pipeline"] = cfg.resolved_pipeline(device)
+    return planned
+
+
 def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committer, device: str,
              workers: int, draft: bool, inherited_fds: tuple[int, ...] = ()) -> int:
     """The reference pipeline: Pillow + OpenCLIP's transform in worker processes
