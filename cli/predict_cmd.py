@@ -6,7 +6,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from iqa_cache.predict import PredictConfig, find_images, predict_images, scores_csv, write_scores
+from iqa_cache import distributed as dist
+from iqa_cache.predict import (PredictConfig, check_scores_path, find_images, predict_images, score_distributed,
+                               score_images, scores_csv, write_scores)
 
 from .app import app
 from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
@@ -16,10 +18,19 @@ from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
 @handle_errors
 def predict_command(
     images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False, metavar="IMAGE")] = None,
-    run: Annotated[Path, typer.Option("--run", help="Run directory written by `iqa train-head`.")] = ...,
+    run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run directory written by `iqa train-head` "
+                                                                 "(under torchrun write --run-dir: torchrun "
+                                                                 "takes --run for its --run-path).")] = ...,
     dir: Annotated[Optional[Path], typer.Option("--dir", help="Score every image file in this folder.")] = None,
     recursive: Annotated[bool, typer.Option(help="With --dir: also look in subfolders.")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Write path,score CSV here [default: stdout].")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="Score every image of these webdataset tar shards, "
+                                                       "e.g. 'shards/{00000..00099}.tar'.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write path,score here: Parquet if it ends in .parquet, "
+                                                     "else CSV [default: CSV on stdout].")] = None,
+    distributed: Annotated[Optional[bool], typer.Option(
+        "--distributed/--no-distributed",
+        help="Split the images over torchrun ranks; rank 0 writes the scores (default: on when launched by "
+             "torchrun).")] = None,
     pretrained: Annotated[Optional[str], typer.Option(
         help="Checkpoint file to use instead of the one recorded in the run's cache (e.g. a moved file); its "
              "SHA-256 must equal the recorded one.")] = None,
@@ -37,12 +48,33 @@ def predict_command(
     are refused.  Images that cannot be read are named on stderr and skipped
     (exit code 3 when some were skipped).
     """
-    if bool(images) == (dir is not None):
-        raise typer.BadParameter("pass image files or --dir, not both and not neither", param_hint="IMAGES / --dir")
-    paths = list(images) if images else find_images(dir, recursive=recursive)
+    if sum([bool(images), dir is not None, shards is not None]) != 1:
+        raise typer.BadParameter("pass image files, --dir or --shards (exactly one of them)",
+                                 param_hint="IMAGES / --dir / --shards")
+    if out is not None:
+        check_scores_path(out)
+    reader = starts = None
+    if shards is not None:
+        from iqa_cache.wds import load_webdataset
+
+        m = load_webdataset(shards, require_labels=False)
+        paths, reader, starts = list(m.path), m.reader, m.reader.shard_starts
+    else:
+        paths = list(images) if images else find_images(dir, recursive=recursive)
+        paths = list(dict.fromkeys(Path(p) for p in paths))
     cfg = PredictConfig(pretrained=pretrained, device=device.value, batch_size=batch_size, workers=workers,
                         max_pixels=max_pixels)
-    res = predict_images(run, paths, cfg, progress=progress)
+    env = dist.from_env() if distributed is not False else None
+    if distributed and env is None:
+        env = dist.require_env()
+    if env is not None:
+        res = score_distributed(run, paths, cfg, reader=reader, shard_starts=starts, env=env, progress=progress)
+        if res is None:
+            return  # rank 0 writes and reports
+    elif reader is not None:
+        res = score_images(run, paths, cfg, reader=reader, progress=progress)
+    else:
+        res = predict_images(run, paths, cfg, progress=progress)
     best = res.scores.iloc[0]
     if out is None:
         echo_out(scores_csv(res.scores))

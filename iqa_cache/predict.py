@@ -162,16 +162,23 @@ def encoder_for_run(run: Run, pretrained: str | None = None, device: str = "auto
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[Path], transform, exif_transpose: bool, max_pixels: int | None):
+    def __init__(self, paths: Sequence, transform, exif_transpose: bool, max_pixels: int | None, reader=None):
         self.paths, self.transform = list(paths), transform
         self.exif_transpose, self.max_pixels = exif_transpose, max_pixels
+        self.reader = reader  # None: paths are files; else read(path) gives the bytes (webdataset members)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            img = load_image(self.paths[i], exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
+            src = self.paths[i]
+            if self.reader is not None:
+                try:
+                    src = self.reader.read(src)
+                except OSError as e:
+                    raise ImageLoadError(f"cannot read: {e}") from None
+            img = load_image(src, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
             return i, self.transform(img), ""
         except ImageLoadError as e:
             return i, None, str(e)
@@ -189,12 +196,21 @@ def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     """Score ``images`` with the run at ``run_dir``.  Images that cannot be
     read are skipped and listed in ``failures``; DatasetError when none
     can be read."""
+    paths = list(dict.fromkeys(Path(p) for p in images))
+    return score_images(run_dir, paths, cfg, progress=progress)
+
+
+def score_images(run_dir: str | os.PathLike, paths: Sequence, cfg: PredictConfig = PredictConfig(), *,
+                 reader=None, progress: bool = True, allow_empty: bool = False, device: str | None = None
+                 ) -> PredictResult:
+    """Score ``paths`` (files, or with ``reader`` the paths of webdataset
+    members) in the given order.  ``allow_empty``: a distributed rank's part
+    may be empty or wholly unreadable (the merge judges the whole)."""
     t0 = time.perf_counter()
     run = load_run(run_dir)
-    paths = list(dict.fromkeys(Path(p) for p in images))
-    if not paths:
+    if not paths and not allow_empty:
         raise DatasetError("no images to score; pass image files or --dir")
-    enc = encoder_for_run(run, cfg.pretrained, cfg.device)
+    enc = encoder_for_run(run, cfg.pretrained, device or cfg.device)
     head = load_head(run_dir)
     if head.cfg.in_dim != enc.feature_dim:
         raise RunError(f"run {run_dir}: its head takes {head.cfg.in_dim}-d features, the encoder gives "
@@ -203,7 +219,7 @@ def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     if workers is None:
         workers = 0 if len(paths) < 64 else max(0, min(8, (os.cpu_count() or 1) - 1))
     data = _Images(paths, build_transform(enc.config.preprocess), enc.config.preprocess.exif_transpose,
-                   cfg.max_pixels)
+                   cfg.max_pixels, reader)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=_collate)
     scores = np.full(len(paths), np.nan)
@@ -224,28 +240,75 @@ def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLik
     finally:
         bar.close()
     ok = np.isfinite(scores)
-    if not ok.any():
+    if not ok.any() and not allow_empty:
         first = f" (first: {failures[0][0]}: {failures[0][1]})" if failures else ""
         raise DatasetError(f"none of the {len(paths)} images could be scored{first}")
-    df = pd.DataFrame({"path": [str(p) for p, k in zip(paths, ok) if k], "score": scores[ok]})
-    df = df.sort_values(["score", "path"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    df = sort_scores(pd.DataFrame({"path": [str(p) for p, k in zip(paths, ok) if k], "score": scores[ok]}))
     return PredictResult(scores=df, failures=failures, weights=enc.weights, device=enc.device,
                          seconds=time.perf_counter() - t0)
+
+
+def sort_scores(df: pd.DataFrame) -> pd.DataFrame:
+    """Best (highest score) first, ties by path."""
+    return df.sort_values(["score", "path"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
 def scores_csv(df: pd.DataFrame) -> str:
     return df.to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
+def check_scores_path(out: str | os.PathLike) -> None:
+    """Refuse an --out whose format cannot be written here (before any work)."""
+    if Path(out).suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"--out {out}: writing Parquet needs pyarrow (pip install 'iqa-cache[parquet]'); "
+                              "or name a .csv file") from None
+
+
 def write_scores(df: pd.DataFrame, out: str | os.PathLike) -> Path:
-    """Write ``path,score`` CSV atomically."""
+    """Write ``path,score`` atomically: Parquet when ``out`` ends in
+    ``.parquet`` (scores as float64), else CSV (6 decimals)."""
     out = Path(out)
+    check_scores_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     try:
-        tmp.write_text(scores_csv(df), encoding="utf-8")
+        if out.suffix.lower() == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            tmp.write_text(scores_csv(df), encoding="utf-8")
         os.replace(tmp, out)
     finally:
         if tmp.exists():
             tmp.unlink()
     return out
+
+
+def score_distributed(run_dir: str | os.PathLike, paths: Sequence, cfg: PredictConfig = PredictConfig(), *,
+                      reader=None, shard_starts: list[int] | None = None, env=None,
+                      progress: bool = True) -> PredictResult | None:
+    """``score_images`` over torchrun ranks: each rank scores a contiguous
+    part (webdataset: whole shards), rank 0 gathers them and returns the
+    whole result; the other ranks return None."""
+    from . import distributed as dist
+
+    t0 = time.perf_counter()
+    env = env or dist.require_env()
+    if not paths:
+        raise DatasetError("no images to score; pass image files, --dir or --shards")
+    with dist.Session(env, cfg.device) as sess:
+        a, b = dist.part_bounds(len(paths), cfg.batch_size, sess.world, shard_starts)[sess.rank]
+        res = score_images(run_dir, list(paths[a:b]), cfg, reader=reader, progress=progress and sess.rank == 0,
+                           allow_empty=True, device=sess.device)
+        parts = sess.gather_to_root((res.scores, res.failures, res.device))
+    if parts is None:
+        return None
+    df = sort_scores(pd.concat([p[0] for p in parts], ignore_index=True))
+    failures = [f for p in parts for f in p[1]]
+    if len(df) == 0:
+        first = f" (first: {failures[0][0]}: {failures[0][1]})" if failures else ""
+        raise DatasetError(f"none of the {len(paths)} images could be scored{first}")
+    return PredictResult(scores=df, failures=failures, weights=res.weights, device=f"{res.device} x {sess.world}",
+                         seconds=time.perf_counter() - t0)

@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[1]
 VOLATILE = {"created_at", "finished_at", "distributed_world_size", "seq", "history"}
 
 
-def torchrun(*args, timeout=300, **kw):
+def torchrun(*args, timeout=300, command="embed", **kw):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cli",
-           "embed", *map(str, args), "--device", "cpu", "--no-progress"]
+           command, *map(str, args), "--device", "cpu", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if kw.pop("popen", False):
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -86,7 +86,8 @@ def test_distributed_flag_needs_torchrun(koniq_root, tiny_model, tmp_path, monke
 def test_torchrun_over_webdataset_shards_equals_one_process_over_the_folder(koniq_root, tiny_model, tmp_path):
     """2 ranks over 4 webdataset shards = 1 process over the same images as
     folder + CSV, bit for bit; the shard files are gone; a single-process
-    rerun finds the merged cache complete."""
+    rerun finds the merged cache complete.  Then `iqa predict` on 2 ranks
+    over the shards (Parquet out) = one process over the files."""
     pattern, folder, csv = write_shards(koniq_root, tmp_path / "shards", per_shard=10)
     ref = tmp_path / "ref.h5"
     embed(load_csv(folder, csv, image_col="image"),
@@ -106,6 +107,25 @@ def test_torchrun_over_webdataset_shards_equals_one_process_over_the_folder(koni
     again = CliRunner().invoke(app, ["embed", "--dataset", "webdataset", "--root", pattern, "--model", tiny_model,
                                      "--pretrained", "none", "--batch-size", "4", "--out", str(out)])
     assert again.exit_code == 0 and "already complete (40 embedded, 0 failed)" in again.output
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train-head", "--cache", str(out), "--epochs", "5", "--hidden", "8", "--device",
+                                 "cpu", "--out", str(run), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = torchrun("--run-dir", run, "--shards", pattern, "--out", tmp_path / "scores.parquet", "--batch-size", "8",
+                 command="predict")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote 40 scores" in r.stderr and r.stderr.count("wrote 40 scores") == 1
+    import pandas as pd
+
+    from iqa_cache.predict import PredictConfig, predict_images
+
+    got = pd.read_parquet(tmp_path / "scores.parquet")
+    want = predict_images(run, sorted(folder.glob("*.jpg")), PredictConfig(device="cpu", workers=0),
+                          progress=False).scores
+    by_image = {keys[p.split("/")[-1].split(".")[0]]: v for p, v in zip(got["path"], got["score"])}
+    np.testing.assert_array_equal([by_image[Path(p).name] for p in want["path"]], want["score"])
+    assert list(got["score"]) == sorted(got["score"], reverse=True)
 
 
 def _committed(path: Path) -> int:

@@ -156,12 +156,43 @@ def test_random_weight_runs_are_reproducible_with_a_warning(koniq_root, tiny_mod
 def test_usage_errors(file_run, koniq_root, tmp_path):
     _, run = file_run
     r = iqa("predict", "--run", run)
-    assert r.exit_code == 2 and "pass image files or --dir" in r.output
+    assert r.exit_code == 2 and "pass image files, --dir or --shards (exactly one of them)" in r.output
     img = sorted((koniq_root / "512x384").glob("*.jpg"))[0]
     r = iqa("predict", "--run", run, img, "--dir", koniq_root)
-    assert r.exit_code == 2 and "not both" in r.output
+    assert r.exit_code == 2 and "exactly one" in r.output
     (tmp_path / "empty").mkdir()
     r = iqa("predict", "--run", run, "--dir", tmp_path / "empty")
     assert r.exit_code == 2 and "no image files" in r.stderr
     r = iqa("predict", "--run", tmp_path / "norun", img)
     assert r.exit_code == 2 and "does not exist" in r.stderr
+
+
+def test_webdataset_shards_score_like_the_files_and_parquet_equals_csv(file_run, koniq_root, tmp_path):
+    """--shards reads the images from tar members: the same scores as the
+    files; --out *.parquet holds the same table as the CSV (full float64)."""
+    import pandas as pd
+
+    from .wdsgen import write_shards
+
+    _, run = file_run
+    pattern, folder, csv = write_shards(koniq_root, tmp_path / "shards", per_shard=16)
+    key_to_image = dict(zip(pd.read_csv(csv, dtype=str)["key"], pd.read_csv(csv, dtype=str)["image"]))
+    r = iqa("predict", "--run", run, "--dir", folder, "--out", tmp_path / "files.csv", "--device", "cpu",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = iqa("predict", "--run", run, "--shards", pattern, "--out", tmp_path / "wds.parquet", "--device", "cpu",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    r2 = iqa("predict", "--run", run, "--shards", pattern, "--out", tmp_path / "wds.csv", "--device", "cpu",
+             "--no-progress")
+    assert r2.exit_code == 0, r2.output
+    files = pd.read_csv(tmp_path / "files.csv")
+    pq = pd.read_parquet(tmp_path / "wds.parquet")
+    assert list(pq.columns) == ["path", "score"] and len(pq) == len(files) == 40
+    assert pq["path"].iloc[0].startswith("0000") and ".tar/" in pq["path"].iloc[0]
+    by_file = dict(zip(files["path"].map(lambda p: p.split("/")[-1]), files["score"]))
+    got = {key_to_image[p.split("/")[-1].split(".")[0]]: s for p, s in zip(pq["path"], pq["score"])}
+    np.testing.assert_allclose([got[k] for k in by_file], list(by_file.values()), atol=1e-6)
+    csv_scores = pd.read_csv(tmp_path / "wds.csv")
+    assert list(csv_scores["path"]) == list(pq["path"])
+    np.testing.assert_allclose(csv_scores["score"], pq["score"], atol=1e-6)
