@@ -56,8 +56,9 @@ def expand_braces(pattern: str) -> list[str]:
         step = int(rng.group(3) or 1)
         if step == 0:
             raise DatasetError(f"--root {pattern}: brace range '{{{body}}}' has step 0")
-        width = max(len(rng.group(1)), len(rng.group(2))) if rng.group(1).startswith("0") or \
-            rng.group(2).startswith("0") else 0
+        bounds = (rng.group(1).lstrip("-"), rng.group(2).lstrip("-"))
+        padded = any(len(x) > 1 and x.startswith("0") for x in bounds)  # as bash: {00..10} pads, {0..10} not
+        width = max(len(rng.group(1)), len(rng.group(2))) if padded else 0
         vals = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
         items = [str(v).zfill(width) for v in vals]
     elif "," in body:
