@@ -17,8 +17,15 @@
 #
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
 #
+# (Add torchcodec==0.17.0 to that list to check the TorchCodec decoder there too; it must match the
+# machine's torch: without it, the tensor pipeline falls back to torchvision's decoder.)
+#
 # Results come back in $OUT: gpu.txt, pytest_gpu.log, embed_bench.log and
-# embed_bench.json (the benchmark's JSON line).  N=... changes the number of
+# embed_bench.json (the benchmark's JSON line), and with 2 or more GPUs dist_bench.log /
+# dist_bench.json (one process against 2 torchrun ranks, NCCL, one GPU each).  The 2-GPU step runs in
+# its own call, to stay inside one call's limit:
+#
+#   run(command="DIST_ONLY=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=300)  N=... changes the number of
 # images (default 4000; generated in parallel, ~30 s on 16 cores).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +43,12 @@ fi
     nproc
     "$PY" -c "import torch, torchvision, PIL, h5py, open_clip; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'pillow', PIL.__version__, 'h5py', h5py.__version__, 'open_clip', open_clip.__version__, \
-'cuda', torch.cuda.is_available())"
+'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count())"
+    "$PY" -c "from iqa_cache.decode import resolve_decoder, torchcodec_available as t; \
+print('jpeg decoder', resolve_decoder('auto'), t())"
 } 2>&1 | tee "$OUT/gpu.txt"
 
+if [ "${DIST_ONLY:-0}" != 1 ]; then
 # 1. GPU tests, and the CPU tests of the tensor pipeline against this machine's Pillow (~1 min)
 timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or not slow" \
     tests/test_embed_pipeline.py tests/test_bad_images.py 2>&1 | tee "$OUT/pytest_gpu.log" | tail -25
@@ -48,3 +58,11 @@ timeout 180 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or not slow" \
 timeout 330 "$PY" bench/embed_bench.py --n "${N:-4000}" --note "lent GPU machine" 2>&1 \
     | tee "$OUT/embed_bench.log" | tail -16
 tail -1 "$OUT/embed_bench.log" > "$OUT/embed_bench.json"
+fi
+
+# 3. with 2+ GPUs: the same images on one process and on 2 torchrun ranks (NCCL), tensor pipeline (~1-2 min)
+if [ "${DIST_ONLY:-0}" = 1 ] && [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+    timeout 240 "$PY" bench/dist_bench.py --device cuda --ranks 2 --n "${DIST_N:-4000}" \
+        --data /tmp/iqa-dist-bench --note "lent GPU machine, 2 GPUs" 2>&1 | tee "$OUT/dist_bench.log" | tail -3
+    tail -1 "$OUT/dist_bench.log" > "$OUT/dist_bench.json"
+fi

@@ -253,7 +253,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | os.PathLike | bytes | bytearray, *, exif_transpose: bool = True, max_pixels: int | None = None,
+def load_image(path: str | os.PathLike | bytes | bytearray, *, exif_transpose: bool = True,
+               max_pixels: int | None = None,
                draft: tuple[int, int] | None = None) -> Image.Image:
     """Open an image (a file, or its bytes) as RGB: EXIF orientation applied, 16-bit and float
     images scaled to 8 bits, palette/alpha/CMYK/grayscale converted.  Raises

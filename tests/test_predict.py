@@ -172,6 +172,8 @@ def test_webdataset_shards_score_like_the_files_and_parquet_equals_csv(file_run,
     files; --out *.parquet holds the same table as the CSV (full float64)."""
     import pandas as pd
 
+    pytest.importorskip("pyarrow")
+
     from .wdsgen import write_shards
 
     _, run = file_run
