@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from iqa_cache import cache
 from iqa_cache.errors import DatasetError
 from iqa_cache.wds import expand_braces, load_webdataset
 
@@ -61,8 +62,14 @@ def test_webdataset_cache_equals_folder_and_csv_cache(koniq_root, tiny_model, tm
         np.testing.assert_array_equal(a["status"][...], b["status"][...])
         assert [keys[x.decode()] for x in b["image_id"][...]] == [x.decode() for x in a["image_id"][...]]
         assert b["path"][0].decode() == "00000.tar/000000000.jpg"
-        assert b.attrs["dataset"] == "webdataset" and b.attrs["label_name"] == "mos"
-        assert b.attrs["split_source"] == "json key 'split' of each sample"
+        np.testing.assert_array_equal(a["file_size"][...], b["file_size"][...])
+        np.testing.assert_array_equal(a["file_hash"][...], b["file_hash"][...])  # same bytes, same identity
+    attrs = cache.read_attrs(tmp_path / "wds.h5")
+    assert attrs["dataset"] == "webdataset" and attrs["label_name"] == "mos"
+    assert attrs["split_source"] == "json key 'split' of each sample"
+    # a rerun finds nothing changed (the members' identities hold)
+    r = iqa("embed", "--dataset", "webdataset", "--root", pattern, "--out", tmp_path / "wds.h5", *common)
+    assert r.exit_code == 0 and "already complete" in r.output, r.output
 
 
 def test_labels_from_cls_members_seeded_split_and_qualified_ids(tmp_path):
