@@ -146,7 +146,7 @@ def test_torchrun_rank_killed_then_rerun_equals_one_process(koniq_root, tmp_path
     merged cache equals a single-process run bit for bit."""
     model = tmp_path / "iqa-mid-vit.json"
     model.write_text(json.dumps(MID_MODEL))
-    n = 16
+    n = 24
     ref = tmp_path / "ref.h5"
     embed(load_koniq(koniq_root).head(n), EmbedConfig(encoder=EncoderConfig(model=str(model), pretrained="none"),
                                                       device="cpu", batch_size=2, workers=0, sync=False),
