@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import numpy as np
 import torch
@@ -31,7 +32,6 @@ from scipy.ndimage import convolve1d, gaussian_filter1d
 from scipy.signal.windows import triang
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
 
 # ----------------------------------------------------------------- windows
 
@@ -49,8 +49,16 @@ def ref_kernel_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
 
 
 def ref_bin(labels, lo: float, hi: float, size: float) -> np.ndarray:
-    n = int(math.ceil((hi - lo) / size - 1e-9))
-    return np.clip(np.floor((np.asarray(labels, dtype=np.float64) - lo) / size + 1e-9), 0, n - 1).astype(np.int64)
+    """Bins of decimal labels, in exact decimal arithmetic: each label is read
+    as the shortest decimal that its float32 value prints as (what the CSV
+    said, for labels of up to 6 significant digits)."""
+    lo_d, hi_d, size_d = (Decimal(repr(float(v))) for v in (lo, hi, size))
+    n = int(((hi_d - lo_d) / size_d).to_integral_value(rounding=ROUND_CEILING))
+    out = []
+    for y in np.asarray(labels, dtype=np.float64).reshape(-1):
+        d = Decimal(np.format_float_positional(np.float32(y), unique=True, trim="0"))
+        out.append(int(((d - lo_d) / size_d).to_integral_value(rounding=ROUND_FLOOR)))
+    return np.clip(np.array(out, dtype=np.int64), 0, n - 1)
 
 
 def ref_lds_weights(bins: np.ndarray, n_bins: int, reweight: str, lds: bool, kernel: str, ks: int,

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scipy.ndimage import convolve1d, gaussian_filter1d
 from scipy.signal.windows import triang
 
+from .binning import MAX_BINS, bin_index, count_bins, equal_edges
 from .errors import ConfigError
 
 
@@ -70,7 +71,10 @@ INVERSE_CLIP = (5, 1000)  # the reference clips counts to this range for 'invers
 class Bins:
     """Equal-width label bins over [lo, hi]: ``n`` bins of width ``size``
     (the last one may be narrower).  Labels below ``lo`` go to bin 0, labels
-    at or above ``hi`` to the last bin."""
+    at or above ``hi`` to the last bin.  A label is binned by its decimal
+    value (:func:`iqa_cache.binning.bin_index`): a float32 1.4 is in the bin
+    that starts at 1.4.  More than :data:`~iqa_cache.binning.MAX_BINS` bins
+    are refused."""
 
     lo: float = 0.0
     hi: float = 100.0
@@ -84,29 +88,39 @@ class Bins:
         if self.size > self.hi - self.lo:
             raise ConfigError(f"--bin-size {self.size:g} is larger than the label range "
                               f"[{self.lo:g}, {self.hi:g}]")
+        q = (self.hi - self.lo) / self.size
+        if not q <= MAX_BINS + 1:
+            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
+                              f"{q:.4g} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
+                              "outside go to the end bins) or a larger --bin-size")
+        object.__setattr__(self, "_n", count_bins(self.lo, self.hi, self.size))
+        if self._n > MAX_BINS:
+            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
+                              f"{self._n} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
+                              "outside go to the end bins) or a larger --bin-size")
 
     @property
     def n(self) -> int:
-        return max(1, int(math.ceil((self.hi - self.lo) / self.size - 1e-9)))
+        return self._n
 
     def index(self, labels) -> np.ndarray:
         """Bin of each label (int64), clipped into [0, n-1]."""
-        x = (np.asarray(labels, dtype=np.float64) - self.lo) / self.size
-        return np.clip(np.floor(x + 1e-9), 0, self.n - 1).astype(np.int64)
+        return bin_index(np.asarray(labels, dtype=np.float64), self.edges(), clip=True)
 
     def index_t(self, labels: torch.Tensor) -> torch.Tensor:
-        x = (labels.double() - self.lo) / self.size
-        return torch.floor(x + 1e-9).clamp_(0, self.n - 1).long()
+        """:meth:`index` of a tensor, as a long tensor on its device."""
+        idx = self.index(labels.detach().double().cpu().numpy())
+        return torch.from_numpy(idx).to(labels.device)
 
     def out_of_range(self, labels) -> int:
-        x = np.asarray(labels, dtype=np.float64)
-        return int(((x < self.lo) | (x > self.hi)).sum())
+        """How many labels lie outside [lo, hi] (by their decimal value)."""
+        return int((bin_index(np.asarray(labels, dtype=np.float64), (self.lo, self.hi)) < 0).sum())
 
     def counts(self, labels) -> np.ndarray:
         return np.bincount(self.index(labels), minlength=self.n)
 
     def edges(self) -> np.ndarray:
-        return np.minimum(self.lo + self.size * np.arange(self.n + 1), self.hi)
+        return equal_edges(self.lo, self.hi, self.size, self.n)
 
 
 # --------------------------------------------------------------------- kernels

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .binning import bin_index, snap
+
 DEFAULT_EDGES = (0.0, 20.0, 40.0, 60.0, 80.0, 100.0)
 
 
@@ -28,13 +30,9 @@ def bin_names(edges: Sequence[float]) -> list[str]:
 
 
 def bin_of(labels, edges: Sequence[float]) -> np.ndarray:
-    """Index of each label's bin under ``edges`` (-1 outside [e0, e_last])."""
-    labels = np.asarray(labels, dtype=np.float64)
-    e = np.asarray(edges, dtype=np.float64)
-    idx = np.searchsorted(e, labels, side="right") - 1
-    idx[labels == e[-1]] = len(e) - 2  # the last bin is closed
-    idx[(labels < e[0]) | (labels > e[-1])] = -1
-    return idx
+    """Index of each label's bin under ``edges`` (-1 outside [e0, e_last]),
+    by the label's decimal value (:func:`iqa_cache.binning.bin_index`)."""
+    return bin_index(np.asarray(labels, dtype=np.float64), edges)
 
 
 def per_bin_mae(labels, preds, edges: Sequence[float] = DEFAULT_EDGES) -> dict[str, tuple[float, int]]:
@@ -173,11 +171,13 @@ def value_mask(labels, values: Sequence[float]) -> np.ndarray:
     """Labels that *match* any of ``values``: a label matches value v when
     v - 0.5 <= label < v + 0.5, i.e. it rounds half up to v.  Discrete labels
     match exactly their own value; averaged ones (a MOS of 3.4) match the
-    nearest whole value, with ties (3.5) going up."""
-    labels = np.asarray(labels, dtype=np.float64)
+    nearest whole value, with ties (3.5) going up.  Labels are compared by
+    their decimal value (:func:`iqa_cache.binning.snap`)."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     m = np.zeros(labels.shape, dtype=bool)
     for v in values:
-        m |= (labels >= v - 0.5) & (labels < v + 0.5)
+        x = snap(labels, (v - 0.5, v + 0.5))
+        m |= (x >= v - 0.5) & (x < v + 0.5)
     return m
 
 

@@ -418,8 +418,10 @@ def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceDa
     labels_tr = data.label[dev.tr]
     w_lds = torch.from_numpy(np.stack([c.lds.weights(labels_tr, bins) for c in cfgs])).to(device)
     b_tr = torch.from_numpy(bins.index(labels_tr)).to(device)
-    count = torch.bincount(b_tr, minlength=bins.n).float()
-    fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
+    fds, count = None, None  # nothing per bin unless FDS needs it (LDS weights are per image)
+    if c0.fds.enabled:
+        count = torch.bincount(b_tr, minlength=bins.n).float()
+        fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device)
 
     n_tr, n_va, bs = len(dev.tr), len(dev.va), c0.batch_size
     full_batch = bs >= n_tr

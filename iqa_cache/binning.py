@@ -1,0 +1,80 @@
+"""The one label-binning rule of the project.
+
+Labels are decimals in a CSV (``1.4``, ``57.4286``) but reach the code as
+binary floats, often float32 (``1.4`` is stored as 1.39999998): a plain
+``floor((y - lo) / size)`` then puts a label that sits exactly on a bin edge
+one bin low.  :func:`bin_index` gives every label the bin its *decimal* value
+belongs to: a float within :data:`LABEL_RTOL` (relative) of an edge is taken
+to be on that edge, anything else is binned as it is.
+
+The guarantee: a decimal label with up to 6 significant digits, stored as
+float32 or float64, lands in the bin of its exact decimal value, when the
+edges are decimals of no more digits at the label's magnitude.  Float32 stores
+such a label within 2**-24 (relative) of its value, while two different such
+decimals are at least 1e-6 (relative) apart, so the tolerance, 2**-22, both
+absorbs the storage error and keeps a genuine value just below an edge
+(``1.3999`` with bins of 0.1) in its own bin.
+
+Every bin computation (LDS, FDS, shot regions, the report's label ranges and
+the plots) goes through :func:`bin_index`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+LABEL_RTOL = 2.0 ** -22  # 4 x float32's largest relative rounding error
+MAX_BINS = 100_000  # more equal-width label bins than this is refused (a bad range or size)
+
+
+def snap(values, edges: Sequence[float]) -> np.ndarray:
+    """``values`` (float64, flat) with each value that lies within the
+    tolerance of an edge replaced by that edge: the decimal value the float
+    stands for.  ``edges``: at least two, increasing."""
+    x = np.array(values, dtype=np.float64, copy=True).reshape(-1)
+    e = np.asarray(edges, dtype=np.float64)
+    if not len(x):
+        return x
+    j = np.clip(np.searchsorted(e, x), 1, len(e) - 1)  # the two edges around each value
+    for cand in (e[j - 1], e[j]):
+        near = np.abs(x - cand) <= LABEL_RTOL * np.maximum(np.abs(x), np.abs(cand))
+        x[near] = cand[near]
+    return x
+
+
+def bin_index(values, edges: Sequence[float], *, clip: bool = False) -> np.ndarray:
+    """The bin (int64) of each value under increasing ``edges``: bin i holds
+    ``edges[i] <= v < edges[i+1]``, the last bin also its upper edge.
+    Values outside get -1, or with ``clip`` the end bins.  Values are first
+    :func:`snap`-ped to the edges, so a float32 ``1.4`` is in the bin that
+    starts at 1.4."""
+    shape = np.shape(values)
+    e = np.asarray(edges, dtype=np.float64)
+    x = snap(values, e)
+    idx = np.searchsorted(e, x, side="right") - 1
+    idx[x == e[-1]] = len(e) - 2  # the last bin is closed
+    if clip:
+        idx = np.clip(idx, 0, len(e) - 2)
+    else:
+        idx[(x < e[0]) | (x > e[-1])] = -1
+    return idx.astype(np.int64).reshape(shape)
+
+
+def count_bins(lo: float, hi: float, size: float) -> int:
+    """How many bins of ``size`` cover [lo, hi] (the last may be narrower);
+    ``hi`` within the tolerance of an edge ends the bins there.  Computed
+    without allocating anything per bin."""
+    q = (hi - lo) / size
+    k = round(q)
+    edge = lo + k * size
+    if abs(hi - edge) <= LABEL_RTOL * max(abs(hi), abs(edge)):
+        return max(1, int(k))
+    return max(1, int(np.ceil(q)))
+
+
+def equal_edges(lo: float, hi: float, size: float, n: int) -> np.ndarray:
+    """The n + 1 edges lo, lo + size, ..., hi (the last one is ``hi``)."""
+    e = lo + size * np.arange(n + 1, dtype=np.float64)
+    e[-1] = hi
+    return np.minimum(e, hi)
