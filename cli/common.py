@@ -10,6 +10,7 @@ from typing import Callable, TypeVar
 
 import typer
 
+from iqa_cache.binning import parse_decimal
 from iqa_cache.errors import IqaError
 
 log = logging.getLogger("cli")
@@ -105,14 +106,26 @@ def positive_float(value: float | None) -> float | None:
     return value
 
 
+def _not_number(text: str) -> bool:
+    try:
+        parse_decimal(text)
+        return False
+    except ValueError:
+        return True
+
+
 def parse_range(text: str | None) -> tuple[float, float] | None:
     """'LO,HI' → (lo, hi)."""
     if text is None:
         return None
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise typer.BadParameter(f"'{text}' is not LO,HI (two numbers separated by a comma)")
     try:
-        lo, hi = (float(x) for x in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"'{text}' is not LO,HI (two numbers separated by a comma)") from None
+        lo, hi = (parse_decimal(x) for x in parts)
+    except ValueError as e:
+        bad = next(x.strip() for x in parts if _not_number(x))
+        raise typer.BadParameter(f"'{text}' is not LO,HI: '{bad}' {e}") from None
     if not lo < hi:
         raise typer.BadParameter(f"'{text}': LO must be below HI")
     return lo, hi

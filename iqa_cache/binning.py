@@ -20,6 +20,7 @@ the plots) goes through :func:`bin_index`.
 """
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -78,3 +79,26 @@ def equal_edges(lo: float, hi: float, size: float, n: int) -> np.ndarray:
     e = lo + size * np.arange(n + 1, dtype=np.float64)
     e[-1] = hi
     return np.minimum(e, hi)
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_NON_FINITE = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+def parse_decimal(text: str, *, finite: bool = True) -> float:
+    """A number written the plain way (ASCII digits, '.', an optional sign
+    and exponent: '1.5', '-2', '3e2').  Python's ``float`` also takes '1_5'
+    and full-width digits; those are refused here.  ValueError with the
+    reason, to follow the text ("is not a number ..."); with ``finite``
+    (the default) also for nan and inf."""
+    t = str(text).strip()
+    if _DECIMAL.fullmatch(t):
+        x = float(t)
+        if finite and not np.isfinite(x):
+            raise ValueError("is not a finite number (too large)")
+        return x
+    if t.lower() in _NON_FINITE:
+        if finite:
+            raise ValueError("is not a finite number")
+        return float(t)
+    raise ValueError("is not a number (write it with the digits 0-9 and '.', e.g. 1.5)")

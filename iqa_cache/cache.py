@@ -174,8 +174,49 @@ def _open(path: Path, mode: str = "r") -> h5py.File:
         if "unable to lock" in msg.lower():
             raise CacheError(f"cache {path} is open for writing in another process (an `iqa embed` still "
                              "running?); wait for it to finish") from None
-        raise CacheError(f"cache {path} is damaged or not an HDF5 file ({msg.splitlines()[0]}); delete it and "
-                         "run `iqa embed` again") from None
+        if _has_hdf5_signature(path):  # an HDF5 file: a damaged (e.g. truncated) cache of ours
+            raise CacheError(f"cache {path} is damaged ({msg.splitlines()[0]}); delete it and run `iqa embed` "
+                             "again") from None
+        # never advise deleting what may be someone's file: say what it is instead
+        raise CacheError(f"{path} is not an HDF5 file, so not a cache made by `iqa embed` ({describe_file(path)}); "
+                         "pass the cache file that `iqa embed --out` wrote") from None
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _has_hdf5_signature(path: Path) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (where h5py writes it)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def describe_file(path: Path) -> str:
+    """A few words on what a file that is not a cache looks like."""
+    try:
+        if path.is_dir():
+            return "it is a folder"
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        return f"it cannot be read: {e.strerror or e}"
+    if size == 0:
+        return "it is empty (0 bytes)"
+    kinds = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"PK\x03\x04": "a ZIP archive",
+             b"%PDF": "a PDF document", b"GIF8": "a GIF image", b"BM": "a BMP image"}
+    for magic, kind in kinds.items():
+        if head.startswith(magic):
+            return f"it looks like {kind}, {size:,} bytes"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not just a character cut at the end of what was read
+            return f"{size:,} bytes of other data"
+    return f"it looks like text, {size:,} bytes"
 
 
 def is_iqa_cache(path: str | os.PathLike) -> bool:

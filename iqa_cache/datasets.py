@@ -18,7 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .binning import parse_decimal
 from .errors import DatasetError
+from .seeds import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +139,10 @@ def _parse_labels(values: Sequence[str], names: Sequence[str], csv_path: Path, c
     for i, (v, name) in enumerate(zip(values, names)):
         line = i + 2  # header is line 1
         try:
-            x = float(v)
-        except ValueError:
-            raise DatasetError(
-                f"CSV file {csv_path}, line {line} (image {name}): label '{v}' in column '{column}' is not a number"
-            ) from None
-        if not math.isfinite(x):
-            raise DatasetError(
-                f"CSV file {csv_path}, line {line} (image {name}): label '{v}' in column '{column}' is not a finite number")
-        out[i] = x
+            out[i] = parse_decimal(v)
+        except ValueError as e:
+            raise DatasetError(f"CSV file {csv_path}, line {line} (image {name}): label '{v}' in column "
+                               f"'{column}' {e}") from None
     return out
 
 
@@ -164,6 +161,7 @@ def _parse_splits(values: Sequence[str], names: Sequence[str], csv_path: Path, c
 def seeded_split(n: int, seed: int, sizes: dict[str, int] = KONIQ_SPLIT_SIZES) -> np.ndarray:
     """A reproducible random train/val/test split of ``n`` rows in the given
     proportions (KonIQ-10k's 7058/1000/2015 by default)."""
+    seed = check_seed(seed, "--split-seed")
     total = sum(sizes.values())
     n_train = int(round(n * sizes["train"] / total))
     n_val = int(round(n * sizes["val"] / total))
@@ -175,13 +173,30 @@ def seeded_split(n: int, seed: int, sizes: dict[str, int] = KONIQ_SPLIT_SIZES) -
     return split
 
 
+def _file_key(path: Path) -> tuple:
+    """What identifies the file a path names: its device and inode when it
+    exists (so a symlink, a hard link or another spelling of the same file
+    gives the same key), else its resolved, normalised path."""
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return ("path", os.path.normpath(os.path.realpath(path)))
+
+
 def _check_paths(root: Path, rel_paths: Sequence[str], csv_path: Path) -> None:
-    """Refuse image paths that leave the dataset root (``..``, absolute paths,
-    symlinks pointing outside)."""
+    """Refuse image paths that are empty or hold a NUL byte, that leave the
+    dataset root (``..``, absolute paths, symlinks pointing outside), and two
+    rows naming the same file however it is written (``img/a.jpg``,
+    ``./img/a.jpg``, ``img//a.jpg``, a symlink or hard link to it): one
+    image must not be listed twice (it could sit in train and test at once)."""
     root_real = Path(os.path.realpath(root))
+    seen: dict[tuple, int] = {}
     for i, p in enumerate(rel_paths):
         if p == "":
             raise DatasetError(f"CSV file {csv_path}, line {i + 2}: empty image path")
+        if "\x00" in p:
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path {p!r} holds a NUL byte; refused")
         if os.path.isabs(p) or p.startswith("~"):
             raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' is absolute; "
                                f"paths must be relative to the dataset root {root}")
@@ -189,6 +204,13 @@ def _check_paths(root: Path, rel_paths: Sequence[str], csv_path: Path) -> None:
         if real != root_real and root_real not in real.parents:
             raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' leads outside the dataset root "
                                f"{root} (to {real}); refused")
+        key = _file_key(root / p)
+        if key in seen:
+            j = seen[key]
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' names the same file as "
+                               f"'{rel_paths[j]}' on line {j + 2}; list each image once (it could otherwise "
+                               "be in two splits)")
+        seen[key] = i
 
 
 def _check_duplicates(ids: Sequence[str], csv_path: Path) -> None:

@@ -106,6 +106,41 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+# sizes in an OpenCLIP model config: each a positive whole number (or a list of them)
+_SIZE_KEYS = ("embed_dim", "image_size", "layers", "width", "patch_size", "head_width", "heads", "context_length",
+              "vocab_size", "output_dim", "n_queries", "attn_pooler_heads")
+_POSITIVE_KEYS = ("mlp_ratio",)
+
+
+def check_model_config(cfg: dict, model: str) -> None:
+    """ConfigError naming the key of an OpenCLIP model config whose size is
+    not a positive whole number (a negative width, a zero patch size, a
+    string), before OpenCLIP builds anything from it."""
+    def bad(key: str, value, what: str) -> ConfigError:
+        return ConfigError(f"--model {model}: '{key}' is {json.dumps(value)}; it must be {what}")
+
+    def check(key: str, value) -> None:
+        name = key.rsplit(".", 1)[-1]
+        if value is None and name != "embed_dim":  # null: not used by this tower (patch_size of a ResNet)
+            return
+        if name in _SIZE_KEYS:
+            items = value if isinstance(value, list) and value else [value]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in items):
+                raise bad(key, value, "a positive whole number" + (" or a list of them" if name in
+                                                                   ("image_size", "layers") else ""))
+        elif name in _POSITIVE_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise bad(key, value, "a positive number")
+
+    check("embed_dim", cfg.get("embed_dim"))
+    for section in ("vision_cfg", "text_cfg"):
+        sub = cfg.get(section, {})
+        if not isinstance(sub, dict):
+            raise bad(section, sub, "an object of settings")
+        for k, v in sub.items():
+            check(f"{section}.{k}", v)
+
+
 def resolve_model_name(model: str) -> tuple[str, str]:
     """Return (OpenCLIP model name, model-config JSON text or '').  A path to
     a ``.json`` model config is registered with OpenCLIP under its stem."""
@@ -122,6 +157,7 @@ def resolve_model_name(model: str) -> tuple[str, str]:
             raise ConfigError(f"--model {model}: not valid JSON ({e})") from None
         if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "embed_dim" not in cfg:
             raise ConfigError(f"--model {model}: an OpenCLIP model config needs 'embed_dim' and 'vision_cfg'")
+        check_model_config(cfg, model)
         open_clip.add_model_config(p)
         return p.stem, text
     known = open_clip.list_models()

@@ -38,3 +38,8 @@ class TrainingDiverged(IqaError):
     """Training produced a non-finite loss or prediction."""
 
     exit_code = 4
+
+
+class WriteError(IqaError):
+    """An output file cannot be written (disk full, no permission); nothing
+    half-written is left under its name."""

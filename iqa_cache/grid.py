@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,7 @@ from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
 from .runs import CACHE_KEYS, Run, check_out_dir, write_json, write_run
+from .seeds import SEED_MAX
 from .stacked import check_fds_bins, plan_stacks, train_many
 from .train import TrainConfig, TrainResult
 
@@ -85,15 +87,15 @@ def parse_value(key: str, raw: Any) -> Any:
         return text
     if key in ("lds_ks", "fds_ks", "seed"):
         try:
-            number = float(text)
+            number = int(text) if re.fullmatch(r"[+-]?[0-9]+", text) else float(text)
         except ValueError:
             number = math.nan
-        if isinstance(raw, float) and not raw.is_integer() or not number.is_integer():
+        if isinstance(raw, float) and not raw.is_integer() or not float(number).is_integer():
             raise _bad(key, raw, "use a whole number" + (" (an odd kernel size)" if key != "seed" else ""))
         value = int(number)
         if key == "seed":
-            if value < 0:
-                raise _bad(key, raw, "use a seed of 0 or more")
+            if not 0 <= value <= SEED_MAX:
+                raise _bad(key, raw, "use a seed from 0 to 2**63-1 (as --seed)")
             return value
         if value < 1:
             raise _bad(key, raw, "use a positive odd kernel size")

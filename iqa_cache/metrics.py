@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .binning import bin_index, snap
+from .binning import bin_index, parse_decimal, snap
 
 DEFAULT_EDGES = (0.0, 20.0, 40.0, 60.0, 80.0, 100.0)
 
@@ -51,10 +51,13 @@ def per_bin_mae(labels, preds, edges: Sequence[float] = DEFAULT_EDGES) -> dict[s
 
 def parse_edges(text: str) -> list[float]:
     """'0,20,40,60,80,100' → increasing floats; ValueError naming the problem."""
-    try:
-        e = [float(x) for x in text.split(",") if x.strip() != ""]
-    except ValueError:
-        raise ValueError(f"--bins '{text}' is not a comma-separated list of numbers") from None
+    e = []
+    for x in (x for x in text.split(",") if x.strip() != ""):
+        try:
+            e.append(parse_decimal(x))
+        except ValueError as err:
+            raise ValueError(f"--bins '{text}': '{x.strip()}' {err}; give finite, increasing edges separated "
+                             "by commas") from None
     if len(e) < 2:
         raise ValueError(f"--bins '{text}' needs at least two edges")
     if any(b <= a for a, b in zip(e, e[1:])):
@@ -150,7 +153,7 @@ def parse_groups(text: str) -> list[tuple[float, ...]]:
         if not part.strip():
             raise ValueError(f"--groups '{text}' has an empty group (groups are separated by ';')")
         try:
-            vals = tuple(float(v) for v in part.split(","))
+            vals = tuple(parse_decimal(v, finite=False) for v in part.split(","))
         except ValueError:
             raise ValueError(f"--groups '{text}': '{part.strip()}' is not a comma-separated list of label "
                              "values") from None

@@ -8,6 +8,7 @@ run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .errors import WriteError
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,25 @@ def _finish(fig, notes: Sequence[str] = ()) -> None:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as PNG to ``path``: into a temporary file next to it,
+    renamed over ``path`` only once complete, so a full disk leaves no empty
+    or truncated PNG behind (WriteError naming the path instead)."""
     plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            fig.savefig(f, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise WriteError(f"cannot write plot {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -263,7 +281,10 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     from .report import ReportConfig, _data_key, _edges_for, _split_arrays, build_report
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"cannot make the plot folder {out}: {e.strerror or e}") from None
     cfg = report.config
     runs = report.runs
     random_note = [n for n in report.notes if n.startswith("warning:")]  # warnings travel with the pictures

@@ -34,6 +34,7 @@ from .imbalance import Bins, label_density
 from .metrics import (BootstrapDiff, bin_names, bin_of, default_edges, discrete_values, group_mae, group_name,
                       iqa_metrics, paired_bootstrap, per_bin_mae, shot_metrics)
 from .runs import Run, load_run
+from .seeds import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ class ReportConfig:
     digits: int = 4
 
     def __post_init__(self) -> None:
+        check_seed(self.boot_seed, "--boot-seed")
         if self.split not in SPLITS:
             raise ConfigError(f"--split '{self.split}' is not one of {', '.join(SPLITS)}")
         bad = [t for t in self.tables if t not in TABLES]

@@ -29,6 +29,7 @@ from .errors import ConfigError, TrainingDiverged
 from .head import HeadConfig, ResidualMLPHead
 from .imbalance import Bins, FDSConfig, LDSConfig
 from .metrics import default_edges, mae, per_bin_mae
+from .seeds import check_seed
 from .stacked import check_data, loss_terms, train_stack
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class TrainConfig:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        object.__setattr__(self, "seed", check_seed(self.seed, "--seed"))
         if self.loss not in LOSSES:
             raise ConfigError(f"--loss '{self.loss}' is not one of {', '.join(LOSSES)}")
         if self.label_range is not None:
