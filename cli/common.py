@@ -120,14 +120,15 @@ def parse_range(text: str | None) -> tuple[float, float] | None:
         return None
     parts = text.split(",")
     if len(parts) != 2:
-        raise typer.BadParameter(f"'{text}' is not LO,HI (two numbers separated by a comma)")
+        raise typer.BadParameter(f"'{text}' is not LO,HI (two numbers separated by a comma)",
+                                 param_hint="--label-range")
     try:
         lo, hi = (parse_decimal(x) for x in parts)
     except ValueError as e:
         bad = next(x.strip() for x in parts if _not_number(x))
-        raise typer.BadParameter(f"'{text}' is not LO,HI: '{bad}' {e}") from None
+        raise typer.BadParameter(f"'{text}' is not LO,HI: '{bad}' {e}", param_hint="--label-range") from None
     if not lo < hi:
-        raise typer.BadParameter(f"'{text}': LO must be below HI")
+        raise typer.BadParameter(f"'{text}': LO must be below HI", param_hint="--label-range")
     return lo, hi
 
 

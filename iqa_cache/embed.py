@@ -210,10 +210,19 @@ def release_free_heap() -> None:
         trim(0)
 
 
+def _exists(path: Path) -> bool:
+    """Like ``Path.exists`` but False, not an OSError, for a name the file
+    system cannot hold (too long): such an image is recorded as failed."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
 def _check_files(manifest: Manifest) -> None:
     if getattr(manifest, "reader", None) is not None:  # tar members: listed from the shards themselves
         return
-    missing = [p for p in manifest.path if not (manifest.root / p).exists()]
+    missing = [p for p in manifest.path if not _exists(manifest.root / p)]
     if not missing:
         return
     if len(missing) == len(manifest):
