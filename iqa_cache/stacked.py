@@ -417,9 +417,9 @@ def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceDa
 
     labels_tr = data.label[dev.tr]
     w_lds = torch.from_numpy(np.stack([c.lds.weights(labels_tr, bins) for c in cfgs])).to(device)
-    b_tr = torch.from_numpy(bins.index(labels_tr)).to(device)
-    fds, count = None, None  # nothing per bin unless FDS needs it (LDS weights are per image)
+    fds, count, b_tr = None, None, None  # no bins at all unless FDS needs them (LDS weights are per image)
     if c0.fds.enabled:
+        b_tr = torch.from_numpy(bins.index(labels_tr)).to(device)
         count = torch.bincount(b_tr, minlength=bins.n).float()
         fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device)
 
@@ -447,7 +447,8 @@ def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceDa
                 xb, yb, wb, bb = dev.x_tr, dev.y_tr.expand(k_all, -1), w_lds, b_tr
             else:
                 idx = perm[:, i:i + bs]
-                xb, yb, wb, bb = dev.x_tr[idx], dev.y_tr[idx], w_lds.gather(1, idx), b_tr[idx]
+                xb, yb, wb = dev.x_tr[idx], dev.y_tr[idx], w_lds.gather(1, idx)
+                bb = b_tr[idx] if b_tr is not None else None
             z = stack.features(xb)
             if calibrating:
                 z = fds.calibrate(z, bb)

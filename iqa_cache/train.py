@@ -207,7 +207,7 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
     y_all = torch.from_numpy(data.label).to(device)
     tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
     x_tr, y_tr = x_all[tr_t], y_all[tr_t]
-    b_tr = torch.from_numpy(bins.index(data.label[tr])).to(device)
+    b_tr = torch.from_numpy(bins.index(data.label[tr])).to(device) if cfg.fds.enabled else None
     w_tr = torch.from_numpy(cfg.lds.weights(data.label[tr], bins)).to(device)
     x_va, y_va = x_all[va_t], y_all[va_t]
 
@@ -233,7 +233,7 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
         loss_sum = torch.zeros((), device=device)
         for i in range(0, n_tr, bs):
             idx = perm[i:i + bs]
-            pred = head(x_tr[idx], b_tr[idx], epoch)
+            pred = head(x_tr[idx], b_tr[idx] if b_tr is not None else None, epoch)
             loss = weighted_loss(pred, y_tr[idx], w_tr[idx], cfg.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()

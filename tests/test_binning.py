@@ -172,3 +172,21 @@ def test_outlier_label_gives_a_bounded_bin_error_not_a_huge_allocation(tmp_path)
     r = iqa("train-head", "--cache", cache, "--out", tmp_path / "run", "--epochs", 1, "--hidden", 8,
             "--device", "cpu", "--no-progress", "--label-range", "0,100", "--lds")
     assert r.exit_code == 0, r.output
+
+
+def test_plain_training_computes_no_bins(tmp_path, monkeypatch):
+    """No LDS, no FDS: nothing is binned or allocated per bin (the bins are
+    only recorded, for the report)."""
+    def boom(self, *a, **k):
+        raise AssertionError("plain training binned the labels")
+
+    monkeypatch.setattr(Bins, "index", boom)
+    monkeypatch.setattr(Bins, "counts", boom)
+    monkeypatch.setattr(Bins, "edges", boom)
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 100, 60).astype(np.float32)
+    split = np.array(["train"] * 40 + ["val"] * 10 + ["test"] * 10, dtype=object)
+    cache = write_feature_cache(tmp_path / "c.h5", rng.normal(size=(60, 8)).astype(np.float32), y, split)
+    r = iqa("train-head", "--cache", cache, "--out", tmp_path / "run", "--epochs", 2, "--hidden", 8,
+            "--bin-size", "0.001", "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
