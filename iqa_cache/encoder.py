@@ -1,4 +1,9 @@
-"""The frozen OpenCLIP image encoder and its preprocessing.
+"""The frozen image encoder and its preprocessing: OpenCLIP (this module)
+or timm (``--model timm:NAME``, :mod:`iqa_cache.timm_backend`); both give
+the same :class:`Encoder`.  The public functions below dispatch on the
+model name.
+
+OpenCLIP:
 
 The feature is the image tower's pooled CLS token after ``ln_post`` and
 *before* the projection (``visual.proj``): 768-d for ViT-B/32.  Weights come
@@ -140,10 +145,36 @@ def check_model_config(cfg: dict, model: str) -> None:
         for k, v in sub.items():
             check(f"{section}.{k}", v)
 
+def is_timm(model: str) -> bool:
+    """Whether ``model`` names a timm backbone (``timm:NAME``)."""
+    from .timm_backend import is_timm as _is_timm
+
+    return _is_timm(model)
+
+
+def feature_name(model_name: str) -> str:
+    """What the feature is, for this backend (recorded in caches)."""
+    if is_timm(model_name):
+        from .timm_backend import FEATURE_NAME as TIMM_FEATURE
+
+        return TIMM_FEATURE
+    return FEATURE_NAME
+
+
+def default_pretrained(model: str) -> str:
+    """``--pretrained``'s default: the LAION tag for OpenCLIP, the model
+    name's own hub tag for timm."""
+    return "hub" if is_timm(model) else "laion2b_s34b_b79k"
+
 
 def resolve_model_name(model: str) -> tuple[str, str]:
     """Return (OpenCLIP model name, model-config JSON text or '').  A path to
-    a ``.json`` model config is registered with OpenCLIP under its stem."""
+    a ``.json`` model config is registered with OpenCLIP under its stem.
+    ``timm:NAME`` is checked against timm and returned unchanged."""
+    if is_timm(model):
+        from . import timm_backend
+
+        return timm_backend.resolve_model_name(model)
     import open_clip
 
     if model.endswith(".json"):
@@ -198,6 +229,10 @@ def resolve_weights(model_name: str, pretrained: str, *, download: bool = True) 
     weights through OpenCLIP when needed) and checksum it.  Fails early, with
     the valid tags, on an unknown tag; fails fast when the hub is out of
     reach."""
+    if is_timm(model_name):
+        from . import timm_backend
+
+        return timm_backend.resolve_weights(model_name, pretrained, download=download)
     import open_clip
 
     if pretrained.lower() == "none":
@@ -240,6 +275,10 @@ def preprocess_for(model_name: str, weights: Weights, resize_mode: str, image_si
                    interpolation: str = "bicubic") -> PreprocessConfig:
     """The preprocessing a tag was trained with (mean/std, size), with the
     chosen resize mode."""
+    if is_timm(model_name):
+        from . import timm_backend
+
+        return timm_backend.preprocess_for(model_name, weights, resize_mode, image_size, interpolation)
     import open_clip
 
     mean, std = OPENAI_MEAN, OPENAI_STD
@@ -368,7 +407,12 @@ class Encoder:
 
 def feature_width(model_name: str) -> int:
     """The width of a model's image tower (its pre-projection feature size),
-    read from its OpenCLIP config without building it."""
+    read from its OpenCLIP config without building it (timm: built on the
+    meta device)."""
+    if is_timm(model_name):
+        from . import timm_backend
+
+        return timm_backend.feature_width(model_name)
     import open_clip
 
     vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
@@ -378,9 +422,16 @@ def feature_width(model_name: str) -> int:
 def provenance(cfg: EncoderConfig, weights: Weights, model_name: str, model_config_json: str,
                feature_dim: int) -> dict[str, Any]:
     """Everything a cache records about how its features were made."""
-    import open_clip
-
     pre = cfg.preprocess
+    if is_timm(model_name):
+        from . import timm_backend
+
+        backend = {"backend": "timm", "encoder": timm_backend.description(model_name, weights),
+                   **timm_backend.provenance_extra()}
+    else:
+        import open_clip
+
+        backend = {"backend": "open_clip", "open_clip_version": open_clip.__version__}
     return {
         "model": model_name,
         "model_config_json": model_config_json,
@@ -391,7 +442,7 @@ def provenance(cfg: EncoderConfig, weights: Weights, model_name: str, model_conf
         "pretrained_hf_hub": weights.hf_hub,
         "init_seed": INIT_SEED if weights.kind == "none" else -1,
         "precision": cfg.precision,
-        "feature": FEATURE_NAME,
+        "feature": feature_name(model_name),
         "feature_dim": int(feature_dim),
         "image_size": pre.image_size,
         "resize_mode": pre.resize_mode,
@@ -399,7 +450,7 @@ def provenance(cfg: EncoderConfig, weights: Weights, model_name: str, model_conf
         "mean": list(pre.mean),
         "std": list(pre.std),
         "exif_transpose": pre.exif_transpose,
-        "open_clip_version": open_clip.__version__,
+        **backend,
         "torch_version": torch.__version__,
     }
 
@@ -423,11 +474,17 @@ def strip_projection(visual: torch.nn.Module, model_name: str) -> torch.nn.Modul
 def load_encoder(cfg: EncoderConfig, device: str = "cpu", weights: Weights | None = None) -> Encoder:
     """Build the frozen image tower on ``device`` (a string: 'cpu', 'cuda',
     'cuda:1').  Pass already-resolved ``weights`` to skip resolving again."""
-    import open_clip
-
     model_name, config_json = resolve_model_name(cfg.model)
     if weights is None:
         weights = resolve_weights(model_name, cfg.pretrained)
+    if is_timm(model_name):
+        from . import timm_backend
+
+        loaded = timm_backend.load(model_name, weights, INIT_SEED)
+        loaded.module.to(device)
+        return Encoder(visual=loaded.module, config=cfg, weights=weights, model_name=model_name,
+                       model_config_json="", feature_dim=loaded.feature_dim, device=device)
+    import open_clip
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(INIT_SEED)
         try:

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .encoder import (FEATURE_NAME, INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
-                      build_transform, load_encoder, load_image, resolve_device, resolve_model_name, resolve_weights)
+from .encoder import (INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
+                      build_transform, feature_name, load_encoder, load_image, resolve_device, resolve_model_name, resolve_weights)
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
 from .runs import Run, load_head, load_run
 
@@ -143,8 +143,9 @@ def encoder_for_run(run: Run, pretrained: str | None = None, device: str = "auto
         raise RunError(f"run {run.path}: config.json's cache section lacks {', '.join(missing)}; the encoder "
                        "cannot be rebuilt exactly")
     feature = cache.get("feature")
-    if feature and feature != FEATURE_NAME:
-        raise RunError(f"run {run.path}: its features are '{feature}', this version computes '{FEATURE_NAME}'")
+    want_feature = feature_name(str(cache.get("model", "")))
+    if feature and feature != want_feature:
+        raise RunError(f"run {run.path}: its features are '{feature}', this version computes '{want_feature}'")
     pre = PreprocessConfig(image_size=int(cache["image_size"]), resize_mode=str(cache["resize_mode"]),
                            interpolation=str(cache["interpolation"]), mean=tuple(float(x) for x in cache["mean"]),
                            std=tuple(float(x) for x in cache["std"]),

@@ -77,13 +77,22 @@ class Table:
 
 
 def run_warnings(runs: Sequence[Run]) -> list[str]:
-    """Visible warnings: random-weight encoders, runs on different caches."""
+    """Visible warnings: random-weight encoders, which encoder made the
+    features when the cache names it (timm backends), runs on different
+    caches."""
     notes = []
     random = [r.name for r in runs if r.cache.get("pretrained_kind") == "none"]
     if random:
         who = f"run '{random[0]}' was" if len(random) == 1 else f"runs {', '.join(repr(n) for n in random)} were"
         notes.append(f"warning: {who} trained on features of a randomly initialised encoder "
                      "(--pretrained none): the numbers say nothing about CLIP")
+    described: dict[str, list[str]] = {}
+    for r in runs:
+        if r.cache.get("pretrained_kind") != "none" and r.cache.get("encoder"):
+            described.setdefault(str(r.cache["encoder"]), []).append(r.name)
+    for enc, names in described.items():
+        who = f"run '{names[0]}'" if len(names) == 1 else f"runs {', '.join(repr(n) for n in names)}"
+        notes.append(f"note: {who}: features from {enc}")
     ident = {}
     for r in runs:
         key = tuple(str(r.cache.get(k)) for k in ("manifest_sha256", "model", "pretrained_sha256", "pretrained_kind",

@@ -34,7 +34,8 @@ CACHE_KEYS = FEATURE_KEYS + ("dataset", "dataset_root", "manifest_sha256", "n_im
                              "content_id", "labels_version",
                              # features imported with `iqa import` (iqa_cache.importer): where they came from
                              "feature_source", "imported_path", "imported_sha256", "imported_format",
-                             "imported_features_key", "imported_shape", "labels_csv")
+                             "imported_features_key", "imported_shape", "labels_csv",
+                             "backend", "encoder")
 
 
 def _clean(x: Any) -> Any:

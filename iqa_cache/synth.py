@@ -6,7 +6,9 @@ and contrast loss.  The quality label is a fixed function of how strong the
 applied distortions are, so it is *learnable from the pixels*.  Target
 qualities are drawn from KonIQ-10k's MOS histogram, so the label distribution
 has KonIQ's shape: most images between 40 and 80, rare very low and very high
-ones.
+ones.  With ``test_per_range`` the test split is instead balanced over the
+label ranges (as the DIR benchmarks' test sets are), so that a per-range
+table has enough test images in the rare ranges to say something.
 
 Used by ``iqa demo``, the tests and the benchmarks; never by real datasets.
 """
@@ -113,6 +115,28 @@ class SynthSpec:
     seed: int = 0
     layout: str = "koniq"
     label_noise: float = 1.5
+    # > 0: the n KonIQ-like images form train and val only (KonIQ's 7058:1000), and the
+    # test split is a balanced one: this many images per label range of TEST_RANGES
+    test_per_range: int = 0
+
+
+# Label ranges of the balanced test split (those of the report's per-range table).
+# Drawn targets stay inside what the distortions can reach (a clean scene is
+# MAX_QUALITY, the strongest degradation ~3) and a rater-noise width from the edges.
+TEST_RANGES = ((3.0, 18.0), (22.0, 38.0), (42.0, 58.0), (62.0, 78.0), (82.0, 89.0))
+
+
+def balanced_test_labels(per_range: int, rng: np.random.Generator) -> np.ndarray:
+    """``per_range`` target qualities drawn uniformly inside each test range."""
+    return np.concatenate([rng.uniform(lo, hi, per_range) for lo, hi in TEST_RANGES])
+
+
+def _train_val_split(n: int, seed: int) -> np.ndarray:
+    """A seeded train/val split of ``n`` rows in KonIQ's 7058:1000 proportion."""
+    n_val = max(1, int(round(n * 1000 / 8058))) if n > 1 else 0
+    split = np.array(["train"] * n, dtype=object)
+    split[np.random.default_rng(seed).permutation(n)[:n_val]] = "val"
+    return split
 
 
 def _koniq_votes(mos: float, rng: np.random.Generator) -> tuple[list[float], int, float]:
@@ -141,8 +165,12 @@ def make_dataset(root: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, prog
     img_dir.mkdir(parents=True, exist_ok=True)
     targets = sample_koniq_like_labels(spec.n, rng)
     split = seeded_split(spec.n, spec.seed)
+    if spec.test_per_range > 0:
+        targets = np.concatenate([targets, balanced_test_labels(spec.test_per_range, rng)])
+        split = np.concatenate([_train_val_split(spec.n, spec.seed),
+                                np.array(["test"] * (len(targets) - spec.n), dtype=object)])
     rows = []
-    it = range(spec.n)
+    it = range(len(targets))
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc="generating images", unit="img", leave=False)
@@ -195,5 +223,5 @@ def ensure_dataset(root: str | os.PathLike, spec: SynthSpec = SynthSpec(), *, pr
                 return csv_path
         except ValueError:
             pass
-    log.info("generating %d synthetic images in %s", spec.n, root)
+    log.info("generating %d synthetic images in %s", spec.n + 5 * spec.test_per_range, root)
     return make_dataset(root, spec, progress=progress)

