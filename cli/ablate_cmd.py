@@ -9,6 +9,7 @@ import typer
 from iqa_cache import cache as cache_mod
 from iqa_cache.errors import TrainingDiverged
 from iqa_cache.grid import GRID_KEYS, PLAN_FILE, SUMMARY_FILE, expand, format_summary, read_grid, run_ablation
+from iqa_cache.runs import check_out_location
 
 from .app import app
 from .common import echo_out, handle_errors, parse_expect
@@ -28,7 +29,9 @@ def ablate_command(
     opts: TrainOptions,
     max_stack: Annotated[int, typer.Option(min=1, help="At most this many configurations are trained together "
                                                        "(lower it if memory runs short).")] = 64,
-    overwrite: Annotated[bool, typer.Option(help="Replace existing run directories and summary.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace or remove runs in OUT of other configurations (another "
+                                                 "grid or other settings); finished runs of the same ones are kept "
+                                                 "either way.")] = False,
     expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
                                                              "VALUE (repeatable), as for train-head.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
@@ -40,19 +43,24 @@ def ablate_command(
     OUT/<name> (for `iqa report`); the summary (test MAE per label range,
     sorted by validation MAE) is printed and written to OUT/summary.csv.  A
     configuration that diverges gets no run directory and does not stop the
-    others.
+    others.  A rerun keeps the finished runs of the same configurations on
+    the same cache and trains only the missing ones (after an interruption,
+    or for values added to the grid).
     """
     expected = parse_expect(expect)
     base = opts.config(ctx)
     spec = read_grid(grid)
+    check_out_location(out, {str(cache): "the cache being trained on"})
     data = cache_mod.load(cache, expect=expected)
     plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
     result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
     echo_out(format_summary(result.summary, result.notes))
     n = len(plan.points)
-    typer.echo(f"ablate: {n} configuration(s) in {result.n_stacks} stack(s), {result.seconds:.1f} s on "
-               f"{result.device or base.device} ({result.seconds / n:.2f} s each); runs and {SUMMARY_FILE} in {out}/",
-               err=True)
+    trained = n - result.n_kept
+    kept = f"kept {result.n_kept} finished, trained {trained}" if result.n_kept else f"{n} configuration(s)"
+    each = f" ({result.seconds / trained:.2f} s each)" if trained else ""
+    typer.echo(f"ablate: {kept} in {result.n_stacks} stack(s), {result.seconds:.1f} s on "
+               f"{result.device or base.device}{each}; runs and {SUMMARY_FILE} in {out}/", err=True)
     if result.n_diverged:
         typer.echo(f"warning: {result.n_diverged} of {n} configuration(s) diverged and have no run directory "
                    "(see the summary)", err=True)

@@ -18,7 +18,7 @@ from iqa_cache import cache as cache_mod
 from iqa_cache.head import HeadConfig
 from iqa_cache.imbalance import EMPTY_BINS, FDSConfig, LDSConfig, even_kernel_message
 from iqa_cache.report import ReportConfig, build_report, format_report
-from iqa_cache.runs import check_out_dir, load_run, write_run
+from iqa_cache.runs import load_run, prepare_run_target, write_run
 from iqa_cache.train import PRESETS, OptimConfig, TrainConfig, train_head
 
 from .app import app
@@ -159,7 +159,8 @@ def train_head_command(
     opts: TrainOptions,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<cache>/<lds+fds>_s<seed>].")
                    ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory written by iqa (anything "
+                                                 "else is refused).")] = False,
     expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
                                                              "VALUE (repeatable), e.g. pretrained=laion2b_s34b_b79k, "
                                                              "resize_mode=squash, model=ViT-B-32.")] = None,
@@ -179,7 +180,7 @@ def train_head_command(
         return
     if out is None:
         out = Path("runs") / cache.stem / run_name(opts.lds, opts.fds, opts.seed)
-    check_out_dir(out, overwrite)
+    prepare_run_target(out, overwrite=overwrite, protect={str(cache): "the cache being trained on"})
     data = cache_mod.load(cache, expect=expected)
     result = train_head(data, cfg, progress=progress)
     write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset or ""})

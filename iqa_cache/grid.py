@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -43,7 +44,9 @@ from .importer import item_noun
 from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
-from .runs import CACHE_KEYS, Run, check_out_dir, write_json, write_run
+from .encoder import resolve_device
+from .runs import (CACHE_KEYS, Run, as_json, check_out_location, clean_stale, describe, entries,
+                   load_run, read_marker, run_state, json_bytes, write_atomic, write_marker, write_run, writer_alive)
 from .seeds import SEED_MAX
 from .stacked import check_fds_bins, plan_stacks, train_many
 from .train import TrainConfig, TrainResult
@@ -337,13 +340,31 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
 
 @dataclass
 class Outcome:
-    """What became of one configuration."""
+    """What became of one configuration (``kept``: a finished run of the same
+    configuration on the same cache was already there and was not
+    retrained; ``predictions``/``best_*`` then come from it)."""
 
     point: GridPoint
     status: str  # ok, diverged, skipped
     message: str = ""
     result: TrainResult | None = None
     run_dir: Path | None = None
+    kept: Run | None = None
+
+    @property
+    def predictions(self) -> pd.DataFrame | None:
+        if self.result is not None:
+            return self.result.predictions
+        return self.kept.predictions if self.kept is not None else None
+
+    @property
+    def best(self) -> tuple[float, int]:
+        """(validation MAE, epoch) of the epoch kept."""
+        if self.result is not None:
+            return self.result.best_val_mae, self.result.best_epoch
+        m = self.kept.metrics if self.kept is not None else {}
+        val = m.get("best_val_mae")
+        return (math.nan if val is None else float(val)), int(m.get("best_epoch", -1))
 
 
 @dataclass
@@ -364,51 +385,181 @@ class AblationResult:
     def n_ok(self) -> int:
         return sum(o.status == "ok" for o in self.outcomes)
 
+    @property
+    def n_kept(self) -> int:
+        return sum(o.kept is not None for o in self.outcomes)
 
-def check_targets(plan: GridPlan, out_dir: Path, overwrite: bool) -> None:
-    """Refuse (before training) to replace anything without ``overwrite``."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"--out {out_dir} exists and is not a directory")
-    for p in plan.points:
-        check_out_dir(out_dir / p.name, overwrite)
+
+# -------------------------------------------------------- the output folder
+
+@dataclass
+class AblationDir:
+    """What is in an ablation's output folder before training, by
+    :func:`prepare_ablation_dir`: finished runs kept as they are, runs to be
+    replaced (``--overwrite``), runs of other grids to be removed once the new
+    ones are complete."""
+
+    path: Path
+    keep: dict[str, Run] = field(default_factory=dict)  # name -> finished run of the same configuration
+    replace: list[str] = field(default_factory=list)    # names of this grid whose run differs
+    stale: list[Path] = field(default_factory=list)     # runs of this tool not in this grid
+
+    def to_train(self, plan: GridPlan) -> list[int]:
+        return [i for i, p in enumerate(plan.points) if p.name not in self.keep]
+
+
+def expected_train_config(cfg: TrainConfig, feature_dim: int) -> dict[str, Any]:
+    """``config.json``'s ``train`` section that training ``cfg`` writes."""
+    full = replace(cfg, head=replace(cfg.head, in_dim=feature_dim), device=resolve_device(cfg.device))
+    return as_json(full.to_dict())
+
+
+def same_run(run_config: dict[str, Any], cfg: TrainConfig, data: CacheData) -> str:
+    """'' when the run was trained with ``cfg`` on the same cache contents as
+    ``data``; else what differs (settings or cache)."""
+    if run_config.get("train") != expected_train_config(cfg, int(data.features.shape[1])):
+        return "other settings"
+    want = as_json({k: data.attrs.get(k) for k in CACHE_KEYS})
+    have = run_config.get("cache") or {}
+    if any(have.get(k) != v for k, v in want.items()):
+        return "another cache"
+    return ""
+
+
+def _legacy_ablation(path: Path) -> bool:
+    """An ablation folder of a version before the marker: its ablation.json,
+    and nothing but runs and the summary beside it."""
+    try:
+        doc = json.loads((path / PLAN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not (isinstance(doc, dict) and "configurations" in doc):
+        return False
+    return all(n in (SUMMARY_FILE, PLAN_FILE) or run_state(path / n.rstrip("/")) is not None
+               for n in entries(path) if not n.startswith("."))
+
+
+def _clean_stale_files(out_dir: Path) -> None:
+    """Temporary summary files a killed ablate left (``.summary.csv.partial-PID``)."""
     for f in (SUMMARY_FILE, PLAN_FILE):
-        if (out_dir / f).exists() and not overwrite:
-            raise RunError(f"{out_dir / f} already exists; pass --overwrite to replace it, or another --out")
+        for p in out_dir.glob(f".{f}.partial-*"):
+            pid = p.name.rpartition("-")[2]
+            if pid.isdigit() and p.is_file() and not p.is_symlink() and not writer_alive(int(pid)):
+                p.unlink()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def prepare_ablation_dir(plan: GridPlan, out_dir: str | os.PathLike, data: CacheData, *,
+                         overwrite: bool = False) -> AblationDir:
+    """Check the output folder before training and say what happens to what
+    is in it.  It must be missing, empty, or an ablation folder this tool
+    wrote (marker ``.iqa-run`` of kind ablation, or an older one's layout);
+    never the current directory or one holding the cache.  A finished run of
+    the same configuration trained on the same cache is kept; runs of other
+    configurations (another grid, other settings) are replaced or removed
+    only with ``overwrite``, else RunError naming them.  Leftovers of an
+    interrupted ablate (``.NAME.partial-PID``, unfinished runs) are removed."""
+    out_dir = Path(out_dir)
+    state = AblationDir(out_dir)
+    check_out_location(out_dir, {str(data.path): "the cache being trained on"})
+    if not os.path.lexists(out_dir):
+        return state
+    if not out_dir.is_dir():
+        raise RunError(f"refusing --out {out_dir}: it is a file, not a folder")
+    names = entries(out_dir)
+    marker = read_marker(out_dir)
+    if marker is not None and marker["kind"] == "run" or marker is None and run_state(out_dir) is not None:
+        raise RunError(f"refusing to write an ablation into {out_dir}: it is a run directory (of train-head); "
+                       "give another --out")
+    if names and marker is None and not _legacy_ablation(out_dir):
+        raise RunError(f"refusing to write an ablation into {out_dir}: it is not an ablation folder written by iqa "
+                       f"(holds {describe(names)})")
+    _clean_stale_files(out_dir)
+    for n in entries(out_dir):  # what killed writers left: .NAME.partial-PID, .NAME.old-PID
+        name, _, tail = n.rstrip("/")[1:].rpartition(".")
+        if n.startswith(".") and n.endswith("/") and tail.startswith(("partial-", "old-")):
+            clean_stale(out_dir / name)
+    by_name = {p.name: p for p in plan.points}
+    differ: list[str] = []
+    for n in entries(out_dir):
+        p = out_dir / n.rstrip("/")
+        if not n.endswith("/") or n.startswith("."):
+            continue  # summary, plan, marker, a file of the user's, a writer's temporary folder: left alone
+        run = run_state(p)
+        if run is None:
+            raise RunError(f"refusing to write an ablation into {out_dir}: it holds {n}, which is not a run "
+                           "written by iqa")
+        point = by_name.get(p.name)
+        if run == "partial":  # unfinished: replaced when in this grid, else removed now
+            if point is None:
+                shutil.rmtree(p)
+                log.info("removed %s, an unfinished run", p)
+            continue
+        if point is None:
+            state.stale.append(p)
+            differ.append(f"{p.name} (not in this grid)")
+            continue
+        try:
+            loaded = load_run(p)
+        except RunError:
+            state.replace.append(p.name)
+            continue
+        why = same_run(loaded.config, point.config, data)
+        if why:
+            state.replace.append(p.name)
+            differ.append(f"{p.name} ({why})")
+        else:
+            state.keep[p.name] = loaded
+    if differ and not overwrite:
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise RunError(f"{out_dir} holds finished runs of another grid or other settings: {', '.join(differ[:4])}"
+                       f"{more}; pass --overwrite to replace them, or another --out")
+    return state
 
 
 def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 max_stack: int = 64, progress: bool = False) -> AblationResult:
+                 max_stack: int = 64, progress: bool = False, existing: AblationDir | None = None) -> AblationResult:
     """Train every configuration of ``plan`` on ``data`` (stacked where shapes
     allow), write each as a run directory ``out_dir/<name>`` and the summary
-    as ``out_dir/summary.csv``.  A configuration that diverges gets no run
-    directory and does not stop the others."""
+    as ``out_dir/summary.csv``.  Finished runs of the same configuration on
+    the same cache are kept, not retrained (a rerun after an interruption
+    trains only what is missing); ``existing`` is :func:`prepare_ablation_dir`'s
+    answer when the caller already asked.  Afterwards ``out_dir`` holds the
+    runs of this grid only: runs of another grid are removed (``overwrite``)
+    once the new ones are complete.  A configuration that diverges gets no
+    run directory and does not stop the others."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    check_targets(plan, out_dir, overwrite)
-    cfgs = [p.config for p in plan.points]
-    n_stacks = len(plan_stacks(cfgs, max_stack))
-    outcomes: dict[int, Outcome] = {}
+    if existing is None:
+        existing = prepare_ablation_dir(plan, out_dir, data, overwrite=overwrite)
+    todo = existing.to_train(plan)
+    if existing.keep:
+        log.info("ablate: kept %d finished, training %d (in %s/)", len(existing.keep), len(todo), out_dir)
+    names = [p.name for p in plan.points]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create {out_dir}: {e.strerror or e}") from None
+    write_marker(out_dir, "ablation", "partial", configurations=names)
+    cfgs = [plan.points[i].config for i in todo]
+    n_stacks = len(plan_stacks(cfgs, max_stack)) if cfgs else 0
+    outcomes: dict[int, Outcome] = {i: Outcome(p, "ok", run_dir=out_dir / p.name, kept=existing.keep[p.name])
+                                    for i, p in enumerate(plan.points) if p.name in existing.keep}
     bar = None
-    if progress:
+    if progress and cfgs:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(cfgs), desc="ablation", unit="config", dynamic_ncols=True)
     try:
-        for i, res in train_many(data, cfgs, max_stack=max_stack, progress=progress):
+        for j, res in (train_many(data, cfgs, max_stack=max_stack, progress=progress) if cfgs else ()):
+            i = todo[j]
             point = plan.points[i]
             target = out_dir / point.name
             if isinstance(res, TrainingDiverged):
                 outcomes[i] = Outcome(point, "diverged", str(res))
-                if target.exists():  # only with --overwrite (checked above): not an old result of this name
+                if run_state(target) is not None:  # ours, allowed by prepare_ablation_dir: not a result of this
                     shutil.rmtree(target)
                     log.warning("removed the old run directory %s: this configuration diverged", target)
             else:
-                write_run(target, res, data.attrs, data.path, overwrite=overwrite,
+                write_run(target, res, data.attrs, data.path, overwrite=True,
                           extra={"ablation": {"name": point.name, "grid": point.values,
                                               "grid_source": plan.spec.source}})
                 outcomes[i] = Outcome(point, "ok", result=res, run_dir=target)
@@ -417,21 +568,33 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
     finally:
         if bar is not None:
             bar.close()
-    ordered = [outcomes[i] for i in range(len(cfgs))] + [Outcome(p, "skipped", p.skipped) for p in plan.skipped]
+    for p in existing.stale:  # runs of another grid, removed now that this one's are complete
+        if run_state(p) is not None:
+            shutil.rmtree(p)
+    if existing.stale:
+        log.info("%s: removed %d run(s) of another grid or settings", out_dir, len(existing.stale))
+    ordered = [outcomes[i] for i in range(len(plan.points))] + [Outcome(p, "skipped", p.skipped)
+                                                                 for p in plan.skipped]
     summary = summary_frame(ordered, data.label_range, plan.spec)
     summary.attrs["noun"] = item_noun(data.attrs)
     notes = _notes(data, ordered)
-    out_dir.mkdir(parents=True, exist_ok=True)
     csv_text = summary.to_csv(index=False, float_format="%.6f") + "".join(f"# {n}\n" for n in notes)
-    _write_text_atomic(out_dir / SUMMARY_FILE, csv_text)
-    tmp_plan = out_dir / f".{PLAN_FILE}.partial-{os.getpid()}"
-    write_json(tmp_plan, {"grid": plan.spec.to_dict(), "grid_source": plan.spec.source,
-                          "base": cfgs[0].to_dict() if cfgs else None,
-                          "configurations": [{"name": p.name, "grid": p.values} for p in plan.points],
-                          "skipped": [{"name": p.name, "reason": p.skipped} for p in plan.skipped],
-                          "duplicates": plan.duplicates, "cache": str(Path(data.path).resolve())})
-    os.replace(tmp_plan, out_dir / PLAN_FILE)
-    device = next((o.result.device for o in ordered if o.result is not None), "")
+    plan_doc = {"grid": plan.spec.to_dict(), "grid_source": plan.spec.source,
+                "base": plan.points[0].config.to_dict() if plan.points else None,
+                "configurations": [{"name": p.name, "grid": p.values} for p in plan.points],
+                "skipped": [{"name": p.name, "reason": p.skipped} for p in plan.skipped],
+                "duplicates": plan.duplicates, "cache": str(Path(data.path).resolve())}
+    try:
+        write_atomic(out_dir / SUMMARY_FILE, csv_text.encode("utf-8"))
+        write_atomic(out_dir / PLAN_FILE, json_bytes(plan_doc))
+        write_marker(out_dir, "ablation", "complete", configurations=names)
+    except RunError as e:
+        for f in (SUMMARY_FILE, PLAN_FILE):  # an old summary must not pass for this grid's
+            with contextlib.suppress(OSError):
+                (out_dir / f).unlink()
+        raise RunError(f"{e}; the runs are saved: rerun the same command to write the summary") from None
+    device = next((o.result.device for o in ordered if o.result is not None),
+                  next((str(o.kept.config.get("device", "")) for o in ordered if o.kept is not None), ""))
     return AblationResult(outcomes=ordered, summary=summary, notes=notes, out_dir=out_dir,
                           seconds=time.perf_counter() - t0, n_stacks=n_stacks, device=device)
 
@@ -450,12 +613,12 @@ def summary_frame(outcomes: Sequence[Outcome], label_range: tuple[float, float],
     for o in outcomes:
         row: dict[str, Any] = {"run": o.point.name, "val_mae": math.nan, "best_epoch": pd.NA}
         row.update({n: math.nan for n in names})
-        if o.result is not None:
-            p = o.result.predictions
+        p = o.predictions
+        if p is not None:
             test = p[p["split"] == "test"]
             per_bin = per_bin_mae(test["label"].to_numpy(), test["pred"].to_numpy(), edges)
             row.update({n: per_bin[n][0] for n in names})
-            row["val_mae"], row["best_epoch"] = o.result.best_val_mae, o.result.best_epoch
+            row["val_mae"], row["best_epoch"] = o.best
             counts = counts or [per_bin[n][1] for n in names]
         row["status"] = o.status if o.status == "ok" else f"{o.status}: {o.message}"
         for k, _ in spec.axes:
@@ -473,8 +636,8 @@ def summary_frame(outcomes: Sequence[Outcome], label_range: tuple[float, float],
 def _notes(data: CacheData, outcomes: Sequence[Outcome]) -> list[str]:
     runs = [Run(path=o.run_dir or Path(o.point.name), name=o.point.name,
                 config={"cache": {k: data.attrs.get(k) for k in CACHE_KEYS}},
-                predictions=o.result.predictions, metrics=o.result.metrics)
-            for o in outcomes if o.result is not None]
+                predictions=o.predictions, metrics={})
+            for o in outcomes if o.predictions is not None]
     notes = run_warnings(runs[:1]) if runs else []  # one cache for all: the first run says it
     return [n.replace(f"run '{runs[0].name}' was", "these runs were") for n in notes] if runs else notes
 

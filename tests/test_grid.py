@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -250,6 +251,13 @@ def test_run_ablation_writes_runs_and_a_sorted_summary(data, tmp_path):
     md = format_summary(df, res.notes)
     assert md.splitlines()[2].startswith("| run | val MAE | best epoch | [0,20)")
     assert "*n (test images)*" in md
-    # nothing is replaced without overwrite, and that is checked before training
+    # a rerun keeps the finished runs (same configuration, same cache) and trains only the rest
+    heads = {n: (tmp_path / "abl" / n / "head.pt").stat().st_mtime_ns for n in ok["run"]}
+    again = run_ablation(data, plan, tmp_path / "abl")
+    assert again.n_kept == 4 and again.n_diverged == 1
+    assert {n: (tmp_path / "abl" / n / "head.pt").stat().st_mtime_ns for n in ok["run"]} == heads
+    pd.testing.assert_frame_equal(again.summary, df)
+    # other settings are not replaced without overwrite, and that is checked before training
+    other = expand(spec, replace(base, seed=9), data.label_range, auto_reweight=True)
     with pytest.raises(RunError, match="--overwrite"):
-        run_ablation(data, plan, tmp_path / "abl")
+        run_ablation(data, other, tmp_path / "abl")

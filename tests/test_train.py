@@ -86,8 +86,8 @@ def test_fds_runs_and_is_identity_at_eval(data):
 def test_run_directory_roundtrip(data, tmp_path):
     res = train_head(data, replace(SMALL, epochs=5, fds=FDSConfig(enabled=True)))
     out = write_run(tmp_path / "run", res, data.attrs, data.path)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "head.pt", "history.csv", "metrics.json",
-                                                     "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".iqa-run", "config.json", "head.pt", "history.csv",
+                                                     "metrics.json", "predictions.csv"]
     state = torch.load(out / "head.pt", weights_only=True)
     assert "fc.weight" in state and "fds.running_mean" in state
     cfg = json.loads((out / "config.json").read_text())
