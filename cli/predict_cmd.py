@@ -7,8 +7,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from iqa_cache import distributed as dist
-from iqa_cache.predict import (PredictConfig, check_scores_path, find_images, predict_images, score_distributed,
-                               score_images, scores_csv, write_scores)
+from iqa_cache.predict import (PredictConfig, check_scores_out, check_scores_path, find_images, predict_images,
+                               score_distributed, score_images, scores_csv, write_scores)
 
 from .app import app
 from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
@@ -26,7 +26,9 @@ def predict_command(
     shards: Annotated[Optional[str], typer.Option(help="Score every image of these webdataset tar shards, "
                                                        "e.g. 'shards/{00000..00099}.tar'.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write path,score here: Parquet if it ends in .parquet, "
-                                                     "else CSV [default: CSV on stdout].")] = None,
+                                                     "else CSV [default: CSV on stdout]; never one of the images "
+                                                     "or a file in a run directory.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     distributed: Annotated[Optional[bool], typer.Option(
         "--distributed/--no-distributed",
         help="Split the images over torchrun ranks; rank 0 writes the scores (default: on when launched by "
@@ -62,6 +64,9 @@ def predict_command(
     else:
         paths = list(images) if images else find_images(dir, recursive=recursive)
         paths = list(dict.fromkeys(Path(p) for p in paths))
+    if out is not None:
+        check_scores_out(out, run_dir=run, images=paths if shards is None else [], overwrite=overwrite,
+                         pretrained=pretrained)
     cfg = PredictConfig(pretrained=pretrained, device=device.value, batch_size=batch_size, workers=workers,
                         max_pixels=max_pixels)
     env = dist.from_env() if distributed is not False else None

@@ -340,29 +340,31 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
 
 @dataclass
 class Outcome:
-    """What became of one configuration (``kept``: a finished run of the same
-    configuration on the same cache was already there and was not
-    retrained; ``predictions``/``best_*`` then come from it)."""
+    """What became of one configuration.  ``run``: its run directory as
+    written (read back, so the summary is computed from the files `iqa
+    report` reads); ``kept``: that run was already there, finished, for the
+    same configuration and cache, and was not retrained."""
 
     point: GridPoint
     status: str  # ok, diverged, skipped
     message: str = ""
     result: TrainResult | None = None
     run_dir: Path | None = None
-    kept: Run | None = None
+    run: Run | None = None
+    kept: bool = False
 
     @property
     def predictions(self) -> pd.DataFrame | None:
-        if self.result is not None:
-            return self.result.predictions
-        return self.kept.predictions if self.kept is not None else None
+        if self.run is not None:
+            return self.run.predictions
+        return self.result.predictions if self.result is not None else None
 
     @property
     def best(self) -> tuple[float, int]:
         """(validation MAE, epoch) of the epoch kept."""
         if self.result is not None:
             return self.result.best_val_mae, self.result.best_epoch
-        m = self.kept.metrics if self.kept is not None else {}
+        m = self.run.metrics if self.run is not None else {}
         val = m.get("best_val_mae")
         return (math.nan if val is None else float(val)), int(m.get("best_epoch", -1))
 
@@ -387,7 +389,7 @@ class AblationResult:
 
     @property
     def n_kept(self) -> int:
-        return sum(o.kept is not None for o in self.outcomes)
+        return sum(o.kept for o in self.outcomes)
 
 
 # -------------------------------------------------------- the output folder
@@ -542,8 +544,8 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
     write_marker(out_dir, "ablation", "partial", configurations=names)
     cfgs = [plan.points[i].config for i in todo]
     n_stacks = len(plan_stacks(cfgs, max_stack)) if cfgs else 0
-    outcomes: dict[int, Outcome] = {i: Outcome(p, "ok", run_dir=out_dir / p.name, kept=existing.keep[p.name])
-                                    for i, p in enumerate(plan.points) if p.name in existing.keep}
+    outcomes: dict[int, Outcome] = {i: Outcome(p, "ok", run_dir=out_dir / p.name, run=existing.keep[p.name],
+                                               kept=True) for i, p in enumerate(plan.points) if p.name in existing.keep}
     bar = None
     if progress and cfgs:
         from tqdm.auto import tqdm
@@ -562,7 +564,7 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
                 write_run(target, res, data.attrs, data.path, overwrite=True,
                           extra={"ablation": {"name": point.name, "grid": point.values,
                                               "grid_source": plan.spec.source}})
-                outcomes[i] = Outcome(point, "ok", result=res, run_dir=target)
+                outcomes[i] = Outcome(point, "ok", result=res, run_dir=target, run=load_run(target))
             if bar is not None:
                 bar.update(1)
     finally:
@@ -594,7 +596,7 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
                 (out_dir / f).unlink()
         raise RunError(f"{e}; the runs are saved: rerun the same command to write the summary") from None
     device = next((o.result.device for o in ordered if o.result is not None),
-                  next((str(o.kept.config.get("device", "")) for o in ordered if o.kept is not None), ""))
+                  next((str(o.run.config.get("device", "")) for o in ordered if o.run is not None), ""))
     return AblationResult(outcomes=ordered, summary=summary, notes=notes, out_dir=out_dir,
                           seconds=time.perf_counter() - t0, n_stacks=n_stacks, device=device)
 

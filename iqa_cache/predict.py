@@ -11,6 +11,7 @@ interpolation, mean, std, EXIF handling) and precision.  The trained head
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -27,7 +28,7 @@ import torch
 from .encoder import (INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
                       build_transform, feature_name, load_encoder, load_image, resolve_device, resolve_model_name, resolve_weights)
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
-from .runs import Run, load_head, load_run
+from .runs import Run, load_head, load_run, run_state, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -268,22 +269,55 @@ def check_scores_path(out: str | os.PathLike) -> None:
                               "or name a .csv file") from None
 
 
+def check_scores_out(out: str | os.PathLike, *, run_dir: str | os.PathLike, images: Sequence[str | os.PathLike],
+                     overwrite: bool = False, pretrained: str | None = None) -> None:
+    """Refuse ``--out FILE`` before anything is scored: always when it is a
+    folder, one of the images being scored, the checkpoint, or lies inside
+    the run directory (or any run directory); an existing file unless
+    ``overwrite``."""
+    out = Path(out)
+    target = out.resolve()
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'scores.csv'}")
+    for anc in target.parents:
+        if anc == Path(run_dir).resolve() or run_state(anc) is not None:
+            raise ConfigError(f"refusing --out {out}: it is inside the run directory {anc}; write the scores "
+                              "elsewhere")
+    exists = os.path.lexists(out)
+    same = None
+    if exists:
+        st = out.stat() if out.exists() else None
+        same = (st.st_dev, st.st_ino) if st is not None else None
+    inputs = [(Path(p), "one of the images being scored") for p in images]
+    if pretrained and os.path.exists(pretrained):
+        inputs.append((Path(pretrained), "the encoder checkpoint"))
+    for p, what in inputs:
+        hit = p.resolve() == target
+        if not hit and same is not None:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            hit = (st.st_dev, st.st_ino) == same
+        if hit:
+            raise ConfigError(f"refusing --out {out}: it is {what} ({p})")
+    if exists and not overwrite:
+        raise ConfigError(f"--out {out} already exists; pass --overwrite to replace it, or another --out")
+
+
 def write_scores(df: pd.DataFrame, out: str | os.PathLike) -> Path:
     """Write ``path,score`` atomically: Parquet when ``out`` ends in
-    ``.parquet`` (scores as float64), else CSV (6 decimals)."""
+    ``.parquet`` (scores as float64), else CSV (6 decimals); RunError naming
+    the file when the disk is full; no half file is left."""
     out = Path(out)
     check_scores_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    try:
-        if out.suffix.lower() == ".parquet":
-            df.to_parquet(tmp, index=False)
-        else:
-            tmp.write_text(scores_csv(df), encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    if out.suffix.lower() == ".parquet":
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        write_atomic(out, buf.getvalue())
+    else:
+        write_atomic(out, scores_csv(df).encode("utf-8"))
     return out
 
 
