@@ -5,8 +5,8 @@ Generates --n KonIQ-like JPEGs (512x384, seeded; kept in --data for reuse)
 and runs the real command twice with random ViT-B-32 weights
 (``--pretrained none``: the same cost as trained ones):
 
-  single   python -m cli embed ...
-  ranks    python -m torch.distributed.run --standalone --nproc-per-node N -m cli embed ...
+  single   python -m iqa_cache.cli embed ...
+  ranks    python -m torch.distributed.run --standalone --nproc-per-node N -m iqa_cache.cli embed ...
 
 Reported: the embedding throughput each command prints (images / seconds
 of the embedding loop, model loading excluded; for the ranks: all images
@@ -63,7 +63,7 @@ def main() -> None:
     ensure_dataset(root, SynthSpec(n=a.n, size=(512, 384), seed=11), progress=False)
     out = a.data / "out"
     out.mkdir(parents=True, exist_ok=True)
-    common = ["-m", "cli", "embed", "--dataset", "koniq", "--root", str(root), "--model", a.model, "--pretrained",
+    common = ["-m", "iqa_cache.cli", "embed", "--dataset", "koniq", "--root", str(root), "--model", a.model, "--pretrained",
               "none", "--device", a.device, "--no-progress", "--overwrite"]
     single = run([sys.executable, *common, "--out", str(out / "single.h5")])
     ranks = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.ranks),

@@ -1,5 +1,5 @@
 """Stage one (and ``iqa predict``) over several processes launched by
-torchrun: ``torchrun --nproc-per-node N [--nnodes M ...] -m cli embed ...``.
+torchrun: ``torchrun --nproc-per-node N [--nnodes M ...] -m iqa_cache.cli embed ...``.
 
 Each rank reads its place from torchrun's environment (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), joins the process
@@ -78,7 +78,7 @@ def require_env() -> DistEnv:
     env = from_env()
     if env is None:
         raise ConfigError("--distributed needs torchrun's environment (RANK, WORLD_SIZE, ...): launch with "
-                          "`torchrun --nproc-per-node N -m cli embed ...`")
+                          "`torchrun --nproc-per-node N -m iqa_cache.cli embed ...`")
     return env
 
 

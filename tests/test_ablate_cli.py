@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -42,7 +42,7 @@ def feature_cache(tmp_path_factory) -> Path:
 def test_ablate_on_an_embedded_cache_through_the_cli(embedded_cache, tmp_path):
     out = tmp_path / "abl"
     grid = "lds=on,off; lds_kernel=gaussian,laplace; fds=on,off"
-    r = subprocess.run([sys.executable, "-m", "cli", "ablate", "--cache", str(embedded_cache), "--grid", grid,
+    r = subprocess.run([sys.executable, "-m", "iqa_cache.cli", "ablate", "--cache", str(embedded_cache), "--grid", grid,
                         "--out", str(out), "--epochs", "3", "--hidden", "16", "--blocks", "1", "--batch-size", "8",
                         "--lds-ks", "3", "--device", "cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache import cache
 from iqa_cache.datasets import load_csv
 from iqa_cache.embed import EmbedConfig, embed

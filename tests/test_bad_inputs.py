@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache import cache
 
 from .conftest import learnable_problem, write_feature_cache

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 
 from .conftest import learnable_problem, write_feature_cache
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache import cache
 from iqa_cache.datasets import load_csv, load_koniq
 from iqa_cache.distributed import part_bounds, rows, shard_path
@@ -33,7 +33,7 @@ VOLATILE = {"created_at", "finished_at", "distributed_world_size", "seq", "histo
 
 
 def torchrun(*args, timeout=300, command="embed", **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "iqa_cache.cli",
            command, *map(str, args), "--device", "cpu", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if kw.pop("popen", False):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 
 from .conftest import learnable_problem, write_feature_cache
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 
 from .conftest import TINY_MODEL, learnable_problem, write_feature_cache
 from .test_bad_inputs import one_line_error

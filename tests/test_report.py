@@ -17,7 +17,7 @@ from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache.imbalance import lds_weights
 from iqa_cache.report import lds_curves
 from iqa_cache.runs import load_run

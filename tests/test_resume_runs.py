@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -40,7 +40,7 @@ def replace(src, dst, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, **kw)
 os.replace = replace
-from cli.main import app
+from iqa_cache.cli.main import app
 app(sys.argv[1:], prog_name="iqa")
 """
 
@@ -124,7 +124,7 @@ def test_ablate_killed_during_training_resumes_with_the_same_numbers(tmp_path):
     args = ["ablate", "--cache", str(feats), "--grid", grid, "--max-stack", "1", "--epochs", "20", "--hidden", "16",
             "--blocks", "1", "--batch-size", "32", "--device", "cpu", "--no-progress"]
     out = tmp_path / "abl"
-    p = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(out)], cwd=REPO,
+    p = subprocess.Popen([sys.executable, "-m", "iqa_cache.cli", *args, "--out", str(out)], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     try:

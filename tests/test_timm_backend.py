@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache import cache
 from iqa_cache.encoder import EncoderConfig, load_encoder, preprocess_for, resolve_model_name, resolve_weights
 from iqa_cache.errors import ConfigError

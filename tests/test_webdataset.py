@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from iqa_cache.cli.main import app
 from iqa_cache import cache
 from iqa_cache.errors import DatasetError
 from iqa_cache.wds import expand_braces, load_webdataset

@@ -39,7 +39,7 @@ class _QuietThirdParty(logging.Filter):
         self.verbose = verbose
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("iqa_cache") or record.name.startswith("cli"):
+        if record.name.startswith("iqa_cache"):
             return True
         return self.verbose or record.levelno >= logging.ERROR
 
@@ -57,7 +57,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     root.setLevel(level)
-    for name in ("iqa_cache", "cli"):
+    for name in ("iqa_cache",):
         logging.getLogger(name).setLevel(level)
 
 

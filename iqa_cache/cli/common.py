@@ -13,7 +13,7 @@ import typer
 from iqa_cache.binning import parse_decimal
 from iqa_cache.errors import IqaError
 
-log = logging.getLogger("cli")
+log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 EXIT_WITH_FAILURES = 3
