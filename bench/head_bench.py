@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from bench.reference import ref_train  # noqa: E402
 from iqa_cache.cache import CacheData  # noqa: E402
-from iqa_cache.encoder import resolve_device  # noqa: E402
+from iqa_cache.device import resolve_device  # noqa: E402
 from iqa_cache.grid import expand, parse_grid  # noqa: E402
 from iqa_cache.imbalance import FDSConfig, LDSConfig  # noqa: E402
 from iqa_cache.stacked import plan_stacks, train_many  # noqa: E402

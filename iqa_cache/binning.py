@@ -20,10 +20,17 @@ the plots) goes through :func:`bin_index`.
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 LABEL_RTOL = 2.0 ** -22  # 4 x float32's largest relative rounding error
 MAX_BINS = 100_000  # more equal-width label bins than this is refused (a bad range or size)
@@ -102,3 +109,61 @@ def parse_decimal(text: str, *, finite: bool = True) -> float:
             raise ValueError("is not a finite number")
         return float(t)
     raise ValueError("is not a number (write it with the digits 0-9 and '.', e.g. 1.5)")
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Equal-width label bins over [lo, hi]: ``n`` bins of width ``size``
+    (the last one may be narrower).  Labels below ``lo`` go to bin 0, labels
+    at or above ``hi`` to the last bin.  A label is binned by its decimal
+    value (:func:`bin_index`): a float32 1.4 is in the bin
+    that starts at 1.4.  More than :data:`MAX_BINS` bins
+    are refused."""
+
+    lo: float = 0.0
+    hi: float = 100.0
+    size: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
+            raise ConfigError(f"label range [{self.lo}, {self.hi}] is not a range (need lo < hi)")
+        if not (math.isfinite(self.size) and self.size > 0):
+            raise ConfigError(f"--bin-size must be a positive number, got {self.size}")
+        if self.size > self.hi - self.lo:
+            raise ConfigError(f"--bin-size {self.size:g} is larger than the label range "
+                              f"[{self.lo:g}, {self.hi:g}]")
+        q = (self.hi - self.lo) / self.size
+        if not q <= MAX_BINS + 1:
+            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
+                              f"{q:.4g} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
+                              "outside go to the end bins) or a larger --bin-size")
+        object.__setattr__(self, "_n", count_bins(self.lo, self.hi, self.size))
+        if self._n > MAX_BINS:
+            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
+                              f"{self._n} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
+                              "outside go to the end bins) or a larger --bin-size")
+
+    @property
+    def n(self) -> int:
+        return self._n
+
+    def index(self, labels) -> np.ndarray:
+        """Bin of each label (int64), clipped into [0, n-1]."""
+        return bin_index(np.asarray(labels, dtype=np.float64), self.edges(), clip=True)
+
+    def index_t(self, labels: "torch.Tensor") -> "torch.Tensor":
+        """:meth:`index` of a tensor, as a long tensor on its device."""
+        import torch
+        idx = self.index(labels.detach().double().cpu().numpy())
+        return torch.from_numpy(idx).to(labels.device)
+
+    def out_of_range(self, labels) -> int:
+        """How many labels lie outside [lo, hi] (by their decimal value)."""
+        return int((bin_index(np.asarray(labels, dtype=np.float64), (self.lo, self.hi)) < 0).sum())
+
+    def counts(self, labels) -> np.ndarray:
+        return np.bincount(self.index(labels), minlength=self.n)
+
+    def edges(self) -> np.ndarray:
+        return equal_edges(self.lo, self.hi, self.size, self.n)
+

@@ -93,7 +93,7 @@ class Session:
     """The process group of one torchrun job, for the duration of a command."""
 
     def __init__(self, env: DistEnv, device: str):
-        from .encoder import resolve_device
+        from .device import resolve_device
 
         self.env = env
         device = resolve_device(device)

@@ -31,8 +31,9 @@ import torch
 
 from . import cache as cache_mod
 from .datasets import Manifest
+from .device import resolve_device
 from .encoder import (EncoderConfig, ImageLoadError, build_transform, feature_width, load_encoder, load_image,
-                      preprocess_for, provenance, resolve_device, resolve_model_name, resolve_weights)
+                      preprocess_for, provenance, resolve_model_name, resolve_weights)
 from .decode import DECODERS
 from .errors import ConfigError, DatasetError
 

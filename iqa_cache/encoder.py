@@ -507,16 +507,3 @@ def load_encoder(cfg: EncoderConfig, device: str = "cpu", weights: Weights | Non
     return Encoder(visual=visual, config=cfg, weights=weights, model_name=model_name,
                    model_config_json=config_json, feature_dim=dim, device=device)
 
-
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is present, else 'cpu'; anything else is
-    checked and returned."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: no CUDA GPU is available here (torch {torch.__version__}); "
-                          "use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda")
-    return device
-

@@ -44,7 +44,7 @@ from .importer import item_noun
 from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
-from .encoder import resolve_device
+from .device import resolve_device
 from .runs import (CACHE_KEYS, Run, as_json, check_out_location, clean_stale, describe, entries,
                    load_run, read_marker, run_state, json_bytes, write_atomic, write_marker, write_run, writer_alive)
 from .seeds import SEED_MAX

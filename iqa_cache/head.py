@@ -9,37 +9,15 @@ DIR reference (its ``encoding → FDS.smooth → dropout → linear``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from .config import ACTIVATION_NAMES, FDSConfig, HeadConfig
 from .errors import ConfigError
-from .imbalance import FDS, FDSConfig
+from .imbalance import FDS
 
-ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Head shape.  Defaults: 768 → 512, two residual blocks, ReLU, no
-    dropout (``dropout``: on the features after FDS, before the final layer)."""
-
-    in_dim: int = 768
-    hidden_dim: int = 512
-    n_blocks: int = 2
-    dropout: float = 0.0
-    activation: str = "relu"
-
-    def __post_init__(self) -> None:
-        if self.in_dim < 1 or self.hidden_dim < 1:
-            raise ConfigError(f"head widths must be positive (in {self.in_dim}, hidden {self.hidden_dim})")
-        if self.n_blocks < 0:
-            raise ConfigError(f"--blocks must be 0 or more, got {self.n_blocks}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATIONS)}")
+_ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+ACTIVATIONS = {name: _ACTIVATION_MODULES[name] for name in ACTIVATION_NAMES}  # the names: config.py
 
 
 class ResidualBlock(nn.Module):

@@ -33,199 +33,20 @@ Semantics follow Yang et al., "Delving into Deep Imbalanced Regression"
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from enum import Enum
-from typing import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import convolve1d, gaussian_filter1d
-from scipy.signal.windows import triang
 
-from .binning import MAX_BINS, bin_index, count_bins, equal_edges
+from .binning import Bins
+from .config import EMPTY_BINS, FDSConfig, LDSConfig
 from .errors import ConfigError
+from .kernels import (INVERSE_CLIP, KERNELS, REWEIGHTS, Kernel, Reweight, check_kernel, even_kernel_message,
+                      kernel_window, label_density, lds_weights)
 
-
-class Kernel(str, Enum):
-    gaussian = "gaussian"
-    triang = "triang"
-    laplace = "laplace"
-
-
-class Reweight(str, Enum):
-    none = "none"
-    inverse = "inverse"
-    sqrt_inv = "sqrt_inv"
-
-
-KERNELS = tuple(k.value for k in Kernel)
-REWEIGHTS = tuple(r.value for r in Reweight)
-INVERSE_CLIP = (5, 1000)  # the reference clips counts to this range for 'inverse'
-
-
-# ------------------------------------------------------------------------ bins
-
-@dataclass(frozen=True)
-class Bins:
-    """Equal-width label bins over [lo, hi]: ``n`` bins of width ``size``
-    (the last one may be narrower).  Labels below ``lo`` go to bin 0, labels
-    at or above ``hi`` to the last bin.  A label is binned by its decimal
-    value (:func:`iqa_cache.binning.bin_index`): a float32 1.4 is in the bin
-    that starts at 1.4.  More than :data:`~iqa_cache.binning.MAX_BINS` bins
-    are refused."""
-
-    lo: float = 0.0
-    hi: float = 100.0
-    size: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
-            raise ConfigError(f"label range [{self.lo}, {self.hi}] is not a range (need lo < hi)")
-        if not (math.isfinite(self.size) and self.size > 0):
-            raise ConfigError(f"--bin-size must be a positive number, got {self.size}")
-        if self.size > self.hi - self.lo:
-            raise ConfigError(f"--bin-size {self.size:g} is larger than the label range "
-                              f"[{self.lo:g}, {self.hi:g}]")
-        q = (self.hi - self.lo) / self.size
-        if not q <= MAX_BINS + 1:
-            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
-                              f"{q:.4g} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
-                              "outside go to the end bins) or a larger --bin-size")
-        object.__setattr__(self, "_n", count_bins(self.lo, self.hi, self.size))
-        if self._n > MAX_BINS:
-            raise ConfigError(f"--bin-size {self.size:g} over the label range [{self.lo:g}, {self.hi:g}] makes "
-                              f"{self._n} label bins, more than {MAX_BINS}: pass --label-range LO,HI (labels "
-                              "outside go to the end bins) or a larger --bin-size")
-
-    @property
-    def n(self) -> int:
-        return self._n
-
-    def index(self, labels) -> np.ndarray:
-        """Bin of each label (int64), clipped into [0, n-1]."""
-        return bin_index(np.asarray(labels, dtype=np.float64), self.edges(), clip=True)
-
-    def index_t(self, labels: torch.Tensor) -> torch.Tensor:
-        """:meth:`index` of a tensor, as a long tensor on its device."""
-        idx = self.index(labels.detach().double().cpu().numpy())
-        return torch.from_numpy(idx).to(labels.device)
-
-    def out_of_range(self, labels) -> int:
-        """How many labels lie outside [lo, hi] (by their decimal value)."""
-        return int((bin_index(np.asarray(labels, dtype=np.float64), (self.lo, self.hi)) < 0).sum())
-
-    def counts(self, labels) -> np.ndarray:
-        return np.bincount(self.index(labels), minlength=self.n)
-
-    def edges(self) -> np.ndarray:
-        return equal_edges(self.lo, self.hi, self.size, self.n)
-
-
-# --------------------------------------------------------------------- kernels
-
-def even_kernel_message(kernel: str | None, ks: int, what: str = "kernel") -> str:
-    """Why an even kernel size is refused, as the reference would treat it.
-
-    The reference builds gaussian and laplace windows from a half width of
-    ``(ks - 1) // 2``, i.e. silently with ``ks - 1`` bins; its triang window is
-    ``scipy.signal.windows.triang(ks)`` as given: ``ks`` bins with no centre
-    bin, which shifts LDS smoothing by half a bin and leaves its FDS
-    smoothing one bin short.  ``kernel`` None (not known yet): both cases."""
-    kernel = None if kernel is None else str(getattr(kernel, "value", kernel))
-    odd = f"use an odd size ({ks - 1} or {ks + 1})"
-    shrink = (f"for gaussian and laplace the reference code silently uses ks-1 = {ks - 1} "
-              "(so the paper's N(12, 10) is ks 11, sigma 10)")
-    tri = (f"for triang it uses scipy's triang({ks}) as is, an even window without a centre bin that shifts "
-           "LDS smoothing by half a bin and makes its FDS smoothing one bin short")
-    if kernel == "triang":
-        return f"{what} size {ks} is even; {odd}: {tri}"
-    if kernel in ("gaussian", "laplace"):
-        return f"{what} size {ks} is even; {odd}: {shrink}"
-    return f"{what} size {ks} is even; {odd}: {shrink}; {tri}"
-
-
-def check_kernel(kernel: str, ks: int, sigma: float, *, what: str = "kernel") -> None:
-    """Raise ConfigError for an unknown kernel, an even or non-positive size
-    or a non-positive sigma."""
-    if str(kernel) not in KERNELS:
-        raise ConfigError(f"{what} '{kernel}' is not one of {', '.join(KERNELS)}")
-    if int(ks) != ks or ks < 1:
-        raise ConfigError(f"{what} size {ks} must be a positive odd integer")
-    if ks % 2 == 0:
-        raise ConfigError(even_kernel_message(kernel, int(ks), what))
-    if not (math.isfinite(sigma) and sigma > 0):
-        raise ConfigError(f"{what} sigma must be a positive number, got {sigma}")
-
-
-def kernel_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
-    """The LDS window (float64, length ks, peak 1): a Gaussian-filtered unit
-    impulse, a triangle, or exp(-|x|/sigma), each divided by its maximum."""
-    kernel = str(getattr(kernel, "value", kernel))
-    check_kernel(kernel, ks, sigma)
-    half = (ks - 1) // 2
-    if kernel == "gaussian":
-        impulse = np.zeros(ks)
-        impulse[half] = 1.0
-        w = gaussian_filter1d(impulse, sigma=sigma)
-    elif kernel == "triang":
-        w = triang(ks)
-    else:
-        w = np.exp(-np.abs(np.arange(-half, half + 1, dtype=np.float64)) / sigma)
-    return w / w.max()
-
-
-# ------------------------------------------------------------------------- LDS
-
-def _bin_values(counts: np.ndarray, reweight: str) -> np.ndarray:
-    counts = counts.astype(np.float64)
-    if reweight == "sqrt_inv":
-        return np.sqrt(counts)
-    if reweight == "inverse":
-        return np.clip(counts, *INVERSE_CLIP)
-    return counts
-
-
-def label_density(labels, *, bin_size: float = 1.0, lo: float = 0.0, hi: float = 100.0,
-                  reweight: str = "sqrt_inv", kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0,
-                  lds: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Per-bin (empirical, effective) values that LDS weights invert: the
-    counts transformed by ``reweight`` (sqrt, or clipped to [5, 1000]), and
-    that convolved with the kernel window (``mode='constant'``) when ``lds``."""
-    reweight = str(getattr(reweight, "value", reweight))
-    if reweight not in REWEIGHTS:
-        raise ConfigError(f"--reweight '{reweight}' is not one of {', '.join(REWEIGHTS)}")
-    bins = Bins(lo, hi, bin_size)
-    empirical = _bin_values(bins.counts(labels), reweight)
-    if not lds:
-        return empirical, empirical.copy()
-    smoothed = convolve1d(empirical, weights=kernel_window(kernel, ks, sigma), mode="constant")
-    return empirical, smoothed
-
-
-def lds_weights(labels, *, bin_size: float = 1.0, lo: float = 0.0, hi: float = 100.0,
-                reweight: str = "sqrt_inv", kernel: str = "gaussian", ks: int = 5, sigma: float = 2.0,
-                lds: bool = True) -> np.ndarray:
-    """Per-sample loss weights (float32, mean 1 over ``labels``).
-
-    Each label's bin value (count, sqrt of the count for ``sqrt_inv``, count
-    clipped to [5, 1000] for ``inverse``) is smoothed across bins by the
-    kernel window when ``lds`` is true; the weight is its inverse, rescaled so
-    the weights average 1.  ``reweight='none'`` gives all ones.  Compute it on
-    the training labels only.
-    """
-    labels = np.asarray(labels, dtype=np.float64)
-    reweight = str(getattr(reweight, "value", reweight))
-    if reweight not in REWEIGHTS:
-        raise ConfigError(f"--reweight '{reweight}' is not one of {', '.join(REWEIGHTS)}")
-    if reweight == "none":
-        return np.ones(len(labels), dtype=np.float32)
-    _, eff = label_density(labels, bin_size=bin_size, lo=lo, hi=hi, reweight=reweight, kernel=kernel,
-                           ks=ks, sigma=sigma, lds=lds)
-    per_sample = eff[Bins(lo, hi, bin_size).index(labels)]
-    w = 1.0 / per_sample
-    return (w * (len(w) / w.sum())).astype(np.float32)
+__all__ = ["Bins", "EMPTY_BINS", "FDSConfig", "LDSConfig", "INVERSE_CLIP", "KERNELS", "REWEIGHTS", "Kernel",
+           "Reweight", "check_kernel", "even_kernel_message", "kernel_window", "label_density", "lds_weights",
+           "fds_window", "bin_statistics", "empty_bin_plan", "fill_empty_bins", "smooth_statistics", "calibrate",
+           "FDS"]
 
 
 # ------------------------------------------------------------------------- FDS
@@ -253,7 +74,6 @@ def bin_statistics(features: torch.Tensor, bins: torch.Tensor, n_bins: int
     return count, mean, var
 
 
-EMPTY_BINS = ("fill", "keep")
 
 
 def empty_bin_plan(present) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -325,48 +145,6 @@ def calibrate(features: torch.Tensor, bins: torch.Tensor, mean: torch.Tensor, va
     return torch.where(usable, (features - m1) * factor + m2, features)
 
 
-@dataclass(frozen=True)
-class FDSConfig:
-    """FDS settings (DESIGN §6.2).  Statistics are updated from the training
-    features at the end of each epoch >= ``start_update`` and used for
-    calibration from epoch ``start_smooth`` on (the reference's first
-    effective calibration comes one epoch later: see the README).
-
-    ``empty_bins``: what the statistics of bins without training samples
-    are before smoothing.  ``fill`` (default, as the reference's
-    continuous-label variant sts-b-dir): taken from the neighbouring bins
-    (:func:`empty_bin_plan`); ``keep``: left at mean 0 / variance 1 (the
-    reference's discrete-label variants), which drags the smoothed statistics
-    of the bins next to them, i.e. of the rare tail bins."""
-
-    enabled: bool = False
-    kernel: str = "gaussian"
-    ks: int = 5
-    sigma: float = 2.0
-    momentum: float = 0.9
-    start_update: int = 0
-    start_smooth: int = 1
-    clip_min: float = 0.1
-    clip_max: float = 10.0
-    empty_bins: str = "fill"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kernel", str(getattr(self.kernel, "value", self.kernel)))
-        object.__setattr__(self, "empty_bins", str(getattr(self.empty_bins, "value", self.empty_bins)))
-        if self.empty_bins not in EMPTY_BINS:
-            raise ConfigError(f"--fds-empty-bins '{self.empty_bins}' is not one of {', '.join(EMPTY_BINS)}")
-        if self.enabled:
-            check_kernel(self.kernel, self.ks, self.sigma, what="--fds-kernel")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"--fds-momentum must be in [0, 1), got {self.momentum}")
-        if self.start_update < 0 or self.start_smooth < 0:
-            raise ConfigError("--fds-start-update and --fds-start-smooth must be 0 or more")
-        if self.start_smooth <= self.start_update:
-            raise ConfigError(f"--fds-start-smooth ({self.start_smooth}) must come after --fds-start-update "
-                              f"({self.start_update}): calibration needs statistics from an earlier epoch")
-        if not 0 < self.clip_min <= 1 <= self.clip_max:
-            raise ConfigError(f"FDS clip range [{self.clip_min}, {self.clip_max}] must contain 1")
-
 
 class FDS(torch.nn.Module):
     """Feature distribution smoothing for [N, D] features with integer bins.
@@ -428,29 +206,3 @@ class FDS(torch.nn.Module):
                          self.cfg.clip_min, self.cfg.clip_max)
 
 
-@dataclass(frozen=True)
-class LDSConfig:
-    """LDS settings (DESIGN §6.1).  ``reweight`` 'none' means no loss
-    weights; with ``enabled`` the bin values are smoothed by the kernel
-    first (LDS), without it they are inverted as they are."""
-
-    enabled: bool = False
-    reweight: str = "none"
-    kernel: str = "gaussian"
-    ks: int = 5
-    sigma: float = 2.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "reweight", str(getattr(self.reweight, "value", self.reweight)))
-        object.__setattr__(self, "kernel", str(getattr(self.kernel, "value", self.kernel)))
-        if self.reweight not in REWEIGHTS:
-            raise ConfigError(f"--reweight '{self.reweight}' is not one of {', '.join(REWEIGHTS)}")
-        if self.enabled:
-            if self.reweight == "none":
-                raise ConfigError("--lds needs --reweight inverse or sqrt_inv (LDS smooths the density that "
-                                  "the weights invert)")
-            check_kernel(self.kernel, self.ks, self.sigma, what="--lds-kernel")
-
-    def weights(self, labels: Sequence[float], bins: Bins) -> np.ndarray:
-        return lds_weights(labels, bin_size=bins.size, lo=bins.lo, hi=bins.hi, reweight=self.reweight,
-                           kernel=self.kernel, ks=self.ks, sigma=self.sigma, lds=self.enabled)

@@ -25,8 +25,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .device import resolve_device
 from .encoder import (INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
-                      build_transform, feature_name, load_encoder, load_image, resolve_device, resolve_model_name, resolve_weights)
+                      build_transform, feature_name, load_encoder, load_image, resolve_model_name, resolve_weights)
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
 from .runs import Run, load_head, load_run, run_state, write_atomic
 

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import CacheData
-from .encoder import resolve_device
+from .device import resolve_device
 from .errors import ConfigError, TrainingDiverged
 from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
 from .imbalance import Bins, LDSConfig, fds_window, fill_empty_bins

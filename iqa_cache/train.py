@@ -16,135 +16,26 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+from .binning import Bins
 from .cache import CacheData
-from .encoder import resolve_device
-from .errors import ConfigError, TrainingDiverged
-from .head import HeadConfig, ResidualMLPHead
-from .imbalance import Bins, FDSConfig, LDSConfig
+from .config import LOSSES, PRESETS, SCHEDULES, FDSConfig, HeadConfig, LDSConfig, OptimConfig, TrainConfig
+from .device import resolve_device
+from .errors import TrainingDiverged
+from .head import ResidualMLPHead
 from .metrics import default_edges, mae, per_bin_mae
-from .seeds import check_seed
 from .stacked import check_data, loss_terms, train_stack
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("l1", "mse", "huber")
-SCHEDULES = ("constant", "cosine", "step")
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """Adam.  ``schedule``: constant; cosine (to 0 at the last epoch); or
-    step (×0.1 at 60 % and 80 % of the epochs, as the DIR reference)."""
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"Adam betas must be two numbers in [0, 1), got {self.betas}")
-        if self.eps <= 0 or self.weight_decay < 0:
-            raise ConfigError(f"need eps > 0 and weight decay >= 0 (got {self.eps}, {self.weight_decay})")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"--schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a run; saved as ``config.json``.
-
-    ``label_range`` None means the cache's recorded range (KonIQ: 0-100)."""
-
-    head: HeadConfig = field(default_factory=HeadConfig)
-    lds: LDSConfig = field(default_factory=LDSConfig)
-    fds: FDSConfig = field(default_factory=FDSConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    bin_size: float = 1.0
-    label_range: tuple[float, float] | None = None
-    epochs: int = 200
-    batch_size: int = 256
-    loss: str = "l1"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        object.__setattr__(self, "seed", check_seed(self.seed, "--seed"))
-        if self.loss not in LOSSES:
-            raise ConfigError(f"--loss '{self.loss}' is not one of {', '.join(LOSSES)}")
-        if self.label_range is not None:
-            object.__setattr__(self, "label_range", tuple(float(x) for x in self.label_range))
-        if not (math.isfinite(self.bin_size) and self.bin_size > 0):
-            raise ConfigError(f"--bin-size must be a positive number, got {self.bin_size}")
-        if self.fds.enabled and self.fds.start_smooth >= self.epochs:
-            log.warning("FDS starts smoothing at epoch %d but training stops after %d epochs: FDS will have "
-                        "no effect", self.fds.start_smooth, self.epochs)
-
-    def bins(self, label_range: tuple[float, float]) -> Bins:
-        lo, hi = self.label_range or label_range
-        return Bins(lo, hi, self.bin_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        kw = {}
-        for k, v in d.items():
-            if k in sub:
-                sub_known = {f.name for f in fields(sub[k])}
-                bad = set(v) - sub_known
-                if bad:
-                    raise ConfigError(f"unknown {k} setting(s): {', '.join(sorted(bad))}")
-                kw[k] = sub[k](**v)
-            else:
-                kw[k] = tuple(v) if k == "label_range" and v is not None else v
-        return cls(**kw)
-
-
-# The paper's settings (Nguyen et al. 2024): Adam (§4.1: lr 0.1 on KonIQ-10k,
-# 0.01 on the 0-4 internal set; betas 0.9/0.999, eps 1e-8, no weight decay;
-# 200 epochs), LDS r = 1, m = 100, w(x) = sqrt(1/x) (``sqrt_inv``, the default
-# reweighting with --lds), kernel N(12, 10), and FDS u = 0, s = 1, kernel
-# N(5, 2) (§3.2.2).  N(12, 10) is run as gaussian ks 11, sigma 10: the
-# reference builds its window from a half width (ks - 1) // 2 = 5, so its ks
-# 12 *is* an 11-bin window, identical to ks 11 here.  m = 100 is a number of
-# bins (the reference's max target / bucket count): on KonIQ's 0-100 scale
-# r = 1 gives exactly those 100 bins; on the 0-4 internal scale the same 100
-# bins are bins of 0.04, so that both kernels (given in bins) cover the same
-# fraction of the scale as on KonIQ.  Integer labels 0-4 then fall in bins 0,
-# 25, 50, 75 and 99, each value its own bin (a bin of 1 over 0-4 would
-# merge 3 and 4, the rare values the paper's Table 2 separates).
-PAPER_LDS = {"lds_kernel": "gaussian", "lds_ks": 11, "lds_sigma": 10.0}
-PAPER_FDS = {"fds_kernel": "gaussian", "fds_ks": 5, "fds_sigma": 2.0, "fds_start_update": 0, "fds_start_smooth": 1}
-PAPER_ADAM = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0, "epochs": 200}
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper-koniq": {"lr": 0.1, **PAPER_ADAM, "bin_size": 1.0, "label_range": (0.0, 100.0), **PAPER_LDS,
-                    **PAPER_FDS},
-    "paper-internal": {"lr": 0.01, **PAPER_ADAM, "bin_size": 0.04, "label_range": (0.0, 4.0), **PAPER_LDS,
-                       **PAPER_FDS},
-}
-
+__all__ = ["LOSSES", "PRESETS", "SCHEDULES", "FDSConfig", "HeadConfig", "LDSConfig", "OptimConfig",
+           "TrainConfig", "TrainResult", "get_lr", "predict", "summarize", "train_head", "train_head_simple"]
 
 def get_lr(epoch: int, optim: OptimConfig, epochs: int) -> float:
     """Learning rate for ``epoch`` (0-based); pure."""
