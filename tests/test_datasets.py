@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from iqa_cache.datasets import KONIQ_SPLIT_SIZES, load_csv, load_dataset, load_koniq, seeded_split
+from iqa_cache.datasets import KONIQ_SPLIT_SIZES, load_csv, load_koniq, seeded_split
+from iqa_cache.sources import load_dataset
 from iqa_cache.errors import DatasetError
 
 

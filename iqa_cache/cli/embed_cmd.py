@@ -12,7 +12,7 @@ import typer
 
 from iqa_cache import distributed as dist
 from iqa_cache.cache import default_cache_path
-from iqa_cache.datasets import load_dataset
+from iqa_cache.sources import load_dataset
 from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig, default_pretrained
 from iqa_cache.errors import ConfigError
