@@ -9,6 +9,9 @@ Two pipelines feed the encoder:
   the same preprocessing; other images take the reference path
   (:mod:`iqa_cache.pipeline`).
 
+The first is :mod:`iqa_cache.pil_pipeline`; both hand their batches to an
+:class:`~iqa_cache.commit.AsyncCommitter`, which writes them to the cache.
+
 The loop is resumable: a cache is a list of fixed batches, each committed
 atomically (see :mod:`iqa_cache.cache`), so an interrupted run is completed
 by running the same command again, and the result equals an uninterrupted
@@ -18,24 +21,23 @@ produced lazily and streamed to disk.
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
-
-import numpy as np
-import torch
+from typing import Any
 
 from . import cache as cache_mod
+from .commit import AsyncCommitter
 from .datasets import Manifest
-from .device import resolve_device
-from .encoder import (EncoderConfig, ImageLoadError, build_transform, feature_width, load_encoder, load_image,
-                      preprocess_for, provenance, resolve_model_name, resolve_weights)
 from .decode import DECODERS
+from .device import resolve_device
+from .encoder import (EncoderConfig, feature_width, load_encoder, preprocess_for, provenance, resolve_model_name,
+                      resolve_weights)
 from .errors import ConfigError, DatasetError
+from .pil_pipeline import run_pil_pipeline as _run_pil  # the name tests patch
+from .pipeline import TensorLoader, run_tensor_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -124,93 +126,6 @@ class EmbedSummary:
         return self.n_processed_now / t if t > 0 else 0.0
 
 
-class ImageFolder(torch.utils.data.Dataset):
-    """Row index → (row, preprocessed tensor or None, failure reason)."""
-
-    def __init__(self, root: Path, paths: np.ndarray, transform, exif_transpose: bool = True,
-                 max_pixels: int | None = None, draft: tuple[int, int] | None = None, reader=None):
-        self.root, self.paths, self.transform = root, paths, transform
-        self.reader = reader  # None: files under root; else read(rel_path) gives the bytes (a tar member)
-        self.exif_transpose, self.max_pixels, self.draft = exif_transpose, max_pixels, draft
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            src = self.root / self.paths[i]
-            if self.reader is not None:
-                try:
-                    src = self.reader.read(self.paths[i])
-                except OSError as e:
-                    raise ImageLoadError(f"cannot read: {e}") from None
-            img = load_image(src, exif_transpose=self.exif_transpose,
-                             max_pixels=self.max_pixels, draft=self.draft)
-            return i, self.transform(img), ""
-        except ImageLoadError as e:
-            return i, None, str(e)
-
-
-def collate(items):
-    rows = np.asarray([i for i, _, _ in items], dtype=np.int64)
-    ok = np.asarray([x is not None for _, x, _ in items], dtype=bool)
-    reasons = [r for _, _, r in items]
-    x = torch.stack([x for _, x, _ in items if x is not None]) if ok.any() else None
-    return rows, x, ok, reasons
-
-
-class _BatchList:
-    """The pending batches as a lazily iterated batch sampler (row lists)."""
-
-    def __init__(self, writer: "cache_mod.CacheWriter"):
-        self.writer = writer
-        self.n = writer.n_pending_batches()
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for rows in self.writer.iter_pending_batches():
-            yield rows.tolist()
-
-
-def _worker_init(_: int, inherited_fds: tuple[int, ...] = ()) -> None:
-    """In a forked decoding process: one thread, and close the copies of the
-    writer's lock and HDF5 file descriptors, so that a worker outliving a
-    killed writer (DataLoader workers notice within seconds) does not keep
-    the cache locked against the rerun.  Workers leave through ``os._exit``:
-    HDF5 never flushes or closes the file from here."""
-    torch.set_num_threads(1)
-    for fd in inherited_fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's malloc_trim, or None elsewhere."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_free_heap() -> None:
-    """Hand freed heap memory back to the OS.  Called after each batch: with
-    several threads or processes producing the batches, glibc's per-thread
-    arenas otherwise keep fragments of the per-batch buffers and the peak
-    resident memory drifts up with the number of batches (by up to ~150 MB
-    over 20,000 images, measured with bench/rss_bench.py), although nothing
-    leaks."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 def _exists(path: Path) -> bool:
     """Like ``Path.exists`` but False, not an OSError, for a name the file
     system cannot hold (too long): such an image is recorded as failed."""
@@ -255,32 +170,6 @@ def planned_attrs(manifest: Manifest, cfg: EmbedConfig, device: str) -> dict[str
                          feature_width(model_name))
     planned["pipeline"] = cfg.resolved_pipeline(device)
     return planned
-
-
-def _run_pil(manifest: Manifest, cfg: EmbedConfig, pre, encoder, writer, committer, device: str,
-             workers: int, draft: bool, inherited_fds: tuple[int, ...] = ()) -> int:
-    """The reference pipeline: Pillow + OpenCLIP's transform in worker processes
-    (``draft``: Pillow's reduced-scale JPEG decoding, not the reference)."""
-    draft_size = (pre.image_size, pre.image_size) if draft else None
-    dataset = ImageFolder(manifest.root, manifest.path, build_transform(pre), pre.exif_transpose, cfg.max_pixels,
-                          draft_size, reader=getattr(manifest, "reader", None))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_BatchList(writer), num_workers=workers, collate_fn=collate,
-        pin_memory=device.startswith("cuda"),
-        worker_init_fn=functools.partial(_worker_init, inherited_fds=inherited_fds) if workers else None,
-        prefetch_factor=max(1, cfg.prefetch) if workers else None, persistent_workers=False)
-    n = 0
-    with torch.inference_mode():
-        for rows, x, ok, reasons in loader:
-            emb = np.full((len(rows), encoder.feature_dim), np.nan, dtype=np.float32)
-            if x is not None:
-                emb[ok] = encoder(x).cpu().numpy()
-            status = np.where(ok, cache_mod.OK, cache_mod.FAILED).astype(np.int8)
-            committer.put(rows, emb, status, reasons)
-            n += len(rows)
-            del x
-            release_free_heap()
-    return n
 
 
 def _feature_diff(attrs: dict[str, Any], manifest: Manifest, planned: dict[str, Any]) -> list[str]:
@@ -384,8 +273,6 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
     or is being written by another process.  ``extra_attrs``: more
     attributes for a newly created cache (a distributed rank's part, see
     :mod:`iqa_cache.distributed`)."""
-    from .pipeline import AsyncCommitter, TensorLoader, run_tensor_pipeline
-
     out = Path(out)
     device = resolve_device(cfg.device)
     pipeline = cfg.resolved_pipeline(device)

@@ -18,7 +18,7 @@ For each fixed batch of rows (see :meth:`iqa_cache.cache.CacheWriter.pending_bat
    the encoder runs on the whole batch, and its features are copied back
    while the next batch is being prepared;
 5. a writer thread commits batches to the cache in order
-   (:class:`AsyncCommitter`), so HDF5 writes overlap the encoder too.
+   (:class:`~iqa_cache.commit.AsyncCommitter`), so HDF5 writes overlap the encoder too.
 
 Everything except ``decode_jpeg(..., device="cuda")`` runs on the CPU as well,
 which is how the tests check the pipeline without a GPU.
@@ -27,21 +27,22 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
+from . import cache as cache_mod
+from .commit import AsyncCommitter
 from .decode import ORIENTS, jpeg_decoder
 from .encoder import Encoder, ImageLoadError, PreprocessConfig, build_transform, load_image
 from .jpeg import SEQUENTIAL, parse_header
+from .memory import release_free_heap
 from .tensorprep import TensorPreprocess, orient
 
 log = logging.getLogger(__name__)
@@ -202,50 +203,6 @@ class TensorLoader:
         return x, ok, reasons
 
 
-class AsyncCommitter:
-    """Commits batches to a :class:`~iqa_cache.cache.CacheWriter` from one
-    background thread, in the order given, so that HDF5 writes and syncs
-    overlap the encoder.  ``put`` blocks when ``depth`` batches are waiting;
-    an error in the thread is raised by the next ``put`` or by ``close``."""
-
-    def __init__(self, writer, *, depth: int = 2, on_commit: Callable[[int], None] | None = None):
-        self.writer = writer
-        self.on_commit = on_commit
-        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.error: BaseException | None = None
-        self.n_committed = 0
-        self.thread = threading.Thread(target=self._run, name="iqa-commit", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            if item is None:
-                return
-            if self.error is not None:
-                continue
-            try:
-                self.writer.commit(*item)
-                self.n_committed += len(item[2])
-                if self.on_commit is not None:
-                    self.on_commit(len(item[2]))
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                self.error = e
-
-    def put(self, start: int | np.ndarray, emb: np.ndarray, status: np.ndarray, reasons: list[str]) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put((start, emb, status, reasons))
-
-    def close(self) -> None:
-        """Commit what is queued, stop the thread, raise its error if any."""
-        if self.thread.is_alive():
-            self.q.put(None)
-            self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def _features_to_host(feats: torch.Tensor) -> tuple[torch.Tensor, object | None]:
     """Start copying features to the host; returns (host tensor, event to wait on)."""
     if feats.device.type != "cuda":
@@ -262,9 +219,6 @@ def run_tensor_pipeline(loader: TensorLoader, encoder: Encoder, batches: Iterabl
     """Embed ``batches`` of rows and hand each to ``committer``; returns the
     number of rows processed.  Reading runs ``prefetch`` batches ahead; the
     features of batch k are copied back while batch k+1 is decoded."""
-    from . import cache as cache_mod
-    from .embed import release_free_heap
-
     it: Iterator[np.ndarray] = iter(batches)
     inflight: deque[tuple[np.ndarray, list[Future]]] = deque()
 

@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 
 from iqa_cache import cache
+from iqa_cache.commit import AsyncCommitter
 from iqa_cache.datasets import load_koniq
 from iqa_cache.decode import jpeg_decoder, resolve_decoder, torchcodec_available
 from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig, build_transform, load_image
 from iqa_cache.errors import CacheError, ConfigError
 from iqa_cache.jpeg import parse_header
-from iqa_cache.pipeline import AsyncCommitter, TensorLoader
+from iqa_cache.pipeline import TensorLoader
 from iqa_cache.tensorprep import TensorPreprocess, crop_box, orient, resized_size
 
 from .imagegen import exif_with_orientation, jpeg_bytes, photo
