@@ -471,9 +471,21 @@ def strip_projection(visual: torch.nn.Module, model_name: str) -> torch.nn.Modul
     return visual
 
 
+def warn_cpu_precision(precision: str, device: str) -> bool:
+    """Warn (once per call) that fp16/bf16 autocast is slower than fp32 on a
+    CPU: it only pays on a GPU.  Returns whether it warned."""
+    if precision == "fp32" or not str(device).startswith("cpu"):
+        return False
+    log.warning("--precision %s on the CPU is slower than fp32 there (CPU autocast converts every matmul; "
+                "half precision pays only on a CUDA GPU); the features are also not bit-comparable with an "
+                "fp32 cache", precision)
+    return True
+
+
 def load_encoder(cfg: EncoderConfig, device: str = "cpu", weights: Weights | None = None) -> Encoder:
     """Build the frozen image tower on ``device`` (a string: 'cpu', 'cuda',
     'cuda:1').  Pass already-resolved ``weights`` to skip resolving again."""
+    warn_cpu_precision(cfg.precision, device)
     model_name, config_json = resolve_model_name(cfg.model)
     if weights is None:
         weights = resolve_weights(model_name, cfg.pretrained)

@@ -30,17 +30,19 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
-import torch
 
 from . import __version__
+from .binning import Bins
 from .cache import FEATURE_KEYS
+from .config import HeadConfig, TrainConfig
 from .errors import RunError
-from .head import HeadConfig, ResidualMLPHead
-from .imbalance import Bins
-from .train import TrainConfig, TrainResult
+
+if TYPE_CHECKING:  # torch is imported where heads are saved or loaded: `iqa report` never needs it
+    from .head import ResidualMLPHead
+    from .train import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +299,7 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_run(out: str | os.PathLike, result: TrainResult, cache_attrs: dict[str, Any], cache_path: str | os.PathLike,
+def write_run(out: str | os.PathLike, result: "TrainResult", cache_attrs: dict[str, Any], cache_path: str | os.PathLike,
               *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write ``result`` as a run directory at ``out``: complete, then
     swapped into place.  On a write error (a full disk) RunError naming the
@@ -315,6 +317,8 @@ def write_run(out: str | os.PathLike, result: TrainResult, cache_attrs: dict[str
         "seconds": result.seconds,
         **(extra or {}),
     }
+    import torch
+
     head = io.BytesIO()
     torch.save(result.head.state_dict(), head)
     files = {
@@ -408,9 +412,13 @@ def load_run(path: str | os.PathLike) -> Run:
     return Run(path=path, name=path.name, config=config, predictions=preds, metrics=metrics)
 
 
-def load_head(path: str | os.PathLike, map_location: str = "cpu") -> ResidualMLPHead:
+def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualMLPHead":
     """Rebuild a trained head from its run directory (config.json +
     head.pt, loaded with ``weights_only=True``)."""
+    import torch
+
+    from .head import ResidualMLPHead
+
     run = load_run(path)
     cfg = run.train_config
     b = run.config["bins"]

@@ -21,9 +21,29 @@ app = typer.Typer(
 )
 
 
+MAX_WARNING_CHARS = 600  # longer warnings are cut on the terminal unless -v
+
+
+def shorten(msg: str, limit: int = MAX_WARNING_CHARS) -> str:
+    """``msg`` cut to about ``limit`` characters at a word boundary, saying
+    how much was left out; the library summarises its own long lists, this
+    is the safety net for the rest."""
+    if len(msg) <= limit:
+        return msg
+    cut = msg.rfind(" ", 0, limit)
+    cut = cut if cut > limit // 2 else limit
+    return f"{msg[:cut].rstrip(' ,;')} ... ({len(msg) - cut:,} more characters; -v shows all)"
+
+
 class _Formatter(logging.Formatter):
+    def __init__(self, verbose: bool = False):
+        super().__init__()
+        self.verbose = verbose
+
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
+        if not self.verbose and logging.WARNING <= record.levelno < logging.ERROR:
+            msg = shorten(msg)
         if record.levelno >= logging.ERROR:
             return f"error: {msg}"
         if record.levelno >= logging.WARNING:
@@ -52,7 +72,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._iqa = True  # type: ignore[attr-defined]
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter(verbose))
     handler.addFilter(_QuietThirdParty(verbose))
     root.addHandler(handler)
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
