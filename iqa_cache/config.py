@@ -80,7 +80,7 @@ class HeadConfig:
 
 @dataclass(frozen=True)
 class FDSConfig:
-    """FDS settings (DESIGN §6.2).  Statistics are updated from the training
+    """FDS settings (docs/method.md, "FDS").  Statistics are updated from the training
     features at the end of each epoch >= ``start_update`` and used for
     calibration from epoch ``start_smooth`` on (the reference's first
     effective calibration comes one epoch later: see the README).
@@ -124,7 +124,7 @@ class FDSConfig:
 
 @dataclass(frozen=True)
 class LDSConfig:
-    """LDS settings (DESIGN §6.1).  ``reweight`` 'none' means no loss
+    """LDS settings (docs/method.md, "LDS").  ``reweight`` 'none' means no loss
     weights; with ``enabled`` the bin values are smoothed by the kernel
     first (LDS), without it they are inverted as they are."""
 

@@ -1,35 +1,14 @@
 """Label bins, kernel windows, LDS loss weights and the FDS layer.
 
 Semantics follow Yang et al., "Delving into Deep Imbalanced Regression"
-(ICML 2021) and its public reference code, with these deliberate deviations
-(also listed in the README):
-
-* continuous labels are **binned** (explicit bin size over an explicit range;
-  labels outside go to the end bins) before counting or grouping; the
-  reference indexes bins by ``int(label)`` and groups FDS statistics by
-  unique raw label values;
-* **even kernel sizes are rejected**: the reference silently uses ``ks - 1``
-  for the gaussian and laplace windows (its half width is ``(ks-1)//2``), so
-  the paper's N(12, 10) is run here as ks 11, sigma 10 (the same window); its
-  triang window is ``triang(ks)`` of even length, off-centre by half a bin;
-* LDS smoothing is done in **floating point** for every reweight mode (the
-  reference convolves the integer counts of ``inverse`` in integer
-  arithmetic, which truncates the smoothed density);
-* FDS keeps **copies**, not aliases, of the statistics it calibrates with, and
-  takes both the per-bin and the smoothed statistics from the same update
-  (the reference aliases ``running_mean_last_epoch`` to ``running_mean``, so
-  its calibration mixes this epoch's raw statistics with the previous
-  epoch's smoothed ones), and calibrates from ``start_smooth`` with the
-  statistics of the epoch before; the reference's first effective
-  calibration comes one epoch later (its smoothed statistics lag one epoch);
-* FDS fills the statistics of **empty bins** from their neighbours by
-  linear interpolation (``empty_bins='fill'``, the default; ``'keep'``
-  leaves them at mean 0 / variance 1 as the discrete-label reference
-  variants do); the continuous-label reference (sts-b-dir) fills them bin by
-  bin each epoch, which equals this for a lone empty bin and converges to it
-  for runs of empty bins;
-* FDS calibration is **out of place** and vectorised (no Python loop over
-  labels), and works on any device.
+(ICML 2021) and its public reference code (docs/method.md, "Reference
+semantics"), with deliberate deviations listed in docs/deviations.md: labels
+binned by their decimal value, even kernel sizes refused, no aliased FDS
+buffers, calibration from ``start_smooth`` with the previous epoch's
+statistics, empty bins filled from their neighbours (``empty_bins='fill'``),
+out-of-place vectorised calibration on any device.  The torch-free parts
+(bins, kernel windows, LDS weights, the configs) live in binning.py,
+kernels.py and config.py and are re-exported here.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LDS weights and FDS against plain, loop-based re-implementations of the
-reference formulas (DESIGN §6), written independently of the library."""
+reference formulas (docs/method.md, "Reference semantics"), written independently of the library."""
 from __future__ import annotations
 
 import numpy as np
