@@ -28,13 +28,13 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from .cache import DATA_KEYS, FEATURE_KEYS
-from .errors import ConfigError, RunError
-from .imbalance import Bins, label_density
-from .metrics import (BootstrapDiff, bin_names, bin_of, default_edges, discrete_values, group_mae, group_name,
+from ..cache import DATA_KEYS, FEATURE_KEYS
+from ..errors import ConfigError, RunError
+from ..imbalance import Bins, label_density
+from ..metrics import (BootstrapDiff, bin_names, bin_of, default_edges, discrete_values, group_mae, group_name,
                       iqa_metrics, paired_bootstrap, per_bin_mae, shot_metrics)
-from .runs import Run, load_run
-from .seeds import check_seed
+from ..runs import Run, load_run
+from ..seeds import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def _edges_for(runs: Sequence[Run], edges: Sequence[float] | None) -> list[float
 def runs_noun(runs: Sequence[Run]) -> str:
     """What the rows are called in tables: ``images``, or ``items`` when any
     run was trained on imported features (``iqa import``)."""
-    from .importer import item_noun
+    from ..importer import item_noun
 
     return "items" if any(item_noun(r.cache) == "items" for r in runs) else "images"
 
