@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .config import LDSConfig
 from .errors import WriteError
+from .kernels import INVERSE_CLIP, Reweight
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,8 @@ def lds_density(run, path: str | os.PathLike, lds: dict | None = None, subtitle:
     e = cur["edges"]
     mid = (e[:-1] + e[1:]) / 2
     cfg = cur["config"]
-    what = {"sqrt_inv": "sqrt(count)", "inverse": "count clipped to [5, 1000]"}.get(cur["reweight"], "count")
+    what = {"sqrt_inv": "sqrt(count)", "inverse": f"count clipped to [{INVERSE_CLIP[0]}, {INVERSE_CLIP[1]}]"}.get(
+        cur["reweight"], "count")
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.2), dpi=120, sharex=True)
     a1.bar(e[:-1], cur["empirical"], width=np.diff(e), align="edge", color="#c0c0c0",
            label=f"empirical: {what} per bin")
@@ -276,9 +279,9 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     lds_density.png, per_bin_mae.png, pred_vs_true.png (with a run-name
     suffix where runs on different data, or with different LDS settings,
     need more than one)."""
-    from dataclasses import replace
+    from dataclasses import asdict, replace
 
-    from .report import ReportConfig, _data_key, _edges_for, _split_arrays, build_report
+    from .report import ReportConfig, build_report, data_key, range_edges, split_arrays
 
     out = Path(out_dir)
     try:
@@ -293,9 +296,9 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     # 1. label histogram per split, one per distinct data set and bins
     data: dict[tuple, object] = {}
     for r in runs:
-        data.setdefault((_data_key(r, "train"), _data_key(r, cfg.split), str(r.config.get("bins"))), r)
+        data.setdefault((data_key(r, "train"), data_key(r, cfg.split), str(r.config.get("bins"))), r)
     ranges = next((t for t in report.tables if t.key == "ranges"), None)
-    edges = _edges_for(runs, cfg.edges)
+    edges = range_edges(runs, cfg.edges)
     for r in data.values():
         name = "label_histogram.png" if len(data) == 1 else f"label_histogram_{_suffix(r.name)}.png"
         written.append(label_histogram(r, out / name, many=cfg.many, few=cfg.few, edges=edges, notes=random_note))
@@ -305,13 +308,14 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     for r in runs:
         lds = r.config.get("train", {}).get("lds", {})
         if lds.get("reweight", "none") != "none":
-            lds_runs.setdefault((_data_key(r, "train"), str(r.config.get("bins")), json_key(lds)), r)
+            lds_runs.setdefault((data_key(r, "train"), str(r.config.get("bins")), json_key(lds)), r)
     if lds_runs:
         for r in lds_runs.values():
             name = "lds_density.png" if len(lds_runs) == 1 else f"lds_density_{_suffix(r.name)}.png"
             written.append(lds_density(r, out / name, subtitle=f"as used by {r.name}"))
     else:
-        default = {"enabled": True, "reweight": "sqrt_inv", "kernel": "gaussian", "ks": 5, "sigma": 2.0}
+        # LDS as --lds turns it on: LDSConfig's defaults, with sqrt_inv weights (train-head's choice with --lds)
+        default = asdict(LDSConfig(enabled=True, reweight=Reweight.sqrt_inv.value))
         written.append(lds_density(runs[0], out / "lds_density.png", lds=default,
                                    subtitle="no run here uses it; DIR defaults shown"))
 
@@ -326,7 +330,7 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     names = {id(r): e.name if e.kind == "run" else f"{e.name.rsplit(' (', 1)[0]} seed {r.config['train'].get('seed')}"
              for e in report.entries for r in e.runs}
     for r in runs:
-        _, y, p = _split_arrays(r, cfg.split)
+        _, y, p = split_arrays(r, cfg.split)
         panels.append((names[id(r)], y, p))
     lr = {r.label_range for r in runs}
     written.append(pred_vs_true(panels, out / "pred_vs_true.png", label_range=next(iter(lr)) if len(lr) == 1 else None,

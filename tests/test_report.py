@@ -325,7 +325,7 @@ def test_lds_density_weights_are_the_training_weights(trained):
 
 
 def test_seed_group_names_drop_the_seed_part():
-    from iqa_cache.report import _group_name
+    from iqa_cache.report import seed_group_name as _group_name
 
     assert _group_name(["lds_s0", "lds_s1"], [0, 1]) == "lds"
     assert _group_name(["lds=on,fds=off,seed=0", "lds=on,fds=off,seed=2"], [0, 2]) == "lds=on,fds=off"

@@ -1,0 +1,107 @@
+"""What ``iqa report`` computes (:class:`ReportConfig`) and the report
+itself (:class:`Report`, :func:`build_report`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import ConfigError, RunError
+from ..seeds import check_seed
+from .compare import compare_entries
+from .loading import (
+    group_entries,
+    make_baselines,
+    run_warnings,
+    runs_noun,
+    split_arrays,
+)
+from .tables import TABLE_BUILDERS, TABLES
+from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput
+
+if TYPE_CHECKING:
+    from ..runs import Run
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What ``iqa report`` computes.  ``groups`` None means: one column per
+    label value when the labels are discrete (whole numbers, at most 12
+    values), else no Table 2 form.  ``compare`` holds two run directories;
+    with ``group_seeds`` each stands for its whole seed group."""
+
+    split: str = "test"
+    edges: tuple[float, ...] | None = None
+    tables: tuple[str, ...] = ("ranges",)
+    groups: tuple[tuple[float, ...], ...] | None = None
+    many: int = 100
+    few: int = 20
+    group_seeds: bool = True
+    baseline: bool = True
+    compare: tuple[str, str] | None = None
+    n_boot: int = 2000
+    boot_seed: int = 0
+    confidence: float = 0.95
+    digits: int = 4
+
+    def __post_init__(self) -> None:
+        check_seed(self.boot_seed, "--boot-seed")
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split '{self.split}' is not one of {', '.join(SPLITS)}")
+        bad = [t for t in self.tables if t not in TABLES]
+        if bad:
+            raise ConfigError(f"--tables: '{bad[0]}' is not one of {', '.join(TABLES)}, all")
+        if self.many < 0 or self.few < 0:
+            raise ConfigError(f"--many and --few must be 0 or more (got {self.many}, {self.few})")
+        if self.few > self.many:
+            raise ConfigError(f"--few {self.few} is above --many {self.many}: a bin cannot be both few- and "
+                              "many-shot")
+        if self.n_boot < 1:
+            raise ConfigError(f"--n-boot must be at least 1, got {self.n_boot}")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence {self.confidence} must be between 0 and 1")
+
+
+@dataclass
+class Report:
+    config: ReportConfig
+    entries: list[Entry]
+    baselines: list[Baseline]
+    tables: list[Table]
+    comparison: Comparison | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for e in self.entries for r in e.runs]
+
+
+def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Report:
+    """Everything ``iqa report`` shows, computed from the runs' predictions."""
+    if not runs:
+        raise RunError("no run to report")
+    split = cfg.split
+    entries, notes = group_entries(runs, cfg.group_seeds)
+    baselines = make_baselines(runs, split) if cfg.baseline else []
+    all_runs = [r for e in entries for r in e.runs]
+    if not any(len(split_arrays(r, split)[1]) for r in all_runs):
+        raise RunError(f"none of the runs has {split} {runs_noun(all_runs)} with labels; try --split "
+                       f"{'val' if split == 'test' else 'test'}")
+    inp = TableInput(entries=entries, baselines=baselines, split=split, edges=cfg.edges, groups=cfg.groups,
+                     many=cfg.many, few=cfg.few, digits=cfg.digits, notes=notes)
+    tables: list[Table] = []
+    for key, builder in TABLE_BUILDERS.items():
+        if key in cfg.tables:
+            t = builder(inp)
+            if t is not None:
+                tables.append(t)
+
+    comparison = None
+    if cfg.compare:
+        comparison = compare_entries(entries, cfg.compare, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
+                                     seed=cfg.boot_seed, confidence=cfg.confidence)
+    notes = run_warnings(all_runs) + inp.notes
+    if any(e.kind == "seeds" for e in entries):
+        notes.append("note: rows marked '(k seeds)' are runs that differ only in seed: mean ± sample std "
+                     "(ddof 1) over the seeds")
+    return Report(config=cfg, entries=entries, baselines=baselines, tables=tables, comparison=comparison,
+                  notes=notes)

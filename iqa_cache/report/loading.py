@@ -1,0 +1,266 @@
+"""Runs into report rows: loading run directories, warnings about them,
+the data of a split, grouping runs that differ only in seed (and naming
+the groups), the train-mean baselines, and the run and bin helpers that
+tables and plots share.
+
+Kept light at import time (``iqa report`` starts fast): no torch or
+scipy, and :mod:`iqa_cache.runs` (pandas) and :mod:`iqa_cache.cache`
+(h5py) are imported inside the functions that need them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from ..binning import Bins
+from ..config import LDSConfig
+from ..errors import ConfigError, RunError
+from ..kernels import label_density
+from ..metrics import default_edges
+from .types import Baseline, Entry
+
+if TYPE_CHECKING:
+    from ..runs import Run
+
+log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger, as before the split
+
+
+def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple[str, str]]]:
+    """Load the finished runs among ``paths``; the others (missing files, a
+    killed run, not a run directory) are returned as (path, reason) and
+    logged.  RunError, naming them all, when none is finished; a single
+    path fails with its own reason."""
+    from ..runs import load_run
+
+    runs: list[Run] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            runs.append(load_run(p))
+        except RunError as e:
+            skipped.append((str(p), str(e)))
+    if not runs:
+        if len(skipped) == 1:
+            raise RunError(skipped[0][1])
+        raise RunError(f"none of the {len(skipped)} run directories is finished: "
+                       + "; ".join(why for _, why in skipped))
+    for p, why in skipped:
+        log.warning("skipping %s: %s", p, why)
+    return runs, skipped
+
+
+def run_warnings(runs: Sequence[Run]) -> list[str]:
+    """Visible warnings: random-weight encoders, which encoder made the
+    features when the cache names it (timm backends), runs on different
+    caches."""
+    notes = []
+    random = [r.name for r in runs if r.cache.get("pretrained_kind") == "none"]
+    if random:
+        who = f"run '{random[0]}' was" if len(random) == 1 else f"runs {', '.join(repr(n) for n in random)} were"
+        notes.append(f"warning: {who} trained on features of a randomly initialised encoder "
+                     "(--pretrained none): the numbers say nothing about CLIP")
+    described: dict[str, list[str]] = {}
+    for r in runs:
+        if r.cache.get("pretrained_kind") != "none" and r.cache.get("encoder"):
+            described.setdefault(str(r.cache["encoder"]), []).append(r.name)
+    for enc, names in described.items():
+        who = f"run '{names[0]}'" if len(names) == 1 else f"runs {', '.join(repr(n) for n in names)}"
+        notes.append(f"note: {who}: features from {enc}")
+    ident = {}
+    for r in runs:
+        key = tuple(str(r.cache.get(k)) for k in ("manifest_sha256", "model", "pretrained_sha256", "pretrained_kind",
+                                                   "resize_mode", "image_size", "precision"))
+        ident.setdefault(key, []).append(r.name)
+    if len(ident) > 1:
+        groups = "; ".join(", ".join(v) for v in ident.values())
+        notes.append(f"warning: these runs were trained on different caches (groups: {groups}): "
+                     "differences mix the method with the features or the data")
+    else:
+        contents: dict[str, list[str]] = {}
+        for r in runs:
+            if r.cache.get("content_id"):  # runs of caches made before content ids cannot be told apart
+                contents.setdefault(str(r.cache["content_id"]), []).append(repr(r.name))
+        if len(contents) > 1:
+            groups = "; ".join(f"{', '.join(v)} (content {k})" for k, v in contents.items())
+            notes.append(f"warning: these runs were trained on different contents of the same cache (images "
+                         f"re-embedded, or labels/splits updated, in between): {groups}")
+    return notes
+
+
+def runs_noun(runs: Sequence[Run]) -> str:
+    """What the rows are called in tables: ``images``, or ``items`` when any
+    run was trained on imported features (``iqa import``)."""
+    from ..importer import item_noun
+
+    return "items" if any(item_noun(r.cache) == "items" for r in runs) else "images"
+
+
+# -------------------------------------------------------------- run and bins
+
+def range_edges(runs: Sequence[Run], edges: Sequence[float] | None = None) -> list[float]:
+    """The label-range edges of the tables: ``edges`` when given, else the
+    default ranges of the runs' label range (0-100 when they disagree)."""
+    if edges is not None:
+        return list(edges)
+    ranges = {r.label_range for r in runs}
+    return default_edges(next(iter(ranges))) if len(ranges) == 1 else default_edges((0.0, 100.0))
+
+
+def split_arrays(run: Run, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids, labels, predictions) of one split, images with a known
+    label and a finite prediction only."""
+    p = run.predictions
+    p = p[p["split"] == split]
+    lab, pred = p["label"].to_numpy(np.float64), p["pred"].to_numpy(np.float64)
+    ok = np.isfinite(lab) & np.isfinite(pred)
+    return p["image_id"].to_numpy(object)[ok], lab[ok], pred[ok]
+
+
+def train_labels(run: Run) -> np.ndarray:
+    lab = run.predictions.loc[run.predictions["split"] == "train", "label"].to_numpy(np.float64)
+    return lab[np.isfinite(lab)]
+
+
+def run_bins(run: Run) -> Bins:
+    b = run.config["bins"]
+    return Bins(float(b["lo"]), float(b["hi"]), float(b["size"]))
+
+
+def data_key(run: Run, split: str) -> str:
+    """Equal for runs on the same data: the same training labels and the
+    same images and labels in ``split``."""
+    ids, lab, _ = split_arrays(run, split)
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(np.sort(train_labels(run))).tobytes())
+    h.update("\0".join(map(str, ids)).encode())
+    h.update(np.ascontiguousarray(lab).tobytes())
+    return h.hexdigest()
+
+
+def lds_curves(run: Run, lds: dict | None = None) -> dict[str, Any]:
+    """Per-bin training-label counts, the values LDS inverts before and
+    after smoothing (both normalised to sum 1), and the resulting loss weight
+    per bin (1 / smoothed value, scaled so that the weights average 1 over
+    the training images, as :func:`~iqa_cache.kernels.lds_weights`; NaN
+    for bins no training image falls in).  ``lds``: the LDS section of a
+    train config (default: the run's own); settings it lacks take the
+    defaults of :class:`~iqa_cache.config.LDSConfig`."""
+    bins = run_bins(run)
+    cfg = dict(lds if lds is not None else run.config["train"]["lds"])
+    default = LDSConfig()
+    labels = train_labels(run)
+    reweight = cfg.get("reweight", default.reweight)
+    if reweight == "none":
+        raise ConfigError(f"run {run.name} uses no loss re-weighting; there are no LDS weights to show")
+    emp, eff = label_density(labels, bin_size=bins.size, lo=bins.lo, hi=bins.hi, reweight=reweight,
+                             kernel=cfg.get("kernel", default.kernel), ks=int(cfg.get("ks", default.ks)),
+                             sigma=float(cfg.get("sigma", default.sigma)),
+                             lds=bool(cfg.get("enabled", default.enabled)))
+    counts = bins.counts(labels)
+    with np.errstate(divide="ignore"):
+        inv = np.where(eff > 0, 1.0 / np.where(eff > 0, eff, 1.0), np.nan)
+    scale = len(labels) / np.sum(inv[bins.index(labels)]) if len(labels) else np.nan
+    weight = np.where(counts > 0, inv * scale, np.nan)
+    return {"edges": bins.edges(), "counts": counts, "empirical": emp / max(emp.sum(), 1e-300),
+            "smoothed": eff / max(eff.sum(), 1e-300), "weight": weight, "weight_any": inv * scale, "reweight": reweight, "config": cfg,
+            "bins": bins}
+
+
+# --------------------------------------------------------------- seed groups
+
+def _display_names(runs: Sequence[Run]) -> dict[int, str]:
+    """Run directory names; parent/name where two runs share a name."""
+    names = {id(r): r.name for r in runs}
+    dup = {n for n in names.values() if list(names.values()).count(n) > 1}
+    for r in runs:
+        if r.name in dup:
+            names[id(r)] = f"{r.path.parent.name}/{r.name}"
+    return names
+
+
+def seed_key(run: Run) -> str:
+    """Runs with equal keys differ at most in their seed: the train section
+    of config.json minus ``seed``, the label bins and the cache identity
+    (what its features are and which images, labels and splits it holds)."""
+    from ..cache import DATA_KEYS, FEATURE_KEYS
+
+    train = {k: v for k, v in run.config.get("train", {}).items() if k != "seed"}
+    cache = {k: run.cache.get(k) for k in FEATURE_KEYS + DATA_KEYS}
+    return json.dumps({"train": train, "bins": run.config.get("bins"), "cache": cache}, sort_keys=True, default=str)
+
+
+def run_seed(run: Run) -> Any:
+    return run.config.get("train", {}).get("seed")
+
+
+def seed_group_name(names: list[str], seeds: list[Any]) -> str:
+    """The name the runs of a seed group share once their seed part is
+    dropped ('lds_s0', 'lds-seed1', and ablate's 'lds=on,seed=2' all lose
+    it), else their common prefix."""
+    stripped = [re.sub(rf"[_\-.,]?(s|seed)[_\-=]?{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
+    if len(set(stripped)) == 1 and stripped[0] and stripped[0] not in names:
+        return stripped[0]
+    prefix = os.path.commonprefix(names).rstrip("_-. ")
+    return prefix if prefix else f"{names[0]}…"
+
+
+def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[Entry], list[str]]:
+    """One entry per run, or per set of runs that differ only in seed (in
+    the order they first appear).  Runs with the same settings *and* the
+    same seed are not grouped (a copy is not a second seed); a note says so."""
+    disp = _display_names(runs)
+    if not group_seeds:
+        return [Entry(disp[id(r)], [r]) for r in runs], []
+    buckets: dict[str, list[Run]] = {}
+    for r in runs:
+        buckets.setdefault(seed_key(r), []).append(r)
+    entries, notes, done = [], [], set()
+    for r in runs:
+        key = seed_key(r)
+        if key in done:
+            continue
+        done.add(key)
+        members = buckets[key]
+        seeds = [run_seed(m) for m in members]
+        if len(members) == 1:
+            entries.append(Entry(disp[id(r)], members))
+        elif len(set(map(str, seeds))) < len(seeds):
+            notes.append(f"note: runs {', '.join(disp[id(m)] for m in members)} have the same settings and "
+                         "seeds that repeat; shown one by one, not as a seed group")
+            entries += [Entry(disp[id(m)], [m]) for m in members]
+        else:
+            base = seed_group_name([m.name for m in members], seeds)
+            entries.append(Entry(f"{base} ({len(members)} seeds)", members, kind="seeds"))
+    names = [e.name for e in entries]
+    for e in entries:  # two groups with the same stem
+        if names.count(e.name) > 1 and e.kind == "seeds":
+            e.name = f"{e.runs[0].path.parent.name}/{e.name}"
+    return entries, notes
+
+
+def make_baselines(runs: Sequence[Run], split: str) -> list[Baseline]:
+    """One train-mean baseline per distinct (training labels, split) data."""
+    seen: dict[str, Run] = {}
+    for r in runs:
+        seen.setdefault(data_key(r, split), r)
+    out = []
+    for r in seen.values():
+        tl = train_labels(r)
+        if not len(tl):
+            continue
+        name = f"baseline: train mean {tl.mean():.4g}"
+        if len(seen) > 1:
+            name += f" ({r.name}'s data)"
+        out.append(Baseline(name, float(tl.mean()), r))
+    return out
