@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Sequence
 
@@ -18,15 +18,15 @@ import numpy as np
 
 from .binning import Bins
 from .errors import ConfigError
-from .kernels import KERNELS, REWEIGHTS, Kernel, Reweight, check_kernel, lds_weights
+from .kernels import KERNELS, REWEIGHTS, Kernel, Reweight, even_kernel_message, lds_weights
 from .seeds import check_seed
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConfig", "LDSConfig", "FDSConfig",
-           "OptimConfig", "TrainConfig", "PRESETS", "LOSSES", "SCHEDULES", "ACTIVATION_NAMES", "EmptyBins",
-           "Loss", "Schedule"]
-
+           "OptimConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES", "ACTIVATION_NAMES", "EmptyBins",
+           "Loss", "Schedule", "FLAT_FIELDS", "FLAT_DEFAULTS", "default_reweight", "run_tag", "run_name",
+           "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE"]
 
 
 class EmptyBins(str, Enum):
@@ -56,6 +56,24 @@ SCHEDULES = tuple(e.value for e in Schedule)
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
 
 
+def _plain(value: Any) -> Any:
+    """An enum member's value (the CLI passes enums), anything else as is."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def _check_window(opt: str, kernel: str, ks: int, sigma: float) -> None:
+    """A kernel window's settings, each error naming its option
+    (``--{opt}-kernel``, ``--{opt}-ks``, ``--{opt}-sigma``)."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"--{opt}-kernel '{kernel}' is not one of {', '.join(KERNELS)}")
+    if isinstance(ks, bool) or int(ks) != ks or ks < 1:
+        raise ConfigError(f"--{opt}-ks must be a positive odd integer, got {ks}")
+    if ks % 2 == 0:
+        raise ConfigError(f"--{opt}-ks {ks}: " + even_kernel_message(kernel, int(ks), "the kernel"))
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ConfigError(f"--{opt}-sigma must be a positive number, got {sigma}")
+
+
 @dataclass(frozen=True)
 class HeadConfig:
     """Head shape.  Defaults: 768 → 512, two residual blocks, ReLU, no
@@ -68,8 +86,10 @@ class HeadConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        if self.in_dim < 1 or self.hidden_dim < 1:
-            raise ConfigError(f"head widths must be positive (in {self.in_dim}, hidden {self.hidden_dim})")
+        if self.in_dim < 1:
+            raise ConfigError(f"the head's input width must be positive, got {self.in_dim}")
+        if self.hidden_dim < 1:
+            raise ConfigError(f"--hidden must be at least 1, got {self.hidden_dim}")
         if self.n_blocks < 0:
             raise ConfigError(f"--blocks must be 0 or more, got {self.n_blocks}")
         if not 0.0 <= self.dropout < 1.0:
@@ -104,12 +124,11 @@ class FDSConfig:
     empty_bins: str = "fill"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kernel", str(getattr(self.kernel, "value", self.kernel)))
-        object.__setattr__(self, "empty_bins", str(getattr(self.empty_bins, "value", self.empty_bins)))
+        object.__setattr__(self, "kernel", str(_plain(self.kernel)))
+        object.__setattr__(self, "empty_bins", str(_plain(self.empty_bins)))
         if self.empty_bins not in EMPTY_BINS:
             raise ConfigError(f"--fds-empty-bins '{self.empty_bins}' is not one of {', '.join(EMPTY_BINS)}")
-        if self.enabled:
-            check_kernel(self.kernel, self.ks, self.sigma, what="--fds-kernel")
+        _check_window("fds", self.kernel, self.ks, self.sigma)
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"--fds-momentum must be in [0, 1), got {self.momentum}")
         if self.start_update < 0 or self.start_smooth < 0:
@@ -135,15 +154,14 @@ class LDSConfig:
     sigma: float = 2.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reweight", str(getattr(self.reweight, "value", self.reweight)))
-        object.__setattr__(self, "kernel", str(getattr(self.kernel, "value", self.kernel)))
+        object.__setattr__(self, "reweight", str(_plain(self.reweight)))
+        object.__setattr__(self, "kernel", str(_plain(self.kernel)))
         if self.reweight not in REWEIGHTS:
             raise ConfigError(f"--reweight '{self.reweight}' is not one of {', '.join(REWEIGHTS)}")
-        if self.enabled:
-            if self.reweight == "none":
-                raise ConfigError("--lds needs --reweight inverse or sqrt_inv (LDS smooths the density that "
-                                  "the weights invert)")
-            check_kernel(self.kernel, self.ks, self.sigma, what="--lds-kernel")
+        if self.enabled and self.reweight == "none":
+            raise ConfigError("--lds needs --reweight inverse or sqrt_inv (LDS smooths the label density that "
+                              "the weights invert)")
+        _check_window("lds", self.kernel, self.ks, self.sigma)
 
     def weights(self, labels: Sequence[float], bins: Bins) -> np.ndarray:
         return lds_weights(labels, bin_size=bins.size, lo=bins.lo, hi=bins.hi, reweight=self.reweight,
@@ -164,12 +182,15 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "schedule", str(_plain(self.schedule)))
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"Adam betas must be two numbers in [0, 1), got {self.betas}")
-        if self.eps <= 0 or self.weight_decay < 0:
-            raise ConfigError(f"need eps > 0 and weight decay >= 0 (got {self.eps}, {self.weight_decay})")
+        if not self.eps > 0:
+            raise ConfigError(f"Adam eps must be a positive number, got {self.eps}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"--schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
 
@@ -193,6 +214,8 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "loss", str(_plain(self.loss)))
+        object.__setattr__(self, "device", str(_plain(self.device)))
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -202,6 +225,10 @@ class TrainConfig:
             raise ConfigError(f"--loss '{self.loss}' is not one of {', '.join(LOSSES)}")
         if self.label_range is not None:
             object.__setattr__(self, "label_range", tuple(float(x) for x in self.label_range))
+            lo, hi = self.label_range if len(self.label_range) == 2 else (math.nan, math.nan)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ConfigError(f"--label-range must be LO,HI with LO below HI, got "
+                                  f"{','.join(f'{x:g}' for x in self.label_range)}")
         if not (math.isfinite(self.bin_size) and self.bin_size > 0):
             raise ConfigError(f"--bin-size must be a positive number, got {self.bin_size}")
         if self.fds.enabled and self.fds.start_smooth >= self.epochs:
@@ -234,6 +261,102 @@ class TrainConfig:
                 kw[k] = tuple(v) if k == "label_range" and v is not None else v
         return cls(**kw)
 
+    def to_flat(self) -> dict[str, Any]:
+        """The settings under their flat option names (:data:`FLAT_FIELDS`:
+        the train-head options and grid keys), the inverse of
+        :meth:`from_flat`."""
+        return {name: getattr(getattr(self, part), attr) if part else getattr(self, attr)
+                for name, (part, attr) in FLAT_FIELDS.items()}
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], base: "TrainConfig | None" = None, *,
+                  preset: str | None = None) -> "TrainConfig":
+        """A configuration from flat option names (``lr``, ``lds_ks``,
+        ``fds_momentum``, ...: :data:`FLAT_FIELDS`): ``values`` win over the
+        ``preset``'s values, which win over ``base`` (default: the library's
+        defaults).  Settings without a flat name (the head's input width,
+        FDS clipping) are ``base``'s.
+
+        ``reweight`` None, or absent without a ``base``, follows LDS
+        (:func:`default_reweight`: ``sqrt_inv`` with LDS on, else ``none``);
+        absent with a ``base``, it is ``base``'s.  Every value is checked by
+        the config objects (ConfigError naming the option)."""
+        unknown = sorted(set(values) - set(FLAT_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(unknown)}")
+        given = dict(preset_values(preset)) if preset is not None else {}
+        given.update(values)
+        flat = (base if base is not None else cls()).to_flat()
+        flat.update({k: _plain(v) for k, v in given.items()})
+        if given.get("reweight") is None and ("reweight" in given or base is None):
+            flat["reweight"] = default_reweight(bool(flat["lds"]))
+        if flat["label_range"] is not None:
+            flat["label_range"] = tuple(flat["label_range"])
+        start = base if base is not None else cls()
+        parts: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, (part, attr) in FLAT_FIELDS.items():
+            (parts.setdefault(part, {}) if part else top)[attr] = flat[name]
+        return replace(start, **{p: replace(getattr(start, p), **kw) for p, kw in parts.items()}, **top)
+
+    @property
+    def tag(self) -> str:
+        """What is trained, in a few characters (:func:`run_tag`)."""
+        return run_tag(self)
+
+
+# The flat option names (train-head's options, the grid's keys, the presets'
+# keys) and where each lives in a TrainConfig: (sub-config or '', field).
+FLAT_FIELDS: dict[str, tuple[str, str]] = {
+    "lds": ("lds", "enabled"), "reweight": ("lds", "reweight"), "lds_kernel": ("lds", "kernel"),
+    "lds_ks": ("lds", "ks"), "lds_sigma": ("lds", "sigma"),
+    "fds": ("fds", "enabled"), "fds_kernel": ("fds", "kernel"), "fds_ks": ("fds", "ks"),
+    "fds_sigma": ("fds", "sigma"), "fds_momentum": ("fds", "momentum"), "fds_start_update": ("fds", "start_update"),
+    "fds_start_smooth": ("fds", "start_smooth"), "fds_empty_bins": ("fds", "empty_bins"),
+    "bin_size": ("", "bin_size"), "label_range": ("", "label_range"), "epochs": ("", "epochs"),
+    "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "schedule": ("optim", "schedule"),
+    "betas": ("optim", "betas"), "eps": ("optim", "eps"), "batch_size": ("", "batch_size"), "loss": ("", "loss"),
+    "hidden": ("head", "hidden_dim"), "blocks": ("head", "n_blocks"), "dropout": ("head", "dropout"),
+    "seed": ("", "seed"), "device": ("", "device"),
+}
+
+
+def default_reweight(lds: bool) -> str:
+    """The loss weights when none are chosen: ``sqrt_inv`` with LDS (the
+    paper's), else ``none``."""
+    return Reweight.sqrt_inv.value if lds else Reweight.none.value
+
+
+# The library's default of every flat option; ``reweight`` None: it follows LDS.
+FLAT_DEFAULTS: dict[str, Any] = {**TrainConfig().to_flat(), "reweight": None}
+
+
+def run_tag(cfg: TrainConfig) -> str:
+    """What a configuration trains: ``lds`` (with the default reweighting,
+    else ``lds-inverse``), ``rw-inverse`` / ``rw-sqrt_inv`` (reweighting
+    without LDS), ``fds``, joined by ``+``; ``vanilla`` for none of them."""
+    rw = cfg.lds.reweight
+    parts = []
+    if cfg.lds.enabled:
+        parts.append("lds" if rw == default_reweight(True) else f"lds-{rw}")
+    elif rw != default_reweight(False):
+        parts.append(f"rw-{rw}")
+    if cfg.fds.enabled:
+        parts.append("fds")
+    return "+".join(parts) or "vanilla"
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """train-head's default run directory name: ``<tag>_s<seed>``."""
+    return f"{run_tag(cfg)}_s{cfg.seed}"
+
+
+def reweight_note(cfg: TrainConfig) -> str | None:
+    """The reweighting when it is not what LDS on/off implies
+    (:func:`default_reweight`), so that a name has to say it; else None."""
+    rw = cfg.lds.reweight
+    return None if rw == default_reweight(cfg.lds.enabled) else rw
+
 
 # The paper's settings (Nguyen et al. 2024): Adam (§4.1: lr 0.1 on KonIQ-10k,
 # 0.01 on the 0-4 internal set; betas 0.9/0.999, eps 1e-8, no weight decay;
@@ -257,5 +380,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-internal": {"lr": 0.01, **PAPER_ADAM, "bin_size": 0.04, "label_range": (0.0, 4.0), **PAPER_LDS,
                        **PAPER_FDS},
 }
+Preset = Enum("Preset", {name: name for name in PRESETS}, type=str)  # the --preset choices
+Preset.__doc__ = "A settings preset (:data:`PRESETS`)."
+
+
+def preset_values(preset: str | None) -> dict[str, Any]:
+    """A preset's flat values (ConfigError naming the presets when unknown)."""
+    if preset is None:
+        return {}
+    preset = str(_plain(preset))
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset '{preset}' is not one of {', '.join(PRESETS)}")
+    return PRESETS[preset]
+
+
+# The ablation grid's keys (flat option names) and its output files: here so
+# that the CLI declares `iqa ablate` without importing the training engine.
+GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
+             "bin_size", "lr", "seed")
+SUMMARY_FILE = "summary.csv"
+PLAN_FILE = "ablation.json"
+assert set(GRID_KEYS) <= set(FLAT_FIELDS) and all(set(p) <= set(FLAT_FIELDS) for p in PRESETS.values())
 
 

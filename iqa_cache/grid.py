@@ -39,9 +39,10 @@ from typing import Any, Iterator, Sequence
 import pandas as pd
 
 from .cache import CacheData
+from .config import FLAT_FIELDS, GRID_KEYS, PLAN_FILE, SUMMARY_FILE, reweight_note
 from .errors import ConfigError, RunError, TrainingDiverged
 from .importer import item_noun
-from .imbalance import KERNELS, REWEIGHTS, LDSConfig, even_kernel_message
+from .kernels import KERNELS, REWEIGHTS, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
 from .device import resolve_device
@@ -53,13 +54,10 @@ from .train import TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
-             "bin_size", "lr", "seed")
-SUMMARY_FILE = "summary.csv"
-PLAN_FILE = "ablation.json"
 _ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
-_LDS_ONLY = ("lds_kernel", "lds_ks", "lds_sigma")
-_FDS_ONLY = ("fds_kernel", "fds_ks", "fds_sigma")
+# grid keys that act only with LDS (FDS) on: the kernel window's settings
+_LDS_ONLY = tuple(k for k in GRID_KEYS if FLAT_FIELDS[k][0] == "lds" and k not in ("lds", "reweight"))
+_FDS_ONLY = tuple(k for k in GRID_KEYS if FLAT_FIELDS[k][0] == "fds" and k != "fds")
 
 
 # ------------------------------------------------------------------- values
@@ -257,36 +255,41 @@ def _effective(values: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
 
 
 def apply_point(base: TrainConfig, values: dict[str, Any], *, auto_reweight: bool) -> TrainConfig:
-    """``base`` with the grid ``values`` set.  ``auto_reweight``: no reweight
+    """``base`` with the grid ``values`` set (:meth:`TrainConfig.from_flat`,
+    as train-head builds its configuration).  ``auto_reweight``: no reweight
     was chosen, so it follows LDS (``sqrt_inv`` with LDS on, else ``none``),
     as in train-head."""
-    lds_on = values.get("lds", base.lds.enabled)
-    if "reweight" in values:
-        reweight = values["reweight"]
-    elif auto_reweight:
-        reweight = "sqrt_inv" if lds_on else "none"
-    else:
-        reweight = base.lds.reweight
-    lds = LDSConfig(enabled=lds_on, reweight=reweight, kernel=values.get("lds_kernel", base.lds.kernel),
-                    ks=values.get("lds_ks", base.lds.ks), sigma=values.get("lds_sigma", base.lds.sigma))
-    fds = replace(base.fds, enabled=values.get("fds", base.fds.enabled),
-                  kernel=values.get("fds_kernel", base.fds.kernel), ks=values.get("fds_ks", base.fds.ks),
-                  sigma=values.get("fds_sigma", base.fds.sigma))
-    return replace(base, lds=lds, fds=fds, optim=replace(base.optim, lr=values.get("lr", base.optim.lr)),
-                   bin_size=values.get("bin_size", base.bin_size), seed=values.get("seed", base.seed))
+    flat = dict(values)
+    if auto_reweight:
+        flat.setdefault("reweight", None)
+    return TrainConfig.from_flat(flat, base)
+
+
+def point_name(eff: dict[str, Any], shown: Sequence[str], cfg: TrainConfig) -> str:
+    """A configuration's run name: the grid values ``shown`` as key=value,
+    plus the reweighting when the name would not say it (it is not what LDS
+    on/off implies: ``lds=off,reweight=inverse`` rather than a plain
+    ``lds=off`` that reads as no reweighting)."""
+    parts = [f"{k}={format_value(eff[k])}" for k in shown]
+    note = reweight_note(cfg)
+    if note is not None and "reweight" not in shown:
+        parts.append(f"reweight={note}")
+    return ",".join(parts) or "base"
 
 
 @contextlib.contextmanager
 def _quiet_config_warnings() -> Iterator[None]:
     """TrainConfig warns when FDS would never smooth; say it once for the grid,
     not once per configuration."""
-    logger = logging.getLogger("iqa_cache.train")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("iqa_cache.config", "iqa_cache.train")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], *,
@@ -323,7 +326,7 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
     points = []
     for eff, cfg in kept:
         shown = [k for k in order if k in eff and (k in varying or not varying)]
-        name = ",".join(f"{k}={format_value(eff[k])}" for k in shown) or "base"
+        name = point_name(eff, shown, cfg)
         points.append(GridPoint(name=name, values=eff, config=cfg))
     skipped_points = [GridPoint(name=",".join(f"{k}={format_value(v)}" for k, v in values.items()), values=values,
                                 skipped=reason) for values, reason in skipped]

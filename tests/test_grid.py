@@ -210,7 +210,8 @@ def test_expansion_reweight_follows_lds_unless_given_and_fds_needs_bins():
     assert auto == {"lds=on": "sqrt_inv", "lds=off": "none"}
     base = replace(BASE, lds=LDSConfig(reweight="inverse"))
     fixed = {p.name: p.config.lds.reweight for p in expand(spec, base, (0, 100)).points}
-    assert fixed == {"lds=on": "inverse", "lds=off": "inverse"}
+    # the names say the reweighting that LDS on/off does not imply (issue 11: not a plain "lds=off")
+    assert fixed == {"lds=on,reweight=inverse": "inverse", "lds=off,reweight=inverse": "inverse"}
     plan = expand(parse_grid("fds=on; fds_ks=5,9; bin_size=25,1; lr=0.01"), BASE, (0, 100))
     assert [p.name for p in plan.points] == ["fds_ks=5,bin_size=25", "fds_ks=5,bin_size=1", "fds_ks=9,bin_size=1"]
     assert "needs more than 4 label bins" in plan.skipped[0].skipped

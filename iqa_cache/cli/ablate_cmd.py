@@ -6,10 +6,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from iqa_cache import cache as cache_mod
+from iqa_cache.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
 from iqa_cache.errors import TrainingDiverged
-from iqa_cache.grid import GRID_KEYS, PLAN_FILE, SUMMARY_FILE, expand, format_summary, read_grid, run_ablation
-from iqa_cache.runs import check_out_location
 
 from .app import app
 from .common import echo_out, handle_errors, parse_expect
@@ -47,6 +45,10 @@ def ablate_command(
     the same cache and trains only the missing ones (after an interruption,
     or for values added to the grid).
     """
+    from iqa_cache import cache as cache_mod
+    from iqa_cache.grid import expand, format_summary, read_grid, run_ablation
+    from iqa_cache.runs import check_out_location
+
     expected = parse_expect(expect)
     base = opts.config(ctx)
     spec = read_grid(grid)

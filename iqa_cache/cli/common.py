@@ -11,6 +11,7 @@ from typing import Callable, TypeVar
 import typer
 
 from iqa_cache.binning import parse_decimal
+from iqa_cache.device import Device  # noqa: F401  (the --device choices, from the library)
 from iqa_cache.errors import IqaError
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,6 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class ResizeMode(str, Enum):
     squash = "squash"
     shortest = "shortest"
@@ -82,28 +77,10 @@ class DatasetName(str, Enum):
     webdataset = "webdataset"
 
 
-class KernelName(str, Enum):
-    gaussian = "gaussian"
-    triang = "triang"
-    laplace = "laplace"
-
-
-class ReweightName(str, Enum):
-    none = "none"
-    inverse = "inverse"
-    sqrt_inv = "sqrt_inv"
-
-
 class OutOfRange(str, Enum):
     error = "error"
     clip = "clip"
     drop = "drop"
-
-
-def positive_float(value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value} must be a positive number")
-    return value
 
 
 def _not_number(text: str) -> bool:
