@@ -1,2 +1,2 @@
-"""Benchmarks (run as scripts) and the reference-style implementation they and
-the tests compare against."""
+"""Benchmarks (run as scripts); the reference-style implementation they compare
+against lives with the tests (tests/reference.py)."""

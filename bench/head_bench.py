@@ -2,7 +2,7 @@
 side by side in one process:
 
   (a) reference style: a DataLoader over the features (batch 256), FDS as a
-      Python loop over labels, one configuration at a time (bench/reference.py);
+      Python loop over labels, one configuration at a time (tests/reference.py);
   (b) our single-run path: iqa_cache.train.train_head, one configuration at a time;
   (c) our grid path: iqa_cache.stacked.train_many, K configurations in stacks.
 
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import this chec
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.reference import ref_train  # noqa: E402
+from tests.reference import ref_train  # noqa: E402
 from iqa_cache.cache import CacheData  # noqa: E402
 from iqa_cache.device import resolve_device  # noqa: E402
 from iqa_cache.grid import expand, parse_grid  # noqa: E402

@@ -5,9 +5,9 @@ Every parameter of the residual MLP head gets a leading configuration axis
 product (``torch.baddbmm``) runs a layer for all K heads.  Each configuration
 keeps its own
 
-* initialisation: the head that :func:`iqa_cache.train.train_head` builds for
-  its seed, copied into its slice;
-* batch order: a CPU generator seeded with its seed, as ``train_head``;
+* initialisation: the head that the plain loop (``train_head_simple`` in
+  ``tests/reference.py``) builds for its seed, copied into its slice;
+* batch order: a CPU generator seeded with its seed, as the plain loop;
 * LDS loss weights (a ``[K, N]`` table);
 * FDS state: per-bin running statistics ``[K, bins, H]``, smoothed by one
   grouped ``conv1d`` with its own window (windows of different sizes are
@@ -35,21 +35,21 @@ import logging
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .binning import Bins
 from .cache import CacheData
+from .config import HeadConfig, LDSConfig, OptimConfig, TrainConfig
 from .device import resolve_device
 from .errors import ConfigError, TrainingDiverged
-from .head import ACTIVATIONS, HeadConfig, ResidualMLPHead
-from .imbalance import Bins, LDSConfig, fds_window, fill_empty_bins
-
-if TYPE_CHECKING:  # train.py imports this module at its top: import train lazily here
-    from .train import TrainConfig, TrainResult
+from .head import ACTIVATIONS, ResidualMLPHead
+from .imbalance import fds_window, fill_empty_bins
+from .results import (TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message,
+                      package_result)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def to_device(data: CacheData, device: str) -> DeviceData:
                       x_va=x_all[va_t], y_va=y_all[va_t], y_mean=float(y_tr.mean()) if len(tr) else 0.0)
 
 
-def check_data(data: CacheData, cfg: "TrainConfig", bins: Bins) -> None:
+def check_data(data: CacheData, cfg: TrainConfig, bins: Bins) -> None:
     """What train_head refuses or warns about, before any training."""
     if bins.n < 2:
         raise ConfigError(f"--bin-size {cfg.bin_size:g} leaves a single label bin over {bins.lo:g}-{bins.hi:g}")
@@ -100,7 +100,7 @@ def check_data(data: CacheData, cfg: "TrainConfig", bins: Bins) -> None:
         log.warning("%d training label(s) lie outside [%g, %g]: counted in the end bins", n_out, bins.lo, bins.hi)
 
 
-def check_fds_bins(cfg: "TrainConfig", bins: Bins) -> None:
+def check_fds_bins(cfg: TrainConfig, bins: Bins) -> None:
     """FDS reflect-pads the bin axis by half its window: it needs more bins."""
     half = (cfg.fds.ks - 1) // 2
     if cfg.fds.enabled and bins.n <= half:
@@ -108,7 +108,7 @@ def check_fds_bins(cfg: "TrainConfig", bins: Bins) -> None:
                           "use a smaller --fds-ks or --bin-size")
 
 
-def stack_key(cfg: "TrainConfig") -> "TrainConfig":
+def stack_key(cfg: TrainConfig) -> TrainConfig:
     """Configurations with equal keys can share a stack: they may differ only
     in LDS settings, seed, learning rate and FDS window (kernel, size, sigma)."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
@@ -333,6 +333,15 @@ class StackedFDS:
 
 # ---------------------------------------------------------------- optimiser
 
+def get_lr(epoch: int, optim: OptimConfig, epochs: int) -> float:
+    """Learning rate for ``epoch`` (0-based); pure."""
+    if optim.schedule == "cosine":
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if optim.schedule == "step":
+        return optim.lr * 0.1 ** sum(epoch >= int(epochs * f) for f in (0.6, 0.8))
+    return optim.lr
+
+
 def make_adam(groups: list[dict], optim_cfg) -> torch.optim.Adam:
     """Adam over ``groups``: fused where this torch and device support it
     (CUDA, and CPU since torch 2.4), else foreach."""
@@ -341,6 +350,46 @@ def make_adam(groups: list[dict], optim_cfg) -> torch.optim.Adam:
         return torch.optim.Adam(groups, fused=True, **kw)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(groups, foreach=True, **kw)
+
+
+def lr_groups(lrs: Sequence[float]) -> list[tuple[int, int]]:
+    """The slices ``(start, stop)`` of equal consecutive learning rates in
+    ``lrs`` (sorted: one Adam parameter group each)."""
+    groups: list[tuple[int, int]] = []
+    for i, lr in enumerate(lrs):
+        if groups and lrs[groups[-1][0]] == lr:
+            groups[-1] = (groups[-1][0], i + 1)
+        else:
+            groups.append((i, i + 1))
+    return groups
+
+
+class GroupedAdam:
+    """One Adam over a stack whose configurations are ordered by learning
+    rate: a parameter group per run of equal rates, over row slices of the
+    stacked tensors; each configuration follows its own schedule."""
+
+    def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig]):
+        self.cfgs = cfgs
+        self.groups = lr_groups([c.optim.lr for c in cfgs])
+        with torch.no_grad():
+            self.views = [[p[a:b] for p in stack.params] for a, b in self.groups]
+        self.opt = make_adam([{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(self.views, self.groups)],
+                             cfgs[0].optim)
+
+    def schedule(self, epoch: int) -> list[float]:
+        """Set the groups' learning rates for ``epoch``; returns each configuration's."""
+        lrs = [get_lr(epoch, c.optim, c.epochs) for c in self.cfgs]
+        for g, (a, _) in zip(self.opt.param_groups, self.groups):
+            g["lr"] = lrs[a]
+        return lrs
+
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One step with the gradients of the stacked tensors (in stack order)."""
+        for v, (a, b) in zip(self.views, self.groups):
+            for p, g in zip(v, grads):
+                p.grad = g[a:b]
+        self.opt.step()
 
 
 def loss_terms(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -352,32 +401,157 @@ def loss_terms(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Ten
     return F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
 
 
-def diverged_message(epoch: int, loss: float, lr: float, cfg: "TrainConfig") -> str:
-    return (f"training diverged at epoch {epoch}: the loss is {loss} (lr {lr:g}, "
-            f"lds={'on' if cfg.lds.enabled else 'off'}, fds={'on' if cfg.fds.enabled else 'off'}); "
-            "try a lower --lr")
-
-
 # ----------------------------------------------------------------- training
 
-def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceData | None = None,
+def init_stack(cfgs: Sequence[TrainConfig], head_cfg: HeadConfig, y_mean: float, device: str) -> HeadStack:
+    """Each configuration's head initialised for its seed, its output bias at
+    the mean training label, stacked."""
+    heads = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)  # the same draws as the plain loop: init, then dropout
+        h = ResidualMLPHead(head_cfg)
+        with torch.no_grad():
+            h.fc.bias.fill_(y_mean)
+        heads.append(h)
+    return HeadStack.from_heads(heads, device)
+
+
+@dataclass
+class TrainingRows:
+    """The training rows as a stack trains on them: the LDS weights of each
+    configuration ``[K, N]`` and, only when FDS needs them, the rows' label
+    bins and the bins' counts."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    weights: torch.Tensor
+    bins: torch.Tensor | None
+    count: torch.Tensor | None
+    batch_size: int
+
+    @classmethod
+    def of(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins) -> "TrainingRows":
+        labels = data.label[dev.tr]
+        weights = torch.from_numpy(np.stack([c.lds.weights(labels, bins) for c in cfgs])).to(dev.device)
+        b_tr = count = None  # no bins at all unless FDS needs them (LDS weights are per image)
+        if cfgs[0].fds.enabled:
+            b_tr = torch.from_numpy(bins.index(labels)).to(dev.device)
+            count = torch.bincount(b_tr, minlength=bins.n).float()
+        return cls(dev.x_tr, dev.y_tr, weights, b_tr, count, cfgs[0].batch_size)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, perm: torch.Tensor) -> Iterator[tuple]:
+        """``(x, y, weights, bins, n_rows)`` per batch, each configuration's
+        rows in its own order ``perm`` [K, N]."""
+        n, bs = len(self), self.batch_size
+        for i in range(0, n, bs):
+            if bs >= n:  # the order of one full batch does not matter: no gather
+                yield self.x, self.y.expand(len(perm), -1), self.weights, self.bins, n
+            else:
+                idx = perm[:, i:i + bs]
+                yield (self.x[idx], self.y[idx], self.weights.gather(1, idx),
+                       self.bins[idx] if self.bins is not None else None, idx.shape[1])
+
+
+def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
+                fds: StackedFDS | None, loss: str) -> list[float]:
+    """One pass over the training rows, features calibrated by ``fds`` (None:
+    not this epoch); returns each configuration's mean training loss."""
+    loss_sum = torch.zeros(stack.k, device=rows.weights.device)
+    for xb, yb, wb, bb, n in rows.batches(perm):
+        z = stack.features(xb)
+        if fds is not None:
+            z = fds.calibrate(z, bb)
+        loss_k = (loss_terms(stack.output(z, train=True), yb, loss) * wb).mean(dim=-1)
+        opt.step(torch.autograd.grad(loss_k.sum(), stack.params))
+        loss_sum += loss_k.detach() * n
+    return [s / len(rows) for s in loss_sum.tolist()]
+
+
+def validation_mae(stack: HeadStack, dev: DeviceData) -> list[float]:
+    if len(dev.va):
+        return (stack.predict(dev.x_va) - dev.y_va).abs().mean(dim=1).tolist()
+    return [math.nan] * stack.k
+
+
+class BestEpochs:
+    """Per configuration of a stack: its history, its best validation epoch
+    so far with that epoch's parameters (and FDS state), and the divergence
+    it ran into, if any (it is then never improved again)."""
+
+    def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig], has_val: bool):
+        self.stack, self.cfgs, self.has_val = stack, cfgs, has_val
+        self.params = [p.detach().clone() for p in stack.params]
+        self.val = [math.inf] * stack.k
+        self.epoch = [-1] * stack.k
+        self.diverged: dict[int, str] = {}
+        self.history: list[list[dict[str, float]]] = [[] for _ in range(stack.k)]
+
+    def record(self, epoch: int, lrs: list[float], train_loss: list[float], val: list[float],
+               fds: StackedFDS | None) -> None:
+        for k, tl in enumerate(train_loss):
+            if k not in self.diverged and not math.isfinite(tl):
+                self.diverged[k] = diverged_message(epoch, tl, lrs[k], self.cfgs[k])
+        improved = []
+        for k in range(self.stack.k):
+            self.history[k].append({"epoch": epoch, "lr": lrs[k], "train_loss": train_loss[k], "val_mae": val[k]})
+            better = (val[k] < self.val[k]) if self.has_val else True
+            improved.append(better and k not in self.diverged)
+            if improved[-1]:
+                self.val[k], self.epoch[k] = (val[k] if self.has_val else math.nan), epoch
+        if any(improved):
+            mask = torch.tensor(improved, device=self.params[0].device)
+            with torch.no_grad():
+                for bp, p in zip(self.params, self.stack.params):
+                    bp[mask] = p[mask]
+            if fds is not None:
+                fds.keep_best(mask)
+
+    def outcome(self, k: int, data: CacheData, bins: Bins, fds: StackedFDS | None, pred: np.ndarray,
+                seconds: float, device: str) -> TrainResult | TrainingDiverged:
+        """Configuration ``k``'s head of its best epoch, packaged with its
+        predictions ``pred`` for every cached image; or why there is none."""
+        c, best_epoch = self.cfgs[k], self.epoch[k]
+        if k in self.diverged:
+            return TrainingDiverged(self.diverged[k])
+        if best_epoch < 0:
+            return TrainingDiverged(never_finite_message(c))
+        if not np.isfinite(pred).all():
+            return TrainingDiverged(nonfinite_predictions_message(best_epoch))
+        head = ResidualMLPHead(c.head, c.fds, bins.n)
+        state = self.stack.state_dict_of(k, self.params)
+        if fds is not None:
+            state.update({f"fds.{n}": t for n, t in fds.state_dict_of(k, c.fds, best_epoch).items()})
+        head.load_state_dict(state)
+        return package_result(data, c, bins, head.eval(), pred, best_epoch=best_epoch, best_val_mae=self.val[k],
+                              history=self.history[k], seconds=seconds, device=device)
+
+
+def _epochs(n: int, progress: bool, desc: str):
+    if not progress:
+        return range(n)
+    from tqdm.auto import tqdm
+
+    return tqdm(range(n), desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData | None = None,
                 progress: bool = False, desc: str = "training", checked: bool = False
-                ) -> list["TrainResult | TrainingDiverged"]:
+                ) -> list[TrainResult | TrainingDiverged]:
     """Train the configurations ``cfgs`` (equal :func:`stack_key`) together.
 
     Returns, in the order given, each configuration's
-    :class:`~iqa_cache.train.TrainResult` (best validation epoch, its
+    :class:`~iqa_cache.results.TrainResult` (best validation epoch, its
     predictions and metrics; ``seconds`` is its share of the stack's time)
     or the :class:`~iqa_cache.errors.TrainingDiverged` it ran into.  ``dev``
     is the data already on the device; ``checked`` skips the checks (and
     warnings) that :func:`train_many` made once for all stacks."""
-    from .train import TrainResult, get_lr, summarize
-
     t0 = time.perf_counter()
     if not cfgs:
         return []
-    keys = {stack_key(c) for c in cfgs}
-    if len(keys) > 1:
+    if len({stack_key(c) for c in cfgs}) > 1:
         raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
     c0 = cfgs[0]
     device = dev.device if dev is not None else resolve_device(c0.device)
@@ -386,139 +560,33 @@ def train_stack(data: CacheData, cfgs: Sequence["TrainConfig"], *, dev: DeviceDa
         check_data(data, c0, bins)
         for c in cfgs:
             check_fds_bins(c, bins)
-    if dev is None:
-        dev = to_device(data, device)
+    dev = dev if dev is not None else to_device(data, device)
     head_cfg = replace(c0.head, in_dim=int(data.features.shape[1]))
-    # equal learning rates next to each other: one Adam param group per run
-    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)
+    order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)  # equal learning rates side by side
     cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
-    k_all = len(cfgs)
 
-    heads = []
-    for c in cfgs:
-        torch.manual_seed(c.seed)  # the same draws as train_head: init, then dropout
-        h = ResidualMLPHead(head_cfg)
-        with torch.no_grad():
-            h.fc.bias.fill_(dev.y_mean)
-        heads.append(h)
-    stack = HeadStack.from_heads(heads, device)
-    del heads
+    stack = init_stack(cfgs, head_cfg, dev.y_mean, device)
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-
-    runs: list[tuple[int, int]] = []
-    for i, c in enumerate(cfgs):
-        if runs and cfgs[runs[-1][0]].optim.lr == c.optim.lr:
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    with torch.no_grad():
-        views = [[p[a:b] for p in stack.params] for a, b in runs]
-    opt = make_adam([{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(views, runs)], c0.optim)
-
-    labels_tr = data.label[dev.tr]
-    w_lds = torch.from_numpy(np.stack([c.lds.weights(labels_tr, bins) for c in cfgs])).to(device)
-    fds, count, b_tr = None, None, None  # no bins at all unless FDS needs them (LDS weights are per image)
-    if c0.fds.enabled:
-        b_tr = torch.from_numpy(bins.index(labels_tr)).to(device)
-        count = torch.bincount(b_tr, minlength=bins.n).float()
-        fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device)
-
-    n_tr, n_va, bs = len(dev.tr), len(dev.va), c0.batch_size
-    full_batch = bs >= n_tr
-    best_params = [p.detach().clone() for p in stack.params]
-    best_val = [math.inf] * k_all
-    best_epoch = [-1] * k_all
-    diverged: dict[int, str] = {}
-    history: list[list[dict[str, float]]] = [[] for _ in range(k_all)]
-
-    epochs = range(c0.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
-    for epoch in epochs:
-        lrs = [get_lr(epoch, c.optim, c.epochs) for c in cfgs]
-        for g, (a, _) in zip(opt.param_groups, runs):
-            g["lr"] = lrs[a]
-        perm = torch.stack([torch.randperm(n_tr, generator=g) for g in gens]).to(device)
+    opt = GroupedAdam(stack, cfgs)
+    rows = TrainingRows.of(data, dev, cfgs, bins)
+    fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
+    best = BestEpochs(stack, cfgs, has_val=len(dev.va) > 0)
+    for epoch in _epochs(c0.epochs, progress, desc):
+        lrs = opt.schedule(epoch)
+        perm = torch.stack([torch.randperm(len(rows), generator=g) for g in gens]).to(device)
         calibrating = fds is not None and fds.updated and epoch >= fds.start_smooth
-        loss_sum = torch.zeros(k_all, device=device)
-        for i in range(0, n_tr, bs):
-            if full_batch:  # the order of one full batch does not matter: no gather
-                xb, yb, wb, bb = dev.x_tr, dev.y_tr.expand(k_all, -1), w_lds, b_tr
-            else:
-                idx = perm[:, i:i + bs]
-                xb, yb, wb = dev.x_tr[idx], dev.y_tr[idx], w_lds.gather(1, idx)
-                bb = b_tr[idx] if b_tr is not None else None
-            z = stack.features(xb)
-            if calibrating:
-                z = fds.calibrate(z, bb)
-            pred = stack.output(z, train=True)
-            loss_k = (loss_terms(pred, yb, c0.loss) * wb).mean(dim=-1)
-            grads = torch.autograd.grad(loss_k.sum(), stack.params)
-            for v, (a, b) in zip(views, runs):
-                for p, g in zip(v, grads):
-                    p.grad = g[a:b]
-            opt.step()
-            loss_sum += loss_k.detach() * (n_tr if full_batch else idx.shape[1])
-        train_loss = [s / n_tr for s in loss_sum.tolist()]
-        for k, tl in enumerate(train_loss):
-            if k not in diverged and not math.isfinite(tl):
-                diverged[k] = diverged_message(epoch, tl, lrs[k], cfgs[k])
+        train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, c0.loss)
         if fds is not None and epoch >= fds.start_update:
-            fds.update(stack, dev.x_tr, b_tr, count)
-        if n_va:
-            val = (stack.predict(dev.x_va) - dev.y_va).abs().mean(dim=1).tolist()
-        else:
-            val = [math.nan] * k_all
-        improved = []
-        for k in range(k_all):
-            history[k].append({"epoch": epoch, "lr": lrs[k], "train_loss": train_loss[k], "val_mae": val[k]})
-            better = (val[k] < best_val[k]) if n_va else True
-            improved.append(better and k not in diverged)
-            if improved[-1]:
-                best_val[k], best_epoch[k] = (val[k] if n_va else math.nan), epoch
-        if any(improved):
-            mask = torch.tensor(improved, device=device)
-            with torch.no_grad():
-                for bp, p in zip(best_params, stack.params):
-                    bp[mask] = p[mask]
-            if fds is not None:
-                fds.keep_best(mask)
+            fds.update(stack, rows.x, rows.bins, rows.count)
+        best.record(epoch, lrs, train_loss, validation_mae(stack, dev), fds)
 
-    pred_all = stack.predict(dev.x_all, best_params).cpu().numpy().astype(np.float64)
-    share = (time.perf_counter() - t0) / k_all
-    out: list = []
-    for k, c in enumerate(cfgs):
-        if k in diverged:
-            out.append(TrainingDiverged(diverged[k]))
-            continue
-        if best_epoch[k] < 0:
-            out.append(TrainingDiverged(f"the validation MAE was never finite in {c.epochs} epochs "
-                                        f"(lr {c.optim.lr:g}); try a lower --lr"))
-            continue
-        if not np.isfinite(pred_all[k]).all():
-            out.append(TrainingDiverged(f"the selected head (epoch {best_epoch[k]}) predicts non-finite values; "
-                                        "try a lower --lr"))
-            continue
-        head = ResidualMLPHead(head_cfg, c.fds, bins.n)
-        state = stack.state_dict_of(k, best_params)
-        if fds is not None:
-            state.update({f"fds.{n}": t for n, t in fds.state_dict_of(k, c.fds, best_epoch[k]).items()})
-        head.load_state_dict(state)
-        predictions = pd.DataFrame({"image_id": data.image_id, "split": data.split,
-                                    "label": data.label.astype(np.float64), "pred": pred_all[k]})
-        metrics = summarize(predictions, data.label_range)
-        metrics.update({"best_epoch": best_epoch[k], "best_val_mae": best_val[k], "epochs": c.epochs})
-        out.append(TrainResult(head=head.eval(), config=c, bins=bins, best_epoch=best_epoch[k],
-                               best_val_mae=best_val[k], history=history[k], predictions=predictions,
-                               metrics=metrics, seconds=share, device=device))
-    back = [None] * k_all
-    for pos, i in enumerate(order):
-        back[i] = out[pos]
-    return back
+    pred_all = stack.predict(dev.x_all, best.params).cpu().numpy().astype(np.float64)
+    share = (time.perf_counter() - t0) / len(cfgs)
+    results = [best.outcome(k, data, bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]
+    return [results[order.index(i)] for i in range(len(cfgs))]
 
 
-def plan_stacks(cfgs: Sequence["TrainConfig"], max_stack: int) -> list[list[int]]:
+def plan_stacks(cfgs: Sequence[TrainConfig], max_stack: int) -> list[list[int]]:
     """Indices of ``cfgs`` grouped into stacks: equal :func:`stack_key`, at
     most ``max_stack`` each, in order of first appearance."""
     if max_stack < 1:
@@ -529,8 +597,8 @@ def plan_stacks(cfgs: Sequence["TrainConfig"], max_stack: int) -> list[list[int]
     return [g[a:a + max_stack] for g in groups.values() for a in range(0, len(g), max_stack)]
 
 
-def train_many(data: CacheData, cfgs: Sequence["TrainConfig"], *, max_stack: int = 64, progress: bool = False
-               ) -> Iterator[tuple[int, "TrainResult | TrainingDiverged"]]:
+def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int = 64, progress: bool = False
+               ) -> Iterator[tuple[int, TrainResult | TrainingDiverged]]:
     """Train every configuration, those that share shapes together in
     stacks of at most ``max_stack``; yield ``(index, result or
     TrainingDiverged)`` as each stack finishes.  Invalid settings raise
@@ -544,11 +612,11 @@ def train_many(data: CacheData, cfgs: Sequence["TrainConfig"], *, max_stack: int
             checked.add(bins)
         check_fds_bins(c, bins)
     devices: dict[str, DeviceData] = {}
-    for s, stack in enumerate(stacks):
-        device = resolve_device(cfgs[stack[0]].device)
+    for s, members in enumerate(stacks):
+        device = resolve_device(cfgs[members[0]].device)
         if device not in devices:
             devices[device] = to_device(data, device)
-        desc = f"stack {s + 1}/{len(stacks)} ({len(stack)} config{'s' if len(stack) > 1 else ''})"
-        results = train_stack(data, [cfgs[i] for i in stack], dev=devices[device], progress=progress, desc=desc,
+        desc = f"stack {s + 1}/{len(stacks)} ({len(members)} config{'s' if len(members) > 1 else ''})"
+        results = train_stack(data, [cfgs[i] for i in members], dev=devices[device], progress=progress, desc=desc,
                               checked=True)
-        yield from zip(stack, results)
+        yield from zip(members, results)

@@ -1,6 +1,6 @@
 """The vectorised FDS (the library layer, and the stacked one that trains
 many configurations at once) against a reference-style FDS that loops over
-labels in Python (bench/reference.py, written without the library), over
+labels in Python (tests/reference.py, written without the library), over
 several epochs of updates and calibrations; the schedule against the
 reference's literal timing; empty bins against the reference's filling."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reference import RefFDS, ref_fill_empty_buckets
+from tests.reference import RefFDS, ref_fill_empty_buckets
 from iqa_cache.imbalance import FDS, FDSConfig
 from iqa_cache.stacked import StackedFDS, padded_windows, stacked_smooth
 from iqa_cache.imbalance import fds_window, smooth_statistics

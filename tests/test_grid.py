@@ -15,7 +15,8 @@ from iqa_cache.errors import TrainingDiverged
 from iqa_cache.head import HeadConfig
 from iqa_cache.imbalance import FDSConfig, LDSConfig
 from iqa_cache.stacked import plan_stacks, stack_key, train_stack
-from iqa_cache.train import OptimConfig, TrainConfig, train_head, train_head_simple
+from iqa_cache.train import OptimConfig, TrainConfig, train_head
+from tests.reference import train_head_simple
 
 from .conftest import learnable_problem, write_feature_cache
 

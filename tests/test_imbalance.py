@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import convolve1d
 
-from bench.reference import calibrate_mean_var, ref_bin, ref_kernel_window, ref_lds_weights
+from tests.reference import calibrate_mean_var, ref_bin, ref_kernel_window, ref_lds_weights
 
 from iqa_cache.errors import ConfigError
 from iqa_cache.imbalance import (FDS, Bins, FDSConfig, LDSConfig, bin_statistics, calibrate, fds_window,
@@ -16,8 +16,8 @@ from iqa_cache.imbalance import (FDS, Bins, FDSConfig, LDSConfig, bin_statistics
 from .conftest import koniq_like_labels
 
 
-# The reference formulas, label by label, live in bench/reference.py (also
-# benchmark variant (a)); it imports nothing from iqa_cache.
+# The reference formulas, label by label, live in tests/reference.py (also
+# benchmark variant (a)), written without iqa_cache.
 
 def plain_window(kernel: str, ks: int, sigma: float) -> list[float]:
     return list(ref_kernel_window(kernel, ks, sigma))

@@ -1,4 +1,6 @@
-"""A reference-style implementation of the head, LDS and FDS: benchmark
+"""The references the library is compared with (tests and benchmarks).
+
+First, a reference-style implementation of the head, LDS and FDS: benchmark
 variant (a), and the independent per-label FDS that the tests compare the
 library with.
 
@@ -16,13 +18,18 @@ start_smooth); ``schedule="project"`` is this project's deliberate deviation
 as such.  Labels are binned first (DESIGN §6.3) and dropout, when used, acts
 after FDS as in the reference.
 
-Nothing here imports ``iqa_cache``: it is a second, plain implementation.
+None of that uses ``iqa_cache``: it is a second, plain implementation.
+
+Last, :func:`train_head_simple`: the library's own training (its head,
+configs, bins and result packaging) as one plain loop, the reference that
+the stacked engine of :mod:`iqa_cache.stacked` must match.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
+from dataclasses import replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 import numpy as np
@@ -32,6 +39,17 @@ from scipy.ndimage import convolve1d, gaussian_filter1d
 from scipy.signal.windows import triang
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+
+# for the plain loop only (the last section)
+from iqa_cache.cache import CacheData
+from iqa_cache.config import TrainConfig
+from iqa_cache.device import resolve_device
+from iqa_cache.errors import TrainingDiverged
+from iqa_cache.head import ResidualMLPHead
+from iqa_cache.results import (TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message,
+                               package_result)
+from iqa_cache.stacked import check_data, get_lr, loss_terms
+from iqa_cache.train import predict
 
 # ----------------------------------------------------------------- windows
 
@@ -343,3 +361,85 @@ def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, ep
         model.load_state_dict(best_state)
     return {"best_val_mae": best, "best_epoch": best_epoch, "test_mae": evaluate(test_loader),
             "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------ the plain loop
+# The one part of this module that uses iqa_cache (its head, configs, bins and
+# result packaging): the library's own training written as one readable loop,
+# the reference that the stacked engine (iqa_cache.stacked) is tested against.
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+    return (loss_terms(pred, target, kind) * weight).mean()
+
+
+def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> TrainResult:
+    """:func:`iqa_cache.train.train_head` as one plain loop over ``nn.Module``
+    layers and ``torch.optim.Adam``: slower, easy to read, and the reference
+    that the stacked engine must match."""
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    bins = cfg.bins(data.label_range)
+    check_data(data, cfg, bins)
+    tr, va = data.subset("train"), data.subset("val")
+    head_cfg = replace(cfg.head, in_dim=int(data.features.shape[1]))
+    cfg = replace(cfg, head=head_cfg, device=device)
+
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_all = torch.from_numpy(data.features).to(device)
+    y_all = torch.from_numpy(data.label).to(device)
+    tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
+    x_tr, y_tr = x_all[tr_t], y_all[tr_t]
+    b_tr = torch.from_numpy(bins.index(data.label[tr])).to(device) if cfg.fds.enabled else None
+    w_tr = torch.from_numpy(cfg.lds.weights(data.label[tr], bins)).to(device)
+    x_va, y_va = x_all[va_t], y_all[va_t]
+
+    head = ResidualMLPHead(head_cfg, cfg.fds, bins.n).to(device)
+    with torch.no_grad():
+        head.fc.bias.fill_(float(y_tr.mean()))  # start from the mean label, not from 0
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                           weight_decay=cfg.optim.weight_decay)
+
+    best_mae, best_epoch, best_state = math.inf, -1, None
+    history: list[dict[str, float]] = []
+    n_tr, bs = len(tr), cfg.batch_size
+    epochs = range(cfg.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc="training", unit="epoch", leave=False, dynamic_ncols=True)
+    for epoch in epochs:
+        lr = get_lr(epoch, cfg.optim, cfg.epochs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        head.train()
+        perm = torch.randperm(n_tr, generator=gen).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, n_tr, bs):
+            idx = perm[i:i + bs]
+            pred = head(x_tr[idx], b_tr[idx] if b_tr is not None else None, epoch)
+            loss = weighted_loss(pred, y_tr[idx], w_tr[idx], cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+        train_loss = float(loss_sum) / n_tr
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(diverged_message(epoch, train_loss, lr, cfg))
+        if head.fds is not None and epoch >= cfg.fds.start_update:
+            with torch.no_grad():
+                head.eval()
+                head.fds.update(head.features(x_tr), b_tr, epoch)
+        val_mae = float((predict(head, x_va) - y_va).abs().mean()) if len(va) else math.nan
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_mae": val_mae})
+        improved = val_mae < best_mae if len(va) else True
+        if improved:
+            best_mae, best_epoch = (val_mae if len(va) else math.nan), epoch
+            best_state = copy.deepcopy(head.state_dict())
+    if best_state is None:
+        raise TrainingDiverged(never_finite_message(cfg))
+    head.load_state_dict(best_state)
+    pred_all = predict(head, x_all).cpu().numpy().astype(np.float64)
+    if not np.isfinite(pred_all).all():
+        raise TrainingDiverged(nonfinite_predictions_message(best_epoch))
+    return package_result(data, cfg, bins, head.cpu(), pred_all, best_epoch=best_epoch, best_val_mae=best_mae,
+                          history=history, seconds=time.perf_counter() - t0, device=device)
