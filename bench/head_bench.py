@@ -32,7 +32,6 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import this chec
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.reference import ref_train  # noqa: E402
 from iqa_cache.cache import CacheData  # noqa: E402
 from iqa_cache.device import resolve_device  # noqa: E402
 from iqa_cache.grid import expand, parse_grid  # noqa: E402
@@ -40,6 +39,7 @@ from iqa_cache.imbalance import FDSConfig, LDSConfig  # noqa: E402
 from iqa_cache.stacked import plan_stacks, train_many  # noqa: E402
 from iqa_cache.synth import sample_koniq_like_labels  # noqa: E402
 from iqa_cache.train import OptimConfig, TrainConfig, train_head  # noqa: E402
+from tests.reference import ref_train  # noqa: E402
 
 SPLITS = {"train": 7058, "val": 1000, "test": 2015}
 GRID = ("lds=on; fds=on; lds_kernel=gaussian,triang,laplace; fds_kernel=gaussian,laplace,triang; "

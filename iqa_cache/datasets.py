@@ -121,7 +121,8 @@ def _pick_column(df: pd.DataFrame, csv_path: Path, wanted: str | None, candidate
     cols = list(df.columns)
     if wanted is not None:
         if wanted not in cols:
-            raise DatasetError(f"CSV file {csv_path} has no column '{wanted}' ({option}); columns are: {', '.join(cols)}")
+            raise DatasetError(f"CSV file {csv_path} has no column '{wanted}' ({option}); "
+                               f"columns are: {', '.join(cols)}")
         return wanted
     lower = {c.lower(): c for c in cols}
     for c in candidates:

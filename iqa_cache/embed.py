@@ -33,8 +33,15 @@ from .commit import AsyncCommitter
 from .datasets import Manifest
 from .decode import DECODERS
 from .device import resolve_device
-from .encoder import (EncoderConfig, feature_width, load_encoder, preprocess_for, provenance, resolve_model_name,
-                      resolve_weights)
+from .encoder import (
+    EncoderConfig,
+    feature_width,
+    load_encoder,
+    preprocess_for,
+    provenance,
+    resolve_model_name,
+    resolve_weights,
+)
 from .errors import ConfigError, DatasetError
 from .pil_pipeline import run_pil_pipeline as _run_pil  # the name tests patch
 from .pipeline import TensorLoader, run_tensor_pipeline

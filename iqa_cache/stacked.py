@@ -48,8 +48,7 @@ from .device import resolve_device
 from .errors import ConfigError, TrainingDiverged
 from .head import ACTIVATIONS, ResidualMLPHead
 from .imbalance import fds_window, fill_empty_bins
-from .results import (TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message,
-                      package_result)
+from .results import TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message, package_result
 
 log = logging.getLogger(__name__)
 

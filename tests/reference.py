@@ -46,8 +46,13 @@ from iqa_cache.config import TrainConfig
 from iqa_cache.device import resolve_device
 from iqa_cache.errors import TrainingDiverged
 from iqa_cache.head import ResidualMLPHead
-from iqa_cache.results import (TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message,
-                               package_result)
+from iqa_cache.results import (
+    TrainResult,
+    diverged_message,
+    never_finite_message,
+    nonfinite_predictions_message,
+    package_result,
+)
 from iqa_cache.stacked import check_data, get_lr, loss_terms
 from iqa_cache.train import predict
 
