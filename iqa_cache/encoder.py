@@ -14,102 +14,26 @@ OpenCLIP on a machine with a network), a local checkpoint file, or ``none``
 from __future__ import annotations
 
 import difflib
-import hashlib
 import io
 import json
 import logging
 import os
 import pickle
-import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError, WeightsUnavailable
+from .preprocess import (FEATURE_NAME, INIT_SEED, INTERPOLATIONS, OPENAI_MEAN, OPENAI_STD,  # noqa: F401 (re-exported)
+                         PRECISIONS, RESIZE_MODES, EncoderConfig, PreprocessConfig)
+from .weights import Weights, hub_reachable, sha256_file
+
 
 log = logging.getLogger(__name__)
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-RESIZE_MODES = ("squash", "shortest")
-INTERPOLATIONS = ("bicubic", "bilinear")
-PRECISIONS = ("fp32", "bf16", "fp16")
-FEATURE_NAME = "visual.ln_post(CLS token), before visual.proj"
-INIT_SEED = 0  # random-init (--pretrained none) weights are seeded, so reruns match
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How an image becomes the encoder's input tensor.
-
-    ``squash`` resizes the whole image to ``image_size`` x ``image_size``
-    ignoring the aspect ratio (the paper's setting); ``shortest`` is
-    OpenCLIP's default: resize the shorter side, then center-crop.
-    """
-
-    image_size: int = 224
-    resize_mode: str = "squash"
-    interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    exif_transpose: bool = True
-
-    def __post_init__(self) -> None:
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"--resize-mode '{self.resize_mode}' is not one of {', '.join(RESIZE_MODES)}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"interpolation '{self.interpolation}' is not one of {', '.join(INTERPOLATIONS)}")
-        if self.image_size < 8:
-            raise ConfigError(f"image size {self.image_size} is too small")
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Which OpenCLIP model and weights.  ``model`` is an OpenCLIP model name
-    or the path of a model-config JSON file; ``pretrained`` is a tag, a
-    checkpoint path, or ``none``."""
-
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
-    precision: str = "fp32"
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-
-    def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Where encoder weights come from, resolved and checksummed."""
-
-    kind: str  # 'tag' | 'file' | 'none'
-    value: str  # the tag, the file path, or 'none'
-    path: str = ""  # checkpoint file actually loaded
-    sha256: str = ""
-    hf_hub: str = ""
-
-    @property
-    def identity(self) -> str:
-        """What makes two weights the same: the checksum, or 'none'."""
-        return "none" if self.kind == "none" else f"sha256:{self.sha256}"
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
 
 # sizes in an OpenCLIP model config: each a positive whole number (or a list of them)
 _SIZE_KEYS = ("embed_dim", "image_size", "layers", "width", "patch_size", "head_width", "heads", "context_length",
@@ -200,18 +124,6 @@ def resolve_model_name(model: str) -> tuple[str, str]:
     return model, ""
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _cached_hub_file(repo: str) -> str | None:
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -255,7 +167,7 @@ def resolve_weights(model_name: str, pretrained: str, *, download: bool = True) 
     if path is None:
         if not download:
             raise WeightsUnavailable(f"weights for {model_name}/{pretrained} are not in the local cache")
-        if hub and not _hub_reachable():
+        if hub and not hub_reachable():
             raise WeightsUnavailable(
                 f"cannot download the {model_name} '{pretrained}' weights: the Hugging Face hub is out of reach "
                 "(no network, or HF_HUB_OFFLINE is set); pass --pretrained PATH with a local checkpoint, "

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoder import PreprocessConfig
+from .preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 

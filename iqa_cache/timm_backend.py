@@ -119,7 +119,7 @@ def package_file() -> str:
 
 def resolve_weights(model: str, pretrained: str, *, download: bool = True):
     """``--pretrained`` for a timm model, resolved to a file and checksummed."""
-    from .encoder import Weights, _hub_reachable, sha256_file
+    from .weights import Weights, hub_reachable, sha256_file
 
     arch, _ = split_name(model)
     if pretrained.lower() == "none":
@@ -146,7 +146,7 @@ def resolve_weights(model: str, pretrained: str, *, download: bool = True):
     if path is None:
         if not download:
             raise WeightsUnavailable(f"weights for timm:{full} are not in the local cache")
-        if not _hub_reachable():
+        if not hub_reachable():
             raise WeightsUnavailable(
                 f"cannot download the timm:{full} weights: the Hugging Face hub is out of reach (no network, or "
                 f"HF_HUB_OFFLINE is set); pass --pretrained PATH with a local checkpoint, --pretrained none for "
@@ -198,7 +198,7 @@ def _data_config(model: str, weights) -> dict[str, Any]:
 
 def preprocess_for(model: str, weights, resize_mode: str, image_size: int | None = None,
                    interpolation: str | None = None):
-    from .encoder import INTERPOLATIONS, PreprocessConfig
+    from .preprocess import INTERPOLATIONS, PreprocessConfig
 
     data = _data_config(model, weights)
     size = image_size or int(data["input_size"][-1])

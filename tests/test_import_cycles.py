@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "iqa_cache"
 
@@ -75,9 +74,6 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: encoder<->timm_backend still import each other (timm_backend "
-                   "takes Weights, sha256_file, _hub_reachable, INTERPOLATIONS, PreprocessConfig from encoder); "
-                   "remove this mark once they are untied")
 def test_no_import_cycle_inside_the_package():
     graph = import_graph()
     assert len(graph) > 10
