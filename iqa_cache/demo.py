@@ -27,31 +27,14 @@ from .timm_backend import PACKAGE_TAG
 from .imbalance import FDSConfig, LDSConfig
 from .report import Report, ReportConfig, build_report, format_report
 from .runs import load_run, write_run
+from .settings import DEFAULT_TAG, DemoConfig  # noqa: F401  (re-exported: their old place)
 from .synth import SynthSpec, ensure_dataset
 from .train import OptimConfig, TrainConfig, train_head
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TAG = "laion2b_s34b_b79k"
 OFFLINE_MODEL = "timm:efficientnet_lite0"
 OFFLINE_WEIGHTS = PACKAGE_TAG
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    workdir: Path = Path("cache") / "demo-data"
-    cache_dir: Path = Path("cache")
-    runs_dir: Path = Path("runs") / "demo"
-    n_images: int = 600  # train + val, KonIQ-like labels
-    test_per_range: int = 40  # balanced test split: this many per label range
-    model: str = "ViT-B-32"
-    pretrained: str = DEFAULT_TAG
-    offline: bool = False
-    device: str = "auto"
-    batch_size: int = 32
-    epochs: int = 80  # constant lr; the best (val) epoch of the demo heads lies near 20
-    lr: float = 1e-3
-    seed: int = 0
 
 
 @dataclass

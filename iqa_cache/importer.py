@@ -33,6 +33,7 @@ from . import cache as cache_mod
 from .datasets import (Manifest, _apply_range, _check_duplicates, _parse_labels, _parse_splits, _pick_column,
                        _read_csv, seeded_split)
 from .errors import CacheError, DatasetError
+from .settings import ImportConfig  # noqa: F401  (re-exported: its old place)
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +48,6 @@ def item_noun(cache_attrs: dict[str, Any] | None) -> str:
     """How tables name a cache's rows: ``images`` for embedded images,
     ``items`` for imported features (which need not be images)."""
     return "items" if (cache_attrs or {}).get("feature_source") == IMPORTED else "images"
-
-
-@dataclass(frozen=True)
-class ImportConfig:
-    """``features_key``/``ids_key``: the array (npz, h5) or column (parquet)
-    holding the features and the ids [default: the first of
-    :data:`FEATURE_KEYS` / :data:`ID_KEYS` present; for npz/h5 also the only
-    2-D array; for parquet without a feature column, every numeric column but
-    the ids].  ``id_col``/``label_col``/``split_col``: CSV columns (defaults
-    as ``iqa embed --dataset csv``; no split column: a seeded split)."""
-
-    features: Path
-    labels: Path
-    out: Path
-    features_key: str | None = None
-    ids_key: str | None = None
-    id_col: str | None = None
-    label_col: str | None = None
-    split_col: str | None = None
-    label_range: tuple[float, float] | None = None
-    out_of_range: str = "error"
-    split_seed: int = 0
-    name: str | None = None
-    overwrite: bool = False
 
 
 @dataclass

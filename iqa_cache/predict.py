@@ -30,31 +30,13 @@ from .encoder import (INIT_SEED, Encoder, EncoderConfig, ImageLoadError, Preproc
                       build_transform, feature_name, load_encoder, load_image, resolve_model_name, resolve_weights)
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
 from .runs import Run, load_head, load_run, run_state, write_atomic
+from .settings import PredictConfig  # noqa: F401  (re-exported: its old place)
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 NEEDED = ("model", "pretrained_kind", "pretrained_sha256", "image_size", "resize_mode", "interpolation", "mean", "std",
           "precision", "feature_dim")
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """``pretrained``: a checkpoint file to use instead of the recorded one
-    (a moved file; still checksum-verified).  ``workers`` None: decode in
-    the main process for small inputs, else in a few processes."""
-
-    pretrained: str | None = None
-    device: str = "auto"
-    batch_size: int = 32
-    workers: int | None = None
-    max_pixels: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
 
 
 @dataclass

@@ -136,6 +136,13 @@ def _env():
     return env
 
 
+def test_the_cli_imports_no_heavy_library():
+    code = f"import sys, iqa_cache.cli.main; print([m for m in {HEAVY!r} if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 WRAPPER = """
 import atexit, json, sys
 out = sys.argv.pop(1)

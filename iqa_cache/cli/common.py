@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Callable, TypeVar
+from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 
@@ -81,6 +81,27 @@ class OutOfRange(str, Enum):
     error = "error"
     clip = "clip"
     drop = "drop"
+
+
+# The label CSV's columns and the label scale: declared once for `iqa embed`
+# (--dataset csv; webdataset reads json keys of the same names) and `iqa import`.
+_LABEL_COL_HELP = "CSV column with the labels [default: label, mos, score or quality]"
+_SPLIT_COL_HELP = ("CSV column with train/val/test [default: split or set; without one, a seeded random split in "
+                   "KonIQ-10k's proportions, about 70/10/20]")
+LabelCol = Annotated[Optional[str], typer.Option("--label-col", help=_LABEL_COL_HELP + ".")]
+SplitCol = Annotated[Optional[str], typer.Option("--split-col", help=_SPLIT_COL_HELP + ".")]
+# embed's take the webdataset spelling too
+LabelColOrKey = Annotated[Optional[str], typer.Option(
+    "--label-col", "--label-key", help=_LABEL_COL_HELP + "; webdataset: the json key (or a member such as cls) "
+                                                         "with the label.")]
+SplitColOrKey = Annotated[Optional[str], typer.Option(
+    "--split-col", "--split-key", help=_SPLIT_COL_HELP + "; webdataset: the json key with the split.")]
+LabelRange = Annotated[Optional[str], typer.Option(
+    help="The label scale LO,HI [default: the smallest whole-number range that holds every label].",
+    metavar="LO,HI")]
+OutOfRangeOpt = Annotated[OutOfRange, typer.Option(
+    "--out-of-range", help="Labels outside --label-range: error, clip (into the range) or drop (the rows).")]
+SplitSeed = Annotated[int, typer.Option(help="Seed of the random split when the data has none.")]
 
 
 def _not_number(text: str) -> bool:

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from iqa_cache.demo import DemoConfig, demo_text, run_demo
+from iqa_cache.device import Device
+from iqa_cache.settings import DemoConfig
 
 from .app import app
-from .common import Device, echo_out, handle_errors
+from .common import echo_out, handle_errors
 
 
 @app.command("demo")
@@ -36,6 +37,8 @@ def demo_command(
     distribution, the test split is balanced over the label ranges.  Under
     the table: the paired bootstrap of LDS vs vanilla per range.
     """
+    from iqa_cache.demo import demo_text, run_demo
+
     cfg = DemoConfig(workdir=workdir, runs_dir=runs_dir, n_images=n_images, test_per_range=test_per_range,
                      offline=offline, epochs=epochs, device=device.value)
     result = run_demo(cfg, progress=progress)

@@ -10,14 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from iqa_cache import distributed as dist
-from iqa_cache.cache import default_cache_path
-from iqa_cache.sources import load_dataset
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig, PreprocessConfig, default_pretrained
+from iqa_cache.device import Device
 from iqa_cache.errors import ConfigError
 
 from .app import app
+from .common import (EXIT_WITH_FAILURES, DatasetName, LabelColOrKey, LabelRange, OutOfRange, OutOfRangeOpt,
+                     Precision, ResizeMode, SplitColOrKey, SplitSeed, echo_out, handle_errors, parse_range)
 
 
 class Decoder(str, Enum):
@@ -60,8 +58,6 @@ def _allow_pixels(max_pixels: Optional[int]) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = max_pixels
-from .common import (EXIT_WITH_FAILURES, DatasetName, Device, OutOfRange, Precision, ResizeMode, echo_out,
-                     handle_errors, parse_range)
 
 
 @app.command("embed")
@@ -76,17 +72,11 @@ def embed_command(
     resolution: Annotated[Optional[str], typer.Option(help="KonIQ image folder: 1024x768 or 512x384 "
                                                            "(default: whichever exists, 1024x768 first).")] = None,
     image_col: Annotated[Optional[str], typer.Option(help="CSV column with image paths (relative to --root).")] = None,
-    label_col: Annotated[Optional[str], typer.Option("--label-col", "--label-key",
-                                                     help="CSV column with labels; webdataset: json key (or "
-                                                          "member such as cls) with the label.")] = None,
-    split_col: Annotated[Optional[str], typer.Option("--split-col", "--split-key",
-                                                     help="CSV column (webdataset: json key) with train/val/test "
-                                                          "(optional).")] = None,
-    label_range: Annotated[Optional[str], typer.Option(help="Declared label range LO,HI for --dataset csv "
-                                                            "(default: whole numbers around the labels).")] = None,
-    out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside the range: error, clip or drop.")
-                            ] = OutOfRange.error,
-    split_seed: Annotated[int, typer.Option(help="Seed of the random split when the data has none.")] = 0,
+    label_col: LabelColOrKey = None,
+    split_col: SplitColOrKey = None,
+    label_range: LabelRange = None,
+    out_of_range: OutOfRangeOpt = OutOfRange.error,
+    split_seed: SplitSeed = 0,
     model: Annotated[str, typer.Option(help="OpenCLIP model name, or a model-config .json, or timm:NAME (any "
                                             "timm backbone, e.g. timm:vit_base_patch32_clip_224.laion2b).")
                      ] = "ViT-B-32",
@@ -145,6 +135,12 @@ def embed_command(
     is being written by another process; 130 interrupted (Ctrl-C or SIGTERM;
     rerun to complete).
     """
+    from iqa_cache import distributed as dist
+    from iqa_cache.cache import default_cache_path
+    from iqa_cache.embed import EmbedConfig, embed
+    from iqa_cache.encoder import EncoderConfig, PreprocessConfig, default_pretrained
+    from iqa_cache.sources import load_dataset
+
     _allow_pixels(max_pixels)
     if pretrained is None:
         pretrained = default_pretrained(model)

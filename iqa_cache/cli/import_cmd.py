@@ -7,10 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from iqa_cache.importer import ImportConfig, import_features
+from iqa_cache.settings import ImportConfig
 
 from .app import app
-from .common import OutOfRange, echo_out, handle_errors, parse_range
+from .common import (LabelCol, LabelRange, OutOfRange, OutOfRangeOpt, SplitCol, SplitSeed, echo_out, handle_errors,
+                     parse_range)
 
 
 @app.command("import")
@@ -20,20 +21,18 @@ def import_command(
                                                 ".parquet.")],
     labels: Annotated[Path, typer.Option(help="CSV with an id, a label and optionally a split per item.")],
     out: Annotated[Path, typer.Option(help="The cache file to write (.h5).")],
-    id_col: Annotated[Optional[str], typer.Option(help="CSV id column [default: id, image_id, image, ...].")] = None,
-    label_col: Annotated[Optional[str], typer.Option(help="CSV label column [default: label, mos, score].")] = None,
-    split_col: Annotated[Optional[str], typer.Option(help="CSV split column, train/val/test [default: split or "
-                                                          "set; none: a seeded 70/10/20 split].")] = None,
+    id_col: Annotated[Optional[str], typer.Option(help="CSV column with the ids [default: id, image_id, image, "
+                                                       "...].")] = None,
+    label_col: LabelCol = None,
+    split_col: SplitCol = None,
     features_key: Annotated[Optional[str], typer.Option(help="Array (.npz/.h5) or column (.parquet) holding the "
                                                              "features [default: features, embeddings, ... or "
                                                              "the only 2-D array].")] = None,
     ids_key: Annotated[Optional[str], typer.Option(help="Array or column holding the ids [default: ids, id, "
                                                         "image_id, ...; none: feature row i is CSV row i].")] = None,
-    label_range: Annotated[Optional[str], typer.Option(help="The label scale LO,HI [default: the smallest "
-                                                            "whole-number range holding every label].")] = None,
-    out_of_range: Annotated[OutOfRange, typer.Option(help="Labels outside --label-range: error, clip or drop.")
-                            ] = OutOfRange.error,
-    split_seed: Annotated[int, typer.Option(help="Seed of the split when the CSV has none.")] = 0,
+    label_range: LabelRange = None,
+    out_of_range: OutOfRangeOpt = OutOfRange.error,
+    split_seed: SplitSeed = 0,
     name: Annotated[Optional[str], typer.Option(help="Dataset name recorded [default: the features file's "
                                                      "stem].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cache at --out.")] = False,
@@ -45,6 +44,8 @@ def import_command(
     SHA-256, format and shape; it records no encoder, so `iqa predict`
     cannot score new inputs with runs trained on it.
     """
+    from iqa_cache.importer import import_features
+
     cfg = ImportConfig(features=features, labels=labels, out=out, features_key=features_key, ids_key=ids_key,
                        id_col=id_col, label_col=label_col, split_col=split_col,
                        label_range=parse_range(label_range), out_of_range=out_of_range.value,

@@ -6,12 +6,11 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from iqa_cache import distributed as dist
-from iqa_cache.predict import (PredictConfig, check_scores_out, check_scores_path, find_images, predict_images,
-                               score_distributed, score_images, scores_csv, write_scores)
+from iqa_cache.device import Device
+from iqa_cache.settings import PredictConfig
 
 from .app import app
-from .common import EXIT_WITH_FAILURES, Device, echo_out, handle_errors
+from .common import EXIT_WITH_FAILURES, echo_out, handle_errors
 
 
 @app.command("predict")
@@ -50,6 +49,10 @@ def predict_command(
     are refused.  Images that cannot be read are named on stderr and skipped
     (exit code 3 when some were skipped).
     """
+    from iqa_cache import distributed as dist
+    from iqa_cache.predict import (check_scores_out, check_scores_path, find_images, predict_images,
+                                   score_distributed, score_images, scores_csv, write_scores)
+
     if sum([bool(images), dir is not None, shards is not None]) != 1:
         raise typer.BadParameter("pass image files, --dir or --shards (exactly one of them)",
                                  param_hint="IMAGES / --dir / --shards")

@@ -7,8 +7,6 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from iqa_cache.metrics import parse_edges, parse_groups
-from iqa_cache.report import TABLES, ReportConfig, build_report, format_report, load_runs
 
 from .app import app
 from .common import echo_out, handle_errors
@@ -28,6 +26,8 @@ class Split(str, Enum):
 
 
 def parse_tables(text: str) -> tuple[str, ...]:
+    from iqa_cache.report import TABLES
+
     names = [t.strip() for t in text.split(",") if t.strip()]
     if not names:
         raise typer.BadParameter("name at least one table", param_hint="--tables")
@@ -54,8 +54,8 @@ def report_command(
         help="Label values for the per-value table: groups separated by ';', values by ',': '3;4;3,4' gives "
              "columns 3, 4, 3&4, All. A label matches v when v-0.5 <= label < v+0.5 [default with --tables "
              "values: each value, when the labels are discrete].")] = None,
-    many: Annotated[int, typer.Option(min=0, help="Many-shot: bins with more training images than this.")] = 100,
-    few: Annotated[int, typer.Option(min=0, help="Few-shot: bins with fewer training images than this.")] = 20,
+    many: Annotated[int, typer.Option(help="Many-shot: bins with more training images than this.")] = 100,
+    few: Annotated[int, typer.Option(help="Few-shot: bins with fewer training images than this.")] = 20,
     group_seeds: Annotated[bool, typer.Option(help="Show runs that differ only in seed as one row, mean ± std.")
                            ] = True,
     baseline: Annotated[bool, typer.Option(help="Add a row that predicts the training mean.")] = True,
@@ -75,6 +75,9 @@ def report_command(
 
     All numbers are recomputed from each run's predictions.csv.
     """
+    from iqa_cache.metrics import parse_edges, parse_groups
+    from iqa_cache.report import ReportConfig, build_report, format_report, load_runs
+
     try:
         edges = tuple(parse_edges(bins)) if bins else None
     except ValueError as e:
@@ -83,22 +86,20 @@ def report_command(
         value_groups = tuple(parse_groups(groups)) if groups else None
     except ValueError as e:
         raise typer.BadParameter(str(e).replace("--groups ", ""), param_hint="--groups") from None
-    if few > many:
-        raise typer.BadParameter(f"--few {few} is above --many {many}", param_hint="--few")
     chosen = parse_tables(tables) if tables else (("ranges", "values") if groups else ("ranges",))
     if groups and "values" not in chosen:
         raise typer.BadParameter("--groups applies to the values table; add 'values' to --tables",
                                  param_hint="--groups")
+    cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
+                       group_seeds=group_seeds, baseline=baseline,
+                       compare=(str(compare[0]), str(compare[1])) if compare else None, n_boot=n_boot,
+                       boot_seed=boot_seed)  # checks the values (e.g. --few above --many) before runs are read
     paths = list(runs) + [p for p in (compare or ()) if p not in runs]
     loaded, skipped = load_runs(paths)
     if compare:
         bad = {str(p) for p, _ in skipped} & {str(p) for p in compare}
         if bad:
             raise typer.BadParameter(f"{sorted(bad)[0]} is not a finished run", param_hint="--compare")
-    cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
-                       group_seeds=group_seeds, baseline=baseline,
-                       compare=(str(compare[0]), str(compare[1])) if compare else None, n_boot=n_boot,
-                       boot_seed=boot_seed)
     report = build_report(loaded, cfg)
     echo_out(format_report(report, format.value))
     if plots is not None:

@@ -1,0 +1,75 @@
+"""Light settings of the other commands (demo, predict, import): plain
+dataclasses without torch, h5py or pandas, so that the CLI can declare its
+options and defaults from them without importing the engines.  The engines
+re-export them from their old places (:mod:`iqa_cache.demo`,
+:mod:`iqa_cache.predict`, :mod:`iqa_cache.importer`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+
+__all__ = ["DEFAULT_TAG", "DemoConfig", "PredictConfig", "ImportConfig"]
+
+DEFAULT_TAG = "laion2b_s34b_b79k"  # OpenCLIP's LAION-2B weights of ViT-B-32
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = Path("cache") / "demo-data"
+    cache_dir: Path = Path("cache")
+    runs_dir: Path = Path("runs") / "demo"
+    n_images: int = 600  # train + val, KonIQ-like labels
+    test_per_range: int = 40  # balanced test split: this many per label range
+    model: str = "ViT-B-32"
+    pretrained: str = DEFAULT_TAG
+    offline: bool = False
+    device: str = "auto"
+    batch_size: int = 32
+    epochs: int = 80  # constant lr; the best (val) epoch of the demo heads lies near 20
+    lr: float = 1e-3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """``pretrained``: a checkpoint file to use instead of the recorded one
+    (a moved file; still checksum-verified).  ``workers`` None: decode in
+    the main process for small inputs, else in a few processes."""
+
+    pretrained: str | None = None
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """``features_key``/``ids_key``: the array (npz, h5) or column (parquet)
+    holding the features and the ids [default: the first of
+    :data:`FEATURE_KEYS` / :data:`ID_KEYS` present; for npz/h5 also the only
+    2-D array; for parquet without a feature column, every numeric column but
+    the ids].  ``id_col``/``label_col``/``split_col``: CSV columns (defaults
+    as ``iqa embed --dataset csv``; no split column: a seeded split)."""
+
+    features: Path
+    labels: Path
+    out: Path
+    features_key: str | None = None
+    ids_key: str | None = None
+    id_col: str | None = None
+    label_col: str | None = None
+    split_col: str | None = None
+    label_range: tuple[float, float] | None = None
+    out_of_range: str = "error"
+    split_seed: int = 0
+    name: str | None = None
+    overwrite: bool = False
