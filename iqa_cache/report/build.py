@@ -8,13 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 from ..errors import ConfigError, RunError
 from ..seeds import check_seed
 from .compare import compare_entries
-from .loading import (
-    group_entries,
-    make_baselines,
-    run_warnings,
-    runs_noun,
-    split_arrays,
-)
+from .loading import group_entries, make_baselines, run_warnings, runs_noun, split_arrays
 from .tables import TABLE_BUILDERS, TABLES
 from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput
 
