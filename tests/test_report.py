@@ -330,3 +330,42 @@ def test_seed_group_names_drop_the_seed_part():
     assert _group_name(["lds_s0", "lds_s1"], [0, 1]) == "lds"
     assert _group_name(["lds=on,fds=off,seed=0", "lds=on,fds=off,seed=2"], [0, 2]) == "lds=on,fds=off"
     assert _group_name(["a-seed3", "a-seed4"], [3, 4]) == "a"
+
+
+def test_seed_groups_of_ablate_runs_are_named_by_their_configuration(trained, tmp_path):
+    # `iqa ablate --grid 'seed=0,1,2'` names its runs 'seed=0', 'seed=1', 'seed=2': the names say nothing but
+    # the seed, so the group is named by what was trained, not 'seed= (3 seeds)'
+    out = tmp_path / "abl"
+    r = iqa("ablate", "--cache", trained / "feats.h5", "--grid", "seed=0,1,2", "--lds", "--fds", "--epochs", 2,
+            "--hidden", 16, "--out", out, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    runs = [out / f"seed={s}" for s in (0, 1, 2)]
+    r = iqa("report", *runs, "--no-baseline")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[2].startswith("| lds+fds ks=5 sigma=2 (3 seeds) | "), r.stdout
+    j = json.loads(iqa("report", *runs, "--format", "json").stdout)
+    assert j["entries"][0]["name"] == "lds+fds ks=5 sigma=2 (3 seeds)" and j["entries"][0]["kind"] == "seeds"
+    # beside other groups, a group's name also says what differs from them
+    vanilla = [variant(trained / "vanilla_s0", tmp_path / "v" / f"seed={s}", seed=s) for s in (0, 1)]
+    longer = [variant(trained / "vanilla_s0", tmp_path / "e" / f"seed={s}", seed=s, train={"epochs": 7})
+              for s in (0, 1)]
+    names = [e["name"] for e in json.loads(iqa("report", *runs, *vanilla, *longer, "--format", "json").stdout)
+             ["entries"]]
+    assert names == ["lds+fds ks=5 sigma=2 epochs=2 (3 seeds)", "vanilla epochs=3 (2 seeds)",
+                     "vanilla epochs=7 (2 seeds)"]
+
+
+def test_training_labels_say_what_was_trained():
+    from iqa_cache.config import TrainConfig
+    from iqa_cache.report import training_label
+
+    base = TrainConfig().to_dict()
+    assert training_label(base) == "vanilla"
+    lds = dict(base, lds={"enabled": True, "reweight": "sqrt_inv", "kernel": "gaussian", "ks": 11, "sigma": 10.0})
+    assert training_label(lds) == "lds ks=11 sigma=10"
+    both = dict(lds, fds=dict(base["fds"], enabled=True, kernel="triang"))
+    assert training_label(both) == "lds ks=11 sigma=10, fds kernel=triang ks=5 sigma=2"
+    assert training_label(dict(base, lds=dict(base["lds"], reweight="inverse"))) == "inverse weights"
+    # settings of an LDS that is off do not matter; other differences are named
+    other = dict(base, lds=dict(base["lds"], ks=9), optim=dict(base["optim"], lr=0.5))
+    assert training_label(base, [other]) == "vanilla lr=0.001"

@@ -25,41 +25,25 @@ from __future__ import annotations
 from .build import Report, ReportConfig, build_report
 from .compare import compare_entries
 from .loading import (
-                      data_key,
-                      group_entries,
-                      lds_curves,
-                      load_runs,
-                      make_baselines,
-                      range_edges,
-                      run_bins,
-                      run_seed,
-                      run_warnings,
-                      runs_noun,
-                      seed_group_name,
-                      seed_key,
-                      split_arrays,
-                      train_labels,
+    data_key,
+    group_entries,
+    lds_curves,
+    load_runs,
+    make_baselines,
+    range_edges,
+    run_bins,
+    run_seed,
+    run_warnings,
+    runs_noun,
+    seed_group_name,
+    seed_key,
+    split_arrays,
+    train_labels,
+    training_label,
 )
-from .render import (
-                      comparison_rows,
-                      comparison_to_dict,
-                      format_report,
-                      format_table,
-                      report_to_dict,
-                      table_to_dict,
-)
+from .render import comparison_rows, comparison_to_dict, format_report, format_table, report_to_dict, table_to_dict
 from .tables import TABLE_BUILDERS, TABLES, per_bin_table
-from .types import (
-                      FORMATS,
-                      SPLITS,
-                      Baseline,
-                      Comparison,
-                      Entry,
-                      Stat,
-                      Table,
-                      TableInput,
-                      Value,
-)
+from .types import FORMATS, SPLITS, Baseline, Comparison, Entry, Stat, Table, TableInput, Value
 
 __all__ = [
     "FORMATS", "SPLITS", "TABLES", "TABLE_BUILDERS",
@@ -67,5 +51,5 @@ __all__ = [
     "build_report", "compare_entries", "comparison_rows", "comparison_to_dict", "data_key", "format_report",
     "format_table", "group_entries", "lds_curves", "load_runs", "make_baselines", "per_bin_table", "range_edges",
     "report_to_dict", "run_bins", "run_seed", "run_warnings", "runs_noun", "seed_group_name", "seed_key",
-    "split_arrays", "table_to_dict", "train_labels",
+    "split_arrays", "table_to_dict", "train_labels", "training_label",
 ]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..binning import Bins
-from ..config import LDSConfig
+from ..config import FDSConfig, LDSConfig
 from ..errors import ConfigError, RunError
 from ..kernels import label_density
 from ..metrics import default_edges
@@ -173,8 +173,8 @@ def lds_curves(run: Run, lds: dict | None = None) -> dict[str, Any]:
     scale = len(labels) / np.sum(inv[bins.index(labels)]) if len(labels) else np.nan
     weight = np.where(counts > 0, inv * scale, np.nan)
     return {"edges": bins.edges(), "counts": counts, "empirical": emp / max(emp.sum(), 1e-300),
-            "smoothed": eff / max(eff.sum(), 1e-300), "weight": weight, "weight_any": inv * scale, "reweight": reweight, "config": cfg,
-            "bins": bins}
+            "smoothed": eff / max(eff.sum(), 1e-300), "weight": weight, "weight_any": inv * scale,
+            "reweight": reweight, "config": cfg, "bins": bins}
 
 
 # --------------------------------------------------------------- seed groups
@@ -204,21 +204,96 @@ def run_seed(run: Run) -> Any:
     return run.config.get("train", {}).get("seed")
 
 
+_SEED_PART = r"[_\-.,]?(s|seed)[_\-=]?"
+
+
 def seed_group_name(names: list[str], seeds: list[Any]) -> str:
     """The name the runs of a seed group share once their seed part is
     dropped ('lds_s0', 'lds-seed1', and ablate's 'lds=on,seed=2' all lose
-    it), else their common prefix."""
-    stripped = [re.sub(rf"[_\-.,]?(s|seed)[_\-=]?{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
+    it), else their common prefix; '' when the names say nothing but the
+    seed (ablate's 'seed=0', 'seed=1') or share nothing."""
+    stripped = [re.sub(rf"{_SEED_PART}{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
     if len(set(stripped)) == 1 and stripped[0] and stripped[0] not in names:
         return stripped[0]
     prefix = os.path.commonprefix(names).rstrip("_-. ")
-    return prefix if prefix else f"{names[0]}…"
+    if re.fullmatch(rf"{_SEED_PART}[0-9]*", prefix):  # 'seed=', 's': only the seed
+        return ""
+    return prefix
+
+
+def _flat(d: dict[str, Any], at: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{at}{k}."))
+        else:
+            out[f"{at}{k}"] = v
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+_SHOWN = {f"{m}.{k}" for m in ("lds", "fds") for k in ("enabled", "kernel", "ks", "sigma")}
+
+
+def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
+    """What a run trained, from the train section of its config.json: the
+    method ('vanilla', 'lds', 'fds', 'lds+fds', or '<reweight> weights' for
+    re-weighting without smoothing) with its smoothing settings (ks, sigma;
+    the kernel where it is not the default of LDSConfig / FDSConfig), then
+    each other setting in which ``others`` (the train sections of the other
+    rows of a report) differ, e.g. ``lds+fds ks=5 sigma=2 lr=0.01``."""
+    defaults = {"lds": LDSConfig(), "fds": FDSConfig()}
+
+    def smoothing(t: dict[str, Any]) -> list[str]:
+        return [m for m in ("lds", "fds") if (t.get(m) or {}).get("enabled", defaults[m].enabled)]
+
+    lds, fds = train.get("lds") or {}, train.get("fds") or {}
+    on = smoothing(train)
+    reweight = lds.get("reweight", defaults["lds"].reweight)
+
+    def settings(m: str, sec: dict[str, Any]) -> str:
+        kernel = sec.get("kernel", defaults[m].kernel)
+        parts = [] if kernel == defaults[m].kernel else [f"kernel={kernel}"]
+        parts += [f"ks={_fmt(sec.get('ks', defaults[m].ks))}", f"sigma={_fmt(sec.get('sigma', defaults[m].sigma))}"]
+        return " ".join(parts)
+
+    secs = {"lds": lds, "fds": fds}
+    if len({settings(m, secs[m]) for m in on}) == 1:
+        tokens = [f"{'+'.join(on)} {settings(on[0], secs[on[0]])}"]
+    else:
+        tokens = [f"{m} {settings(m, secs[m])}" for m in on]
+    if "lds" not in on and reweight != defaults["lds"].reweight:  # re-weighting without smoothing
+        tokens.append(f"{reweight} weights")
+    label = ", ".join(tokens) or "vanilla"
+    mine = _flat({k: v for k, v in train.items() if k != "seed"})
+    theirs = [(smoothing(o), _flat({k: v for k, v in o.items() if k != "seed"})) for o in others]
+    short = {}
+    for k in mine:
+        tail = k.rpartition(".")[2]
+        short[k] = tail if sum(1 for j in mine if j.rpartition(".")[2] == tail) == 1 else k
+
+    def differs(k: str) -> bool:
+        # a setting of LDS or FDS matters only where that smoothing is on, here and in the other row
+        m = k.partition(".")[0]
+        if m in defaults and m not in on:
+            return False
+        return any(str(o.get(k)) != str(mine[k]) for o_on, o in theirs if m not in defaults or m in o_on)
+
+    differ = [k for k in mine if k not in _SHOWN and differs(k)]
+    return " ".join([label] + [f"{short[k]}={_fmt(mine[k])}" for k in differ])
 
 
 def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[Entry], list[str]]:
     """One entry per run, or per set of runs that differ only in seed (in
     the order they first appear).  Runs with the same settings *and* the
-    same seed are not grouped (a copy is not a second seed); a note says so."""
+    same seed are not grouped (a copy is not a second seed); a note says so.
+    A seed group is named by what its runs' names share once the seed part
+    is dropped (:func:`seed_group_name`), or, where they share nothing but
+    the seed (ablate's 'seed=0', 'seed=1'), by what it trained
+    (:func:`training_label`)."""
     disp = _display_names(runs)
     if not group_seeds:
         return [Entry(disp[id(r)], [r]) for r in runs], []
@@ -226,6 +301,7 @@ def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[E
     for r in runs:
         buckets.setdefault(seed_key(r), []).append(r)
     entries, notes, done = [], [], set()
+    unnamed: list[tuple[Entry, int]] = []
     for r in runs:
         key = seed_key(r)
         if key in done:
@@ -242,6 +318,12 @@ def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[E
         else:
             base = seed_group_name([m.name for m in members], seeds)
             entries.append(Entry(f"{base} ({len(members)} seeds)", members, kind="seeds"))
+            if not base:
+                unnamed.append((entries[-1], len(members)))
+    trains = [e.runs[0].config.get("train", {}) for e in entries]
+    for e, k in unnamed:
+        mine = e.runs[0].config.get("train", {})
+        e.name = f"{training_label(mine, [t for t in trains if t is not mine])} ({k} seeds)"
     names = [e.name for e in entries]
     for e in entries:  # two groups with the same stem
         if names.count(e.name) > 1 and e.kind == "seeds":
