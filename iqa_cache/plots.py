@@ -17,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .config import LDSConfig
+from .config import LDSConfig, default_reweight
 from .errors import WriteError
-from .kernels import INVERSE_CLIP, Reweight
+from .kernels import INVERSE_CLIP
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,7 @@ def write_plots(report, out_dir: str | os.PathLike) -> list[Path]:
             name = "lds_density.png" if len(lds_runs) == 1 else f"lds_density_{_suffix(r.name)}.png"
             written.append(lds_density(r, out / name, subtitle=f"as used by {r.name}"))
     else:
-        # LDS as --lds turns it on: LDSConfig's defaults, with sqrt_inv weights (train-head's choice with --lds)
-        default = asdict(LDSConfig(enabled=True, reweight=Reweight.sqrt_inv.value))
+        default = asdict(LDSConfig(enabled=True, reweight=default_reweight(True)))  # LDS as --lds turns it on
         written.append(lds_density(runs[0], out / "lds_density.png", lds=default,
                                    subtitle="no run here uses it; DIR defaults shown"))
 

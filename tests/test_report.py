@@ -365,7 +365,8 @@ def test_training_labels_say_what_was_trained():
     assert training_label(lds) == "lds ks=11 sigma=10"
     both = dict(lds, fds=dict(base["fds"], enabled=True, kernel="triang"))
     assert training_label(both) == "lds ks=11 sigma=10, fds kernel=triang ks=5 sigma=2"
-    assert training_label(dict(base, lds=dict(base["lds"], reweight="inverse"))) == "inverse weights"
+    assert training_label(dict(base, lds=dict(base["lds"], reweight="inverse"))) == "rw-inverse"
+    assert training_label(dict(lds, lds=dict(lds["lds"], reweight="inverse"))) == "lds-inverse ks=11 sigma=10"
     # settings of an LDS that is off do not matter; other differences are named
     other = dict(base, lds=dict(base["lds"], ks=9), optim=dict(base["optim"], lr=0.5))
     assert training_label(base, [other]) == "vanilla lr=0.001"

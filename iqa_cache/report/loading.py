@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..binning import Bins
-from ..config import FDSConfig, LDSConfig
+from ..config import FDSConfig, LDSConfig, default_reweight
 from ..errors import ConfigError, RunError
 from ..kernels import label_density
 from ..metrics import default_edges
@@ -235,39 +235,39 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-_SHOWN = {f"{m}.{k}" for m in ("lds", "fds") for k in ("enabled", "kernel", "ks", "sigma")}
+_SHOWN = {f"{m}.{k}" for m in ("lds", "fds") for k in ("enabled", "kernel", "ks", "sigma")} | {"lds.reweight"}
 
 
 def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     """What a run trained, from the train section of its config.json: the
-    method ('vanilla', 'lds', 'fds', 'lds+fds', or '<reweight> weights' for
-    re-weighting without smoothing) with its smoothing settings (ks, sigma;
-    the kernel where it is not the default of LDSConfig / FDSConfig), then
-    each other setting in which ``others`` (the train sections of the other
-    rows of a report) differ, e.g. ``lds+fds ks=5 sigma=2 lr=0.01``."""
+    method as :func:`iqa_cache.config.run_tag` names it ('vanilla', 'lds',
+    'lds-inverse', 'rw-inverse', 'fds', 'lds+fds', ...) with the smoothing
+    settings (ks, sigma; the kernel where it is not the default of
+    LDSConfig / FDSConfig), then each other setting in which ``others`` (the
+    train sections of the other rows of a report) differ, e.g.
+    ``lds+fds ks=5 sigma=2 lr=0.01``."""
     defaults = {"lds": LDSConfig(), "fds": FDSConfig()}
 
     def smoothing(t: dict[str, Any]) -> list[str]:
         return [m for m in ("lds", "fds") if (t.get(m) or {}).get("enabled", defaults[m].enabled)]
 
-    lds, fds = train.get("lds") or {}, train.get("fds") or {}
+    secs = {m: train.get(m) or {} for m in ("lds", "fds")}
     on = smoothing(train)
-    reweight = lds.get("reweight", defaults["lds"].reweight)
+    reweight = secs["lds"].get("reweight", default_reweight("lds" in on))
 
-    def settings(m: str, sec: dict[str, Any]) -> str:
-        kernel = sec.get("kernel", defaults[m].kernel)
+    def settings(m: str) -> str:
+        kernel = secs[m].get("kernel", defaults[m].kernel)
         parts = [] if kernel == defaults[m].kernel else [f"kernel={kernel}"]
-        parts += [f"ks={_fmt(sec.get('ks', defaults[m].ks))}", f"sigma={_fmt(sec.get('sigma', defaults[m].sigma))}"]
+        parts += [f"ks={_fmt(secs[m].get('ks', defaults[m].ks))}",
+                  f"sigma={_fmt(secs[m].get('sigma', defaults[m].sigma))}"]
         return " ".join(parts)
 
-    secs = {"lds": lds, "fds": fds}
-    if len({settings(m, secs[m]) for m in on}) == 1:
-        tokens = [f"{'+'.join(on)} {settings(on[0], secs[on[0]])}"]
+    tags = {"lds": "lds" if reweight == default_reweight(True) else f"lds-{reweight}", "fds": "fds"}
+    reweighting = [] if "lds" in on or reweight == default_reweight(False) else [f"rw-{reweight}"]
+    if len({settings(m) for m in on}) == 1:  # one smoothing, or both with the same settings
+        label = f"{'+'.join(reweighting + [tags[m] for m in on])} {settings(on[0])}"
     else:
-        tokens = [f"{m} {settings(m, secs[m])}" for m in on]
-    if "lds" not in on and reweight != defaults["lds"].reweight:  # re-weighting without smoothing
-        tokens.append(f"{reweight} weights")
-    label = ", ".join(tokens) or "vanilla"
+        label = ", ".join(reweighting + [f"{tags[m]} {settings(m)}" for m in on]) or "vanilla"
     mine = _flat({k: v for k, v in train.items() if k != "seed"})
     theirs = [(smoothing(o), _flat({k: v for k, v in o.items() if k != "seed"})) for o in others]
     short = {}
