@@ -36,7 +36,7 @@ import pandas as pd
 
 from . import __version__
 from .binning import Bins
-from .cache import FEATURE_KEYS
+from .schema import FEATURE_KEYS
 from .config import HeadConfig, TrainConfig
 from .errors import RunError
 

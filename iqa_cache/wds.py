@@ -161,7 +161,7 @@ class TarReader:
         same bytes have the same hash)."""
         import hashlib
 
-        from .cache import IDENTITY_BYTES
+        from .schema import IDENTITY_BYTES
 
         m = self.members.get(str(path))
         if m is None:

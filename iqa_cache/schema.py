@@ -1,0 +1,27 @@
+"""The cache file's schema constants (docs/cache-schema.md): names, sizes,
+status codes and which attributes define the features and the data.  No
+h5py here, so that reading runs (`iqa report`) does not load it."""
+from __future__ import annotations
+
+SCHEMA = "iqa-cache"
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+PENDING, OK, FAILED = 0, 1, 2
+REASON_BYTES = 240
+SPLIT_BYTES = 16
+CHUNK_ROWS = 256
+STATE_BYTES = 8192
+IDENTITY_BYTES = 64 * 1024  # hashed at each end of a file
+HISTORY_LEN = 20
+# Attributes that may change after creation: they live in /state (schema 2).
+STATE_KEYS = ("n_embedded", "n_failed", "complete", "finished_at", "device", "dataset_root", "dataset_source",
+              "label_name", "label_range", "split_source", "manifest_sha256", "labels_version", "content_id",
+              "updating", "history")
+
+# Attributes that define what the features *are*: two caches agreeing on all
+# of them hold interchangeable features.
+FEATURE_KEYS = ("model", "model_config_json", "pretrained_kind", "pretrained_sha256", "init_seed", "precision",
+                "feature", "feature_dim", "image_size", "resize_mode", "interpolation", "mean", "std",
+                "exif_transpose")
+# ... and these define *which* images, labels and splits it holds.
+DATA_KEYS = ("dataset", "manifest_sha256", "n_images", "content_id")
