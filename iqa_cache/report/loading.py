@@ -4,8 +4,8 @@ the groups), the train-mean baselines, and the run and bin helpers that
 tables and plots share.
 
 Kept light at import time (``iqa report`` starts fast): no torch or
-scipy, and :mod:`iqa_cache.runs` (pandas) and :mod:`iqa_cache.cache`
-(h5py) are imported inside the functions that need them."""
+scipy, and :mod:`iqa_cache.runs` (pandas) is imported inside the
+functions that need it."""
 from __future__ import annotations
 
 import hashlib
@@ -23,6 +23,7 @@ from ..config import FDSConfig, LDSConfig, default_reweight
 from ..errors import ConfigError, RunError
 from ..kernels import label_density
 from ..metrics import default_edges
+from ..schema import DATA_KEYS, FEATURE_KEYS
 from .types import Baseline, Entry
 
 if TYPE_CHECKING:
@@ -193,8 +194,6 @@ def seed_key(run: Run) -> str:
     """Runs with equal keys differ at most in their seed: the train section
     of config.json minus ``seed``, the label bins and the cache identity
     (what its features are and which images, labels and splits it holds)."""
-    from ..cache import DATA_KEYS, FEATURE_KEYS
-
     train = {k: v for k, v in run.config.get("train", {}).items() if k != "seed"}
     cache = {k: run.cache.get(k) for k in FEATURE_KEYS + DATA_KEYS}
     return json.dumps({"train": train, "bins": run.config.get("bins"), "cache": cache}, sort_keys=True, default=str)
