@@ -89,3 +89,35 @@ def test_embed_bf16_on_cpu_warns_through_the_cli(koniq_root, tiny_model, tmp_pat
                                  "--precision", "bf16", "--out", str(tmp_path / "c.h5"), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "warning: --precision bf16 on the CPU is slower than fp32" in r.stderr
+
+
+def _run(name: str, **cache):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from iqa_cache.runs import Run
+
+    return Run(path=Path(name), name=name, config={"cache": cache}, predictions=pd.DataFrame(), metrics={})
+
+
+def test_report_warnings_about_hundreds_of_runs_stay_short():
+    from iqa_cache.report import run_warnings
+
+    base = {"manifest_sha256": "m", "model": "ViT-B-32", "pretrained_sha256": "p", "resize_mode": "squash",
+            "image_size": 224, "precision": "fp32"}
+    random = [_run(f"lds_ks{k}_s{s}", pretrained_kind="none", content_id="c", **base)
+              for k in range(50) for s in range(4)]
+    (note,) = run_warnings(random)
+    assert note.startswith("warning: all 200 runs were trained on features of a randomly initialised encoder")
+    assert len(note) < 200
+    # two contents of one cache: each group names six runs and counts the rest
+    mixed = [_run(f"r{i}", pretrained_kind="tag", content_id="c1" if i < 150 else "c2", **base) for i in range(200)]
+    (note,) = run_warnings(mixed)
+    assert "'r0', 'r1', 'r2', 'r3', 'r4', 'r5' and 144 more (content c1)" in note
+    assert "'r150', 'r151', 'r152', 'r153', 'r154', 'r155' and 44 more (content c2)" in note
+    assert len(note) < 400
+    # a few runs are all named, as before
+    few = [_run("a", pretrained_kind="none", **base), _run("b", pretrained_kind="none", **base),
+           _run("c", pretrained_kind="tag", **base)]
+    assert run_warnings(few)[0].startswith("warning: runs 'a', 'b' were trained on features of a randomly")
