@@ -40,14 +40,29 @@ import pandas as pd
 
 from .cache import CacheData
 from .config import FLAT_FIELDS, GRID_KEYS, PLAN_FILE, SUMMARY_FILE, reweight_note
+from .device import resolve_device
 from .errors import ConfigError, RunError, TrainingDiverged
 from .importer import item_noun
 from .kernels import KERNELS, REWEIGHTS, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
-from .device import resolve_device
-from .runs import (CACHE_KEYS, Run, as_json, check_out_location, clean_stale, describe, entries,
-                   load_run, read_marker, run_state, json_bytes, write_atomic, write_marker, write_run, writer_alive)
+from .runs import (
+    CACHE_KEYS,
+    Run,
+    as_json,
+    check_out_location,
+    clean_stale,
+    describe,
+    entries,
+    json_bytes,
+    load_run,
+    read_marker,
+    run_state,
+    write_atomic,
+    write_marker,
+    write_run,
+    writer_alive,
+)
 from .seeds import SEED_MAX
 from .stacked import check_fds_bins, plan_stacks, train_many
 from .train import TrainConfig, TrainResult

@@ -167,3 +167,33 @@ def test_train_head_never_imports_open_clip(tmp_path):
     assert "torch" in loaded and "open_clip" not in loaded and "matplotlib" not in loaded
     # the default run directory says what was trained
     assert (tmp_path / "runs" / "koniq_feats" / "rw-inverse_s0" / "head.pt").is_file()
+
+
+COMMANDS = ("embed", "import", "train-head", "ablate", "report", "predict", "demo")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_reads_well(command):
+    """Every option and argument has help text; no '<list[Path]>', '{RUN}...'
+    or '<int range>' in the help."""
+    missing = [p.name for p in params(command).values() if not (p.help or "").strip()]
+    assert not missing, (command, missing)
+    r = iqa(command, "--help")
+    assert r.exit_code == 0, r.output
+    assert "<list[" not in r.output and " range>" not in r.output, command
+    usage = next(line for line in r.output.splitlines() if line.startswith("Usage:"))
+    assert "{" not in usage and "<" not in usage, usage
+
+
+def test_cli_choices_are_the_librarys():
+    from iqa_cache.cli import common
+    from iqa_cache.datasets import OUT_OF_RANGE_POLICIES
+    from iqa_cache.decode import DECODERS
+    from iqa_cache.embed import PIPELINES
+    from iqa_cache.preprocess import PRECISIONS, RESIZE_MODES
+    from iqa_cache.sources import DATASETS
+
+    for enum, values in ((common.DatasetName, DATASETS), (common.OutOfRange, OUT_OF_RANGE_POLICIES),
+                         (common.Pipeline, PIPELINES), (common.Decoder, DECODERS), (common.Precision, PRECISIONS),
+                         (common.ResizeMode, RESIZE_MODES)):
+        assert tuple(e.value for e in enum) == tuple(values), enum

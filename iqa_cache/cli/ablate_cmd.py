@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated
 
 import typer
 
@@ -10,28 +10,28 @@ from iqa_cache.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
 from iqa_cache.errors import TrainingDiverged
 
 from .app import app
-from .common import echo_out, handle_errors, parse_expect
+from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect
 from .train_cmd import TrainOptions, with_train_options
 
 
-@app.command("ablate")
+@app.command("ablate", cls=Command)
 @handle_errors
 @with_train_options
 def ablate_command(
     ctx: typer.Context,
-    cache: Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed`.")],
+    cache: CacheFile,
     grid: Annotated[str, typer.Option(help="The grid, inline ('lds=on; lds_kernel=gaussian,triang; fds=on,off') "
-                                           "or a TOML file of the same keys.  Keys: " + ", ".join(GRID_KEYS) + ".")],
+                                           "or a TOML file of the same keys.  Keys: " + ", ".join(GRID_KEYS) + ".",
+                                      metavar="GRID")],
     out: Annotated[Path, typer.Option(help=f"Output folder: a run directory per configuration, {SUMMARY_FILE} "
-                                           f"and {PLAN_FILE}.")],
+                                           f"and {PLAN_FILE}.", metavar="DIR")],
     opts: TrainOptions,
-    max_stack: Annotated[int, typer.Option(min=1, help="At most this many configurations are trained together "
-                                                       "(lower it if memory runs short).")] = 64,
+    max_stack: Annotated[int, typer.Option(min=1, help="Train at most this many configurations together (lower "
+                                                       "it if memory runs short).")] = 64,
     overwrite: Annotated[bool, typer.Option(help="Replace or remove runs in OUT of other configurations (another "
                                                  "grid or other settings); finished runs of the same ones are kept "
                                                  "either way.")] = False,
-    expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
-                                                             "VALUE (repeatable), as for train-head.")] = None,
+    expect: Expect = None,
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
     """Train every configuration of a grid on cached features, those that share shapes at once.

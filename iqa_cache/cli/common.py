@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Callable, Optional, TypeVar
+from pathlib import Path
+from typing import Annotated, Callable, List, Optional, TypeVar
 
 import typer
+from typer.core import TyperCommand
 
 from iqa_cache.binning import parse_decimal
+from iqa_cache.decode import DECODERS
 from iqa_cache.device import Device  # noqa: F401  (the --device choices, from the library)
 from iqa_cache.errors import IqaError
+from iqa_cache.preprocess import PRECISIONS, RESIZE_MODES
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +63,53 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class ResizeMode(str, Enum):
-    squash = "squash"
-    shortest = "shortest"
+_LIST_OR_RANGE = re.compile(r"<list\[(.*?)\]>|<(int|float) range>")
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
+def _plain_type(text: str) -> str:
+    """``<list[str]>`` → ``<str>``, ``<int range>`` → ``<int>``: the help says
+    what repeats and the bounds."""
+    return _LIST_OR_RANGE.sub(lambda m: f"<{m.group(1) or m.group(2)}>", text)
 
 
-class DatasetName(str, Enum):
-    koniq = "koniq"
-    spaq = "spaq"
-    csv = "csv"
-    demo = "demo"
-    webdataset = "webdataset"
+class Command(TyperCommand):
+    """Every `iqa` command's help: usage ``RUN...`` rather than
+    ``{RUN}...``, arguments by their metavar without a ``<list[Path]>``
+    type, and option types without ``list[...]`` or ``range``."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        return [re.sub(r"^\{(.*)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]
+
+    def format_options(self, ctx: typer.Context, formatter) -> None:
+        args, opts = [], []
+        for param in self.get_params(ctx):
+            rv = param.get_help_record(ctx)
+            if rv is None:
+                continue
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name.upper()) + ("..." if param.nargs != 1 else "")
+                args.append((name, rv[1]))
+            elif param.param_type_name == "option":
+                opts.append((_plain_type(rv[0]), rv[1]))
+        for title, rows in (("Arguments", args), ("Options", opts)):
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
 
 
-class OutOfRange(str, Enum):
-    error = "error"
-    clip = "clip"
-    drop = "drop"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum of a library's choice tuple, for an option's choices."""
+    return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+ResizeMode = choices("ResizeMode", RESIZE_MODES)
+Precision = choices("Precision", PRECISIONS)
+Decoder = choices("Decoder", DECODERS)
+# the engines' choices (sources.DATASETS, datasets.OUT_OF_RANGE_POLICIES, embed.PIPELINES) live in modules that
+# import pandas or torch; tests/test_options.py checks that these equal them
+DatasetName = choices("DatasetName", ("koniq", "spaq", "csv", "demo", "webdataset"))
+OutOfRange = choices("OutOfRange", ("error", "clip", "drop"))
+Pipeline = choices("Pipeline", ("auto", "pil", "tensor"))
 
 
 # The label CSV's columns and the label scale: declared once for `iqa embed`
@@ -96,6 +125,10 @@ LabelColOrKey = Annotated[Optional[str], typer.Option(
                                                          "with the label.")]
 SplitColOrKey = Annotated[Optional[str], typer.Option(
     "--split-col", "--split-key", help=_SPLIT_COL_HELP + "; webdataset: the json key with the split.")]
+CacheFile = Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed` or `iqa import`.", metavar="FILE")]
+Expect = Annotated[Optional[List[str]], typer.Option(
+    help="Refuse the cache unless its attribute KEY equals VALUE (repeatable), e.g. "
+         "pretrained=laion2b_s34b_b79k, resize_mode=squash, model=ViT-B-32.", metavar="KEY=VALUE")]
 LabelRange = Annotated[Optional[str], typer.Option(
     help="The label scale LO,HI [default: the smallest whole-number range that holds every label].",
     metavar="LO,HI")]

@@ -10,10 +10,10 @@ from iqa_cache.device import Device
 from iqa_cache.settings import DemoConfig
 
 from .app import app
-from .common import echo_out, handle_errors
+from .common import Command, echo_out, handle_errors
 
 
-@app.command("demo")
+@app.command("demo", cls=Command)
 @handle_errors
 def demo_command(
     offline: Annotated[bool, typer.Option(help="Do not try to download CLIP weights; use the packaged ImageNet "
@@ -23,10 +23,11 @@ def demo_command(
     test_per_range: Annotated[int, typer.Option(min=1, max=10000, help="Test images per label range (the test "
                                                                        "split is balanced).")
                               ] = DemoConfig.test_per_range,
-    workdir: Annotated[Path, typer.Option(help="Where the demo dataset is generated.")] = Path("cache/demo-data"),
-    runs_dir: Annotated[Path, typer.Option(help="Where the three demo runs are written.")] = Path("runs/demo"),
-    epochs: Annotated[int, typer.Option(min=1)] = DemoConfig.epochs,
-    device: Annotated[Device, typer.Option()] = Device.auto,
+    workdir: Annotated[Path, typer.Option(help="Where the demo dataset is generated.")] = DemoConfig.workdir,
+    runs_dir: Annotated[Path, typer.Option(help="Where the three demo runs are written.")] = DemoConfig.runs_dir,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs of each head (constant learning rate; the "
+                                                    "best validation epoch is kept).")] = DemoConfig.epochs,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(DemoConfig.device),
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
     """Generate a KonIQ-like synthetic dataset, embed it, train vanilla / LDS / LDS+FDS heads, compare them.

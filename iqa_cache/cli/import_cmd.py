@@ -10,11 +10,21 @@ import typer
 from iqa_cache.settings import ImportConfig
 
 from .app import app
-from .common import (LabelCol, LabelRange, OutOfRange, OutOfRangeOpt, SplitCol, SplitSeed, echo_out, handle_errors,
-                     parse_range)
+from .common import (
+    Command,
+    LabelCol,
+    LabelRange,
+    OutOfRange,
+    OutOfRangeOpt,
+    SplitCol,
+    SplitSeed,
+    echo_out,
+    handle_errors,
+    parse_range,
+)
 
 
-@app.command("import")
+@app.command("import", cls=Command)
 @handle_errors
 def import_command(
     features: Annotated[Path, typer.Option(help="Feature matrix, one row per item: .npy, .npz, .h5/.hdf5 or "
@@ -31,7 +41,7 @@ def import_command(
     ids_key: Annotated[Optional[str], typer.Option(help="Array or column holding the ids [default: ids, id, "
                                                         "image_id, ...; none: feature row i is CSV row i].")] = None,
     label_range: LabelRange = None,
-    out_of_range: OutOfRangeOpt = OutOfRange.error,
+    out_of_range: OutOfRangeOpt = OutOfRange("error"),
     split_seed: SplitSeed = 0,
     name: Annotated[Optional[str], typer.Option(help="Dataset name recorded [default: the features file's "
                                                      "stem].")] = None,

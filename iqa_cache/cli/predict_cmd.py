@@ -10,20 +10,23 @@ from iqa_cache.device import Device
 from iqa_cache.settings import PredictConfig
 
 from .app import app
-from .common import EXIT_WITH_FAILURES, echo_out, handle_errors
+from .common import EXIT_WITH_FAILURES, Command, echo_out, handle_errors
 
 
-@app.command("predict")
+@app.command("predict", cls=Command)
 @handle_errors
 def predict_command(
-    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False, metavar="IMAGE")] = None,
+    images: Annotated[Optional[List[Path]], typer.Argument(help="Image files to score.", show_default=False,
+                                                           metavar="IMAGE")] = None,
     run: Annotated[Path, typer.Option("--run", "--run-dir", help="Run directory written by `iqa train-head` "
                                                                  "(under torchrun write --run-dir: torchrun "
-                                                                 "takes --run for its --run-path).")] = ...,
+                                                                 "takes --run for its --run-path).",
+                                      metavar="DIR")] = ...,
     dir: Annotated[Optional[Path], typer.Option("--dir", help="Score every image file in this folder.")] = None,
     recursive: Annotated[bool, typer.Option(help="With --dir: also look in subfolders.")] = False,
     shards: Annotated[Optional[str], typer.Option(help="Score every image of these webdataset tar shards, "
-                                                       "e.g. 'shards/{00000..00099}.tar'.")] = None,
+                                                       "e.g. 'shards/{00000..00099}.tar'.", metavar="PATTERN")
+                      ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write path,score here: Parquet if it ends in .parquet, "
                                                      "else CSV [default: CSV on stdout]; never one of the images "
                                                      "or a file in a run directory.")] = None,
@@ -35,10 +38,11 @@ def predict_command(
     pretrained: Annotated[Optional[str], typer.Option(
         help="Checkpoint file to use instead of the one recorded in the run's cache (e.g. a moved file); its "
              "SHA-256 must equal the recorded one.")] = None,
-    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 32,
-    workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes [default: 0 for under "
-                                                               "64 images, else a few].")] = None,
+    device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(PredictConfig.device),
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = PredictConfig.batch_size,
+    workers: Annotated[Optional[int], typer.Option(min=0, help="Image-decoding processes [default: none (the "
+                                                               "main process) for under 64 images, else a "
+                                                               "few].")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(min=1, help="Refuse images with more pixels.")] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
@@ -50,8 +54,16 @@ def predict_command(
     (exit code 3 when some were skipped).
     """
     from iqa_cache import distributed as dist
-    from iqa_cache.predict import (check_scores_out, check_scores_path, find_images, predict_images,
-                                   score_distributed, score_images, scores_csv, write_scores)
+    from iqa_cache.predict import (
+        check_scores_out,
+        check_scores_path,
+        find_images,
+        predict_images,
+        score_distributed,
+        score_images,
+        scores_csv,
+        write_scores,
+    )
 
     if sum([bool(images), dir is not None, shards is not None]) != 1:
         raise typer.BadParameter("pass image files, --dir or --shards (exactly one of them)",

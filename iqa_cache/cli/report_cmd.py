@@ -7,9 +7,8 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-
 from .app import app
-from .common import echo_out, handle_errors
+from .common import Command, echo_out, handle_errors
 
 
 class ReportFormat(str, Enum):
@@ -39,21 +38,22 @@ def parse_tables(text: str) -> tuple[str, ...]:
     return tuple(t for t in TABLES if t in names)
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 @handle_errors
 def report_command(
-    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` (unfinished "
-                                                    "ones are named on stderr and skipped).", metavar="RUN")],
+    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` or `iqa "
+                                                    "ablate` (unfinished ones are named on stderr and skipped).",
+                                               metavar="RUN")],
     bins: Annotated[Optional[str], typer.Option(help="Label-range edges, e.g. 0,20,40,60,80,100 [default: five "
-                                                     "equal ranges over the label range].")] = None,
+                                                     "equal ranges over the label range].", metavar="EDGES")] = None,
     tables: Annotated[Optional[str], typer.Option(
         help="Tables to show, comma-separated: ranges (MAE per label range, the paper's Table 1), values (MAE "
              "per label value, Table 2), shots (many/medium/few-shot MAE, MSE, G-Mean), iqa (SRCC, KRCC, PLCC, "
-             "RMSE), or all [default: ranges, plus values with --groups].")] = None,
+             "RMSE), or all [default: ranges, plus values with --groups].", metavar="TABLES")] = None,
     groups: Annotated[Optional[str], typer.Option(
         help="Label values for the per-value table: groups separated by ';', values by ',': '3;4;3,4' gives "
              "columns 3, 4, 3&4, All. A label matches v when v-0.5 <= label < v+0.5 [default with --tables "
-             "values: each value, when the labels are discrete].")] = None,
+             "values: each value, when the labels are discrete].", metavar="GROUPS")] = None,
     many: Annotated[int, typer.Option(help="Many-shot: bins with more training images than this.")] = 100,
     few: Annotated[int, typer.Option(help="Few-shot: bins with fewer training images than this.")] = 20,
     group_seeds: Annotated[bool, typer.Option(help="Show runs that differ only in seed as one row, mean ± std.")
@@ -64,10 +64,10 @@ def report_command(
              "and per label range.", metavar="RUN_A RUN_B")] = None,
     n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for --compare.")] = 2000,
     boot_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    format: Annotated[ReportFormat, typer.Option("--format", help="markdown, csv, latex or json.")
+    format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")
                       ] = ReportFormat.markdown,
-    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.test,
-    plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.")] = None,
+    split: Annotated[Split, typer.Option(help="The split whose predictions are evaluated.")] = Split.test,
+    plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.", metavar="DIR")] = None,
 ) -> None:
     """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2),
     imbalanced-regression and IQA metrics, seeds as mean ± std, a train-mean baseline, and a paired

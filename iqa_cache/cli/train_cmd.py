@@ -9,16 +9,27 @@ import json
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Callable, List, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from iqa_cache.config import (FLAT_DEFAULTS, FLAT_FIELDS, PRESETS, EmptyBins, Kernel, Loss, Preset, Reweight,
-                              Schedule, TrainConfig, run_name)
+from iqa_cache.config import (
+    FLAT_DEFAULTS,
+    FLAT_FIELDS,
+    PRESETS,
+    EmptyBins,
+    Kernel,
+    Loss,
+    Preset,
+    Reweight,
+    Schedule,
+    TrainConfig,
+    run_name,
+)
 from iqa_cache.device import Device
 
 from .app import app
-from .common import echo_out, handle_errors, parse_expect, parse_range
+from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, parse_range
 
 D = FLAT_DEFAULTS  # every training option's default is the library's
 
@@ -131,12 +142,12 @@ def with_train_options(fn: Callable) -> Callable:
     return wrapper
 
 
-@app.command("train-head")
+@app.command("train-head", cls=Command)
 @handle_errors
 @with_train_options
 def train_head_command(
     ctx: typer.Context,
-    cache: Annotated[Path, typer.Option(help="HDF5 cache made by `iqa embed`.")],
+    cache: CacheFile,
     opts: TrainOptions,
     out: Annotated[Optional[Path], typer.Option(help="Run directory [default: runs/<cache file's stem>/<what is "
                                                       "trained>_s<seed>, e.g. lds+fds_s0 or rw-inverse_s0].",
@@ -144,9 +155,7 @@ def train_head_command(
                    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory written by iqa (anything "
                                                  "else is refused).")] = False,
-    expect: Annotated[Optional[List[str]], typer.Option(help="Refuse the cache unless its attribute KEY equals "
-                                                             "VALUE (repeatable), e.g. pretrained=laion2b_s34b_b79k, "
-                                                             "resize_mode=squash, model=ViT-B-32.")] = None,
+    expect: Expect = None,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
     show_config: Annotated[bool, typer.Option(help="Print the resolved training configuration (preset and "
                                                    "options applied) as JSON and exit without training.")] = False,
