@@ -63,7 +63,8 @@ def main() -> None:
     ensure_dataset(root, SynthSpec(n=a.n, size=(512, 384), seed=11), progress=False)
     out = a.data / "out"
     out.mkdir(parents=True, exist_ok=True)
-    common = ["-m", "iqa_cache.cli", "embed", "--dataset", "koniq", "--root", str(root), "--model", a.model, "--pretrained",
+    common = ["-m", "iqa_cache.cli", "embed", "--dataset", "koniq", "--root", str(root), "--model", a.model,
+              "--pretrained",
               "none", "--device", a.device, "--no-progress", "--overwrite"]
     single = run([sys.executable, *common, "--out", str(out / "single.h5")])
     ranks = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.ranks),

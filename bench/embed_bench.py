@@ -50,8 +50,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iqa_cache import cache  # noqa: E402
 from iqa_cache.datasets import Manifest, load_csv  # noqa: E402
 from iqa_cache.embed import EmbedConfig, embed  # noqa: E402
-from iqa_cache.encoder import (EncoderConfig, PreprocessConfig, build_transform, load_encoder,  # noqa: E402
-                               preprocess_for, resolve_model_name, resolve_weights)
+from iqa_cache.encoder import (  # noqa: E402
+    EncoderConfig,
+    PreprocessConfig,
+    build_transform,
+    load_encoder,
+    preprocess_for,
+    resolve_model_name,
+    resolve_weights,
+)
 
 KONIQ_SIZE = (1024, 768)
 

@@ -60,8 +60,23 @@ import h5py
 import numpy as np
 
 from .errors import CacheError
-from .schema import (CHUNK_ROWS, DATA_KEYS, FAILED, FEATURE_KEYS, HISTORY_LEN, IDENTITY_BYTES, OK, PENDING,  # noqa: F401
-                     READABLE_SCHEMAS, REASON_BYTES, SCHEMA, SCHEMA_VERSION, SPLIT_BYTES, STATE_BYTES, STATE_KEYS)
+from .schema import (  # noqa: F401
+    CHUNK_ROWS,
+    DATA_KEYS,
+    FAILED,
+    FEATURE_KEYS,
+    HISTORY_LEN,
+    IDENTITY_BYTES,
+    OK,
+    PENDING,
+    READABLE_SCHEMAS,
+    REASON_BYTES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SPLIT_BYTES,
+    STATE_BYTES,
+    STATE_KEYS,
+)
 
 log = logging.getLogger(__name__)
 

@@ -69,7 +69,8 @@ def jpeg_decoder(name: str = "auto") -> tuple[str, Callable]:
                  torchcodec_available())
     # deliberately the deprecated decoder: its warning is known and not the user's concern
     warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
-    from torchvision.io import ImageReadMode, decode_jpeg as tv_decode
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_jpeg as tv_decode
 
     def decode(data, device="cpu"):
         return tv_decode(data, mode=ImageReadMode.RGB, device=device)

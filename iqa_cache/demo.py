@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from . import cache as cache_mod
 from .cache import default_cache_path
@@ -23,12 +22,12 @@ from .datasets import load_koniq
 from .embed import EmbedConfig, embed
 from .encoder import EncoderConfig, PreprocessConfig, resolve_weights
 from .errors import WeightsUnavailable
-from .timm_backend import PACKAGE_TAG
 from .imbalance import FDSConfig, LDSConfig
 from .report import Report, ReportConfig, build_report, format_report
 from .runs import load_run, write_run
 from .settings import DEFAULT_TAG, DemoConfig  # noqa: F401  (re-exported: their old place)
 from .synth import SynthSpec, ensure_dataset
+from .timm_backend import PACKAGE_TAG
 from .train import OptimConfig, TrainConfig, train_head
 
 log = logging.getLogger(__name__)

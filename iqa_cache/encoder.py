@@ -28,10 +28,18 @@ import torch
 from PIL import Image, ImageOps
 
 from .errors import ConfigError, WeightsUnavailable
-from .preprocess import (FEATURE_NAME, INIT_SEED, INTERPOLATIONS, OPENAI_MEAN, OPENAI_STD,  # noqa: F401 (re-exported)
-                         PRECISIONS, RESIZE_MODES, EncoderConfig, PreprocessConfig)
+from .preprocess import (  # noqa: F401 (re-exported)
+    FEATURE_NAME,
+    INIT_SEED,
+    INTERPOLATIONS,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    PRECISIONS,
+    RESIZE_MODES,
+    EncoderConfig,
+    PreprocessConfig,
+)
 from .weights import Weights, hub_reachable, sha256_file
-
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,18 @@ import torch.nn.functional as F
 from .binning import Bins
 from .config import EMPTY_BINS, FDSConfig, LDSConfig
 from .errors import ConfigError
-from .kernels import (INVERSE_CLIP, KERNELS, REWEIGHTS, Kernel, Reweight, check_kernel, even_kernel_message,
-                      kernel_window, label_density, lds_weights)
+from .kernels import (
+    INVERSE_CLIP,
+    KERNELS,
+    REWEIGHTS,
+    Kernel,
+    Reweight,
+    check_kernel,
+    even_kernel_message,
+    kernel_window,
+    label_density,
+    lds_weights,
+)
 
 __all__ = ["Bins", "EMPTY_BINS", "FDSConfig", "LDSConfig", "INVERSE_CLIP", "KERNELS", "REWEIGHTS", "Kernel",
            "Reweight", "check_kernel", "even_kernel_message", "kernel_window", "label_density", "lds_weights",

@@ -30,8 +30,16 @@ from typing import Any
 import numpy as np
 
 from . import cache as cache_mod
-from .datasets import (Manifest, _apply_range, _check_duplicates, _parse_labels, _parse_splits, _pick_column,
-                       _read_csv, seeded_split)
+from .datasets import (
+    Manifest,
+    _apply_range,
+    _check_duplicates,
+    _parse_labels,
+    _parse_splits,
+    _pick_column,
+    _read_csv,
+    seeded_split,
+)
 from .errors import CacheError, DatasetError
 from .settings import ImportConfig  # noqa: F401  (re-exported: its old place)
 

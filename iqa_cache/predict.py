@@ -26,8 +26,20 @@ import pandas as pd
 import torch
 
 from .device import resolve_device
-from .encoder import (INIT_SEED, Encoder, EncoderConfig, ImageLoadError, PreprocessConfig, Weights,
-                      build_transform, feature_name, load_encoder, load_image, resolve_model_name, resolve_weights)
+from .encoder import (
+    INIT_SEED,
+    Encoder,
+    EncoderConfig,
+    ImageLoadError,
+    PreprocessConfig,
+    Weights,
+    build_transform,
+    feature_name,
+    load_encoder,
+    load_image,
+    resolve_model_name,
+    resolve_weights,
+)
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
 from .runs import Run, load_head, load_run, run_state, write_atomic
 from .settings import PredictConfig  # noqa: F401  (re-exported: its old place)
@@ -176,7 +188,8 @@ def _collate(items):
     return [i for i, _ in ok], x, bad
 
 
-def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike], cfg: PredictConfig = PredictConfig(),
+def predict_images(run_dir: str | os.PathLike, images: Sequence[str | os.PathLike],
+                   cfg: PredictConfig = PredictConfig(),
                    *, progress: bool = True) -> PredictResult:
     """Score ``images`` with the run at ``run_dir``.  Images that cannot be
     read are skipped and listed in ``failures``; DatasetError when none

@@ -36,9 +36,9 @@ import pandas as pd
 
 from . import __version__
 from .binning import Bins
-from .schema import FEATURE_KEYS
 from .config import HeadConfig, TrainConfig
 from .errors import RunError
+from .schema import FEATURE_KEYS
 
 if TYPE_CHECKING:  # torch is imported where heads are saved or loaded: `iqa report` never needs it
     from .head import ResidualMLPHead

@@ -306,7 +306,8 @@ _PKG_BLOCK_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "
 _PKG_BLOCK_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
                  "_project_conv": "conv_pwl", "_bn2": "bn3"}
 _PKG_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_PKG_KEY = re.compile(r"^(?:_blocks\.(\d+)\.)?(_[a-z_]+\d?)\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+_PKG_KEY = re.compile(r"^(?:_blocks\.(\d+)\.)?(_[a-z_]+\d?)\."
+                      r"(weight|bias|running_mean|running_var|num_batches_tracked)$")
 
 
 def lite0_package_to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -378,7 +379,8 @@ def _load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], label: str) 
     missing = [k for k in missing if k not in head]
     if missing or unexpected:
         raise ConfigError(f"--pretrained {label}: not a checkpoint of this model (missing "
-                          f"{', '.join(missing[:3]) or 'nothing'}; unexpected {', '.join(unexpected[:3]) or 'nothing'})")
+                          f"{', '.join(missing[:3]) or 'nothing'}; "
+                          f"unexpected {', '.join(unexpected[:3]) or 'nothing'})")
 
 
 class PreLogits(torch.nn.Module):

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+
 @dataclass(frozen=True)
 class Weights:
     """Where encoder weights come from, resolved and checksummed."""

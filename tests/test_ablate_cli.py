@@ -39,6 +39,7 @@ def feature_cache(tmp_path_factory) -> Path:
     return write_feature_cache(tmp_path_factory.mktemp("fc") / "feats.h5", x, y, split)
 
 
+@pytest.mark.slow
 def test_ablate_on_an_embedded_cache_through_the_cli(embedded_cache, tmp_path):
     out = tmp_path / "abl"
     grid = "lds=on,off; lds_kernel=gaussian,laplace; fds=on,off"

@@ -10,12 +10,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.datasets import load_csv
 from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import (EncoderConfig, build_transform, load_encoder, preprocess_for, resolve_model_name,
-                               resolve_weights)
+from iqa_cache.encoder import (
+    EncoderConfig,
+    build_transform,
+    load_encoder,
+    preprocess_for,
+    resolve_model_name,
+    resolve_weights,
+)
 
 from .imagegen import BAD_CASES, write_bad_cases
 

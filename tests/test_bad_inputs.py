@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -227,6 +227,7 @@ def test_existing_run_is_not_overwritten(good_cache, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} != snapshot
 
 
+@pytest.mark.slow
 def test_diverging_training_writes_no_run(good_cache, tmp_path):
     r = iqa("train-head", "--cache", good_cache, "--epochs", 5, "--lr", "1e12", "--loss", "mse", "--lds",
             "--out", tmp_path / "div", "--no-progress")
@@ -283,6 +284,7 @@ def test_crafted_head_pickle_is_refused(good_cache, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_crafted_checkpoint_is_refused(koniq_root, tmp_path):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.pt"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache.binning import MAX_BINS, bin_index
+from iqa_cache.cli.main import app
 from iqa_cache.errors import ConfigError
 from iqa_cache.imbalance import Bins
 from iqa_cache.metrics import bin_of, value_mask

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.synth import SynthSpec, make_dataset
 
 from .imagegen import jpeg_bytes, photo

@@ -43,6 +43,7 @@ def test_help_lists_commands_and_options():
             assert o in h.output, (cmd, o)
 
 
+@pytest.mark.slow
 def test_train_head_then_report_all_formats(feature_cache, tmp_path):
     runs = []
     for name, flags in (("vanilla", []), ("lds", ["--lds"]), ("ldsfds", ["--lds", "--fds"])):
@@ -115,6 +116,7 @@ def test_even_kernel_size_is_a_usage_error(feature_cache, tmp_path):
     assert r.exit_code == 2 and "--fds-sigma" in r.output
 
 
+@pytest.mark.slow
 def test_preset_fills_defaults_but_explicit_options_win(feature_cache, tmp_path):
     assert iqa("train-head", "--cache", feature_cache, "--preset", "paper-koniq", "--epochs", 2,
                "--out", tmp_path / "p", "--no-progress").exit_code == 0

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.datasets import load_csv, load_koniq
 from iqa_cache.distributed import part_bounds, rows, shard_path
 from iqa_cache.embed import EmbedConfig, embed
@@ -33,7 +33,8 @@ VOLATILE = {"created_at", "finished_at", "distributed_world_size", "seq", "histo
 
 
 def torchrun(*args, timeout=300, command="embed", **kw):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "iqa_cache.cli",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "iqa_cache.cli",
            command, *map(str, args), "--device", "cpu", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if kw.pop("popen", False):
@@ -84,6 +85,7 @@ def test_distributed_flag_needs_torchrun(koniq_root, tiny_model, tmp_path, monke
     assert not (tmp_path / "x.h5").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_over_webdataset_shards_equals_one_process_over_the_folder(koniq_root, tiny_model, tmp_path):
     """2 ranks over 4 webdataset shards = 1 process over the same images as
     folder + CSV, bit for bit; the shard files are gone; a single-process

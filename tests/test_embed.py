@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.datasets import load_koniq
 from iqa_cache.embed import EmbedConfig, embed
 from iqa_cache.encoder import EncoderConfig, PreprocessConfig, load_image

@@ -178,6 +178,7 @@ needs_torchcodec = pytest.mark.skipif(bool(torchcodec_available()), reason="Torc
 DECODER_PARAMS = [pytest.param("torchcodec", marks=needs_torchcodec), "torchvision"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("decoder", DECODER_PARAMS)
 def test_tensor_pipeline_end_to_end_equals_reference(koniq_root, tiny_model, tmp_path, decoder):
     m = load_koniq(koniq_root).head(20)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iqa_cache.imbalance import FDS, FDSConfig
+from iqa_cache.imbalance import FDS, FDSConfig, fds_window, smooth_statistics
 from iqa_cache.stacked import StackedFDS, padded_windows, stacked_smooth
-from iqa_cache.imbalance import fds_window, smooth_statistics
 from tests.reference import RefFDS, ref_fill_empty_buckets
 
 N_BINS, DIM, N = 14, 6, 500

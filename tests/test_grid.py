@@ -64,6 +64,7 @@ def assert_same_run(a, b, *, val_atol=2e-4, pred_atol=2e-3):
     replace(BASE, fds=replace(FDS, kernel="laplace", ks=7, sigma=1.5, start_update=1, start_smooth=3),
             head=HeadConfig(hidden_dim=32, n_blocks=2), loss="huber", batch_size=1000),  # full batch
 ], ids=["vanilla", "lds", "lds+fds", "fds-full-batch"])
+@pytest.mark.slow
 def test_fast_train_head_equals_the_simple_loop(data, cfg):
     assert_same_run(train_head(data, cfg), train_head_simple(data, cfg))
 
@@ -91,6 +92,7 @@ MIXED_FDS = [  # FDS on: one stack mixing FDS windows (sizes 1, 3, 5, 9), LDS se
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group", [MIXED_PLAIN, MIXED_FDS], ids=["vanilla+lds", "lds+fds"])
 def test_a_configuration_in_a_stack_equals_it_trained_alone(data, group):
     assert len(plan_stacks(group, 64)) == 1  # really one stack
@@ -123,8 +125,7 @@ def test_a_diverging_configuration_does_not_disturb_the_others(data):
 # ------------------------------------------------------------------ grids
 
 from iqa_cache.errors import ConfigError, RunError  # noqa: E402
-from iqa_cache.grid import (GRID_KEYS, expand, format_summary, load_grid_file, parse_grid, read_grid,  # noqa: E402
-                            run_ablation)
+from iqa_cache.grid import GRID_KEYS, expand, format_summary, load_grid_file, parse_grid, read_grid, run_ablation  # noqa: E402
 from iqa_cache.runs import load_run  # noqa: E402
 
 
@@ -223,6 +224,7 @@ def test_expansion_reweight_follows_lds_unless_given_and_fds_needs_bins():
         expand(parse_grid("lds=on; reweight=none"), BASE, (0, 100))
 
 
+@pytest.mark.slow
 def test_run_ablation_writes_runs_and_a_sorted_summary(data, tmp_path):
     spec = parse_grid("lds=on,off; fds=on,off; lr=0.003,1e30; lds_ks=3,5")
     base = replace(BASE, epochs=3)

@@ -11,7 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.app import MAX_WARNING_CHARS, shorten, setup_logging
+from iqa_cache.cli.app import MAX_WARNING_CHARS, setup_logging, shorten
 from iqa_cache.cli.main import app
 from iqa_cache.encoder import warn_cpu_precision
 
@@ -121,3 +121,36 @@ def test_report_warnings_about_hundreds_of_runs_stay_short():
     few = [_run("a", pretrained_kind="none", **base), _run("b", pretrained_kind="none", **base),
            _run("c", pretrained_kind="tag", **base)]
     assert run_warnings(few)[0].startswith("warning: runs 'a', 'b' were trained on features of a randomly")
+
+
+def test_report_checks_live_in_its_config_and_the_cli_reads_its_defaults():
+    from iqa_cache.errors import ConfigError
+    from iqa_cache.report import ReportConfig
+
+    with pytest.raises(ConfigError, match="--groups applies to the values table"):
+        ReportConfig(groups=((3.0,),), tables=("ranges",))
+    with pytest.raises(ConfigError, match="--n-boot must be at least 100"):
+        ReportConfig(n_boot=50)
+    cmd = typer_command("report")
+    defaults = {p.name: p.default for p in cmd.params}
+    lib = ReportConfig()
+    for name in ("many", "few", "group_seeds", "baseline", "n_boot", "boot_seed"):
+        assert defaults[name] == getattr(lib, name), name
+    assert str(getattr(defaults["split"], "value", defaults["split"])) == lib.split
+
+
+def typer_command(name: str):
+    import typer.main
+
+    group = typer.main.get_command(app)
+    return group.commands[name]
+
+
+def test_the_tree_passes_the_linter():
+    pytest.importorskip("ruff", reason="ruff comes with the [dev] extra")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "."], cwd=repo, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout[-3000:]

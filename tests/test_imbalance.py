@@ -8,12 +8,22 @@ import torch
 from scipy.ndimage import convolve1d
 
 from iqa_cache.errors import ConfigError
-from iqa_cache.imbalance import (FDS, Bins, FDSConfig, LDSConfig, bin_statistics, calibrate, fds_window,
-                                 kernel_window, label_density, lds_weights, smooth_statistics)
+from iqa_cache.imbalance import (
+    FDS,
+    Bins,
+    FDSConfig,
+    LDSConfig,
+    bin_statistics,
+    calibrate,
+    fds_window,
+    kernel_window,
+    label_density,
+    lds_weights,
+    smooth_statistics,
+)
 from tests.reference import calibrate_mean_var, ref_bin, ref_kernel_window, ref_lds_weights
 
 from .conftest import koniq_like_labels
-
 
 # The reference formulas, label by label, live in tests/reference.py (also
 # benchmark variant (a)), written without iqa_cache.

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 
 runner = CliRunner()
 TRAIN = ("--lds", "--fds", "--epochs", 6, "--hidden", 32, "--blocks", 1, "--batch-size", 8, "--lr", "3e-3",
@@ -89,6 +89,7 @@ def test_imported_cache_trains_exactly_like_the_embedded_one(embedded, tmp_path,
     assert "n (test items)" in rep.stdout and "test images" not in rep.stdout
 
 
+@pytest.mark.slow
 def test_report_ablate_and_predict_on_an_imported_cache(embedded, tmp_path):
     d, h5, data = embedded
     out = tmp_path / "c.h5"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-
 PKG = Path(__file__).resolve().parents[1] / "iqa_cache"
 
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.errors import ConfigError, WeightsUnavailable
 from iqa_cache.predict import run_weights
 from iqa_cache.runs import load_head

@@ -123,7 +123,8 @@ def test_runs_that_differ_only_in_seed_are_grouped(trained, tmp_path):
 def discrete_preds(n_train=300, n_test=200, seed=0):
     """Predictions of a 0-4 discrete-label task: labels mostly 1-2."""
     rng = np.random.default_rng(seed)
-    lab = lambda n: rng.choice([0, 1, 2, 3, 4], size=n, p=[0.1, 0.4, 0.35, 0.1, 0.05]).astype(float)
+    def lab(n):
+        return rng.choice([0, 1, 2, 3, 4], size=n, p=[0.1, 0.4, 0.35, 0.1, 0.05]).astype(float)
     ytr, yte = lab(n_train), lab(n_test)
     pte = yte + rng.normal(0, 0.5, n_test)
     return pd.DataFrame({"image_id": [f"i{i}" for i in range(n_train + n_test)],

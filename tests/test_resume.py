@@ -43,7 +43,8 @@ def mid_model(tmp_path_factory) -> str:
 
 
 def _embed_cmd(root, model, out, *extra) -> list[str]:
-    return [sys.executable, "-m", "iqa_cache.cli", "embed", "--dataset", "koniq", "--root", str(root), "--limit", str(N),
+    return [sys.executable, "-m", "iqa_cache.cli", "embed", "--dataset", "koniq", "--root", str(root),
+            "--limit", str(N),
             "--model", model, "--pretrained", "none", "--device", "cpu", "--batch-size", "2", "--out", str(out),
             "--no-progress", *extra]
 

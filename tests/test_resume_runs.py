@@ -76,6 +76,7 @@ def feats(tmp_path_factory) -> Path:
     return write_feature_cache(tmp_path_factory.mktemp("fc") / "feats.h5", x, y, split)
 
 
+@pytest.mark.slow
 def test_train_head_killed_while_moving_its_run_into_place(feats, tmp_path):
     run = tmp_path / "run"
     killed_at("swap", "train-head", "--cache", feats, "--out", run, *FAST)
@@ -85,6 +86,7 @@ def test_train_head_killed_while_moving_its_run_into_place(feats, tmp_path):
     assert hidden_dirs(tmp_path) == [] and (run / ".iqa-run").is_file()
 
 
+@pytest.mark.slow
 def test_train_head_killed_mid_replacement_gets_the_old_run_back(feats, tmp_path):
     run = tmp_path / "run"
     assert iqa("train-head", "--cache", feats, "--out", run, *FAST).exit_code == 0
@@ -102,6 +104,7 @@ def test_train_head_killed_mid_replacement_gets_the_old_run_back(feats, tmp_path
     assert r.exit_code == 0 and snapshot(run) != before and hidden_dirs(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_ablate_killed_while_writing_its_second_run_resumes(feats, tmp_path):
     out = tmp_path / "abl"
     grid = "lds=on; lds_sigma=1,2,3,4"
@@ -114,6 +117,7 @@ def test_ablate_killed_while_writing_its_second_run_resumes(feats, tmp_path):
     assert hidden_dirs(out) == [] and sorted(summary(out)) == [f"lds_sigma={s}" for s in (1, 2, 3, 4)]
 
 
+@pytest.mark.slow
 def test_ablate_killed_during_training_resumes_with_the_same_numbers(tmp_path):
     """kill -9 from outside at a random point of a grid trained one
     configuration at a time; the rerun keeps what was finished, trains the

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.encoder import EncoderConfig, load_encoder, preprocess_for, resolve_model_name, resolve_weights
 from iqa_cache.errors import ConfigError
 from iqa_cache.runs import load_head
@@ -150,6 +150,7 @@ def _scene(seed: int) -> Image.Image:
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_packaged_lite0_features_are_those_of_a_trained_network():
     """ImageNet weights: the classifier gives one clear class to a generated
     image, the same for two crops of it, and two crops of one image are far

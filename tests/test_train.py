@@ -31,6 +31,7 @@ SMALL = TrainConfig(head=HeadConfig(hidden_dim=64, n_blocks=1), optim=OptimConfi
                     batch_size=64, device="cpu")
 
 
+@pytest.mark.slow
 def test_training_reduces_validation_mae(data):
     res = train_head(data, SMALL)
     va = data.subset("val")
@@ -53,6 +54,7 @@ def test_same_seed_same_metrics_other_seed_differs(data):
     assert a.metrics["test"]["mae"] != c.metrics["test"]["mae"]
 
 
+@pytest.mark.slow
 def test_lds_weights_reach_the_loss(tmp_path):
     # constant features: the head can only learn a constant, and under MSE that
     # constant is the (LDS-)weighted mean of the training labels.  No

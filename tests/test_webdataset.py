@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from iqa_cache.cli.main import app
 from iqa_cache import cache
+from iqa_cache.cli.main import app
 from iqa_cache.errors import DatasetError
 from iqa_cache.wds import expand_braces, load_webdataset
 
@@ -43,6 +43,7 @@ def test_brace_expansion():
     assert expand_braces("{3..1}") == ["3", "2", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["pil", "tensor"])
 def test_webdataset_cache_equals_folder_and_csv_cache(koniq_root, tiny_model, tmp_path, pipeline):
     pattern, folder, csv = write_shards(koniq_root, tmp_path / "shards", per_shard=15)  # 3 shards: 15, 15, 10

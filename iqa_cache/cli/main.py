@@ -1,8 +1,7 @@
 """Entry point of the `iqa` console script."""
 from __future__ import annotations
 
-from . import (ablate_cmd, demo_cmd, embed_cmd, import_cmd, predict_cmd, report_cmd,  # noqa: F401  (register)
-               train_cmd)
+from . import ablate_cmd, demo_cmd, embed_cmd, import_cmd, predict_cmd, report_cmd, train_cmd  # noqa: F401  (register)
 from .app import app
 
 

@@ -1,27 +1,20 @@
 """`iqa report`: tables (and plots) from run directories."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional, Tuple
 
 import typer
 
+from iqa_cache.report.build import ReportConfig  # light: the report package imports no engine
+from iqa_cache.report.types import FORMATS, SPLITS
+
 from .app import app
-from .common import Command, echo_out, handle_errors
+from .common import Command, choices, echo_out, handle_errors
 
-
-class ReportFormat(str, Enum):
-    markdown = "markdown"
-    csv = "csv"
-    latex = "latex"
-    json = "json"
-
-
-class Split(str, Enum):
-    test = "test"
-    val = "val"
-    train = "train"
+ReportFormat = choices("ReportFormat", FORMATS)
+Split = choices("Split", SPLITS)
+_D = ReportConfig()  # the defaults, defined once in the library
 
 
 def parse_tables(text: str) -> tuple[str, ...]:
@@ -54,19 +47,19 @@ def report_command(
         help="Label values for the per-value table: groups separated by ';', values by ',': '3;4;3,4' gives "
              "columns 3, 4, 3&4, All. A label matches v when v-0.5 <= label < v+0.5 [default with --tables "
              "values: each value, when the labels are discrete].", metavar="GROUPS")] = None,
-    many: Annotated[int, typer.Option(help="Many-shot: bins with more training images than this.")] = 100,
-    few: Annotated[int, typer.Option(help="Few-shot: bins with fewer training images than this.")] = 20,
+    many: Annotated[int, typer.Option(help="Many-shot: bins with more training images than this.")] = _D.many,
+    few: Annotated[int, typer.Option(help="Few-shot: bins with fewer training images than this.")] = _D.few,
     group_seeds: Annotated[bool, typer.Option(help="Show runs that differ only in seed as one row, mean ± std.")
-                           ] = True,
-    baseline: Annotated[bool, typer.Option(help="Add a row that predicts the training mean.")] = True,
+                           ] = _D.group_seeds,
+    baseline: Annotated[bool, typer.Option(help="Add a row that predicts the training mean.")] = _D.baseline,
     compare: Annotated[Optional[Tuple[Path, Path]], typer.Option(
         help="Paired bootstrap of the MAE difference RUN_A - RUN_B (each stands for its seed group), overall "
              "and per label range.", metavar="RUN_A RUN_B")] = None,
-    n_boot: Annotated[int, typer.Option(min=100, help="Bootstrap resamples for --compare.")] = 2000,
-    boot_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for --compare (at least 100).")] = _D.n_boot,
+    boot_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = _D.boot_seed,
     format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")
-                      ] = ReportFormat.markdown,
-    split: Annotated[Split, typer.Option(help="The split whose predictions are evaluated.")] = Split.test,
+                      ] = ReportFormat(FORMATS[0]),
+    split: Annotated[Split, typer.Option(help="The split whose predictions are evaluated.")] = Split(_D.split),
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.", metavar="DIR")] = None,
 ) -> None:
     """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2),
@@ -76,7 +69,7 @@ def report_command(
     All numbers are recomputed from each run's predictions.csv.
     """
     from iqa_cache.metrics import parse_edges, parse_groups
-    from iqa_cache.report import ReportConfig, build_report, format_report, load_runs
+    from iqa_cache.report import build_report, format_report, load_runs
 
     try:
         edges = tuple(parse_edges(bins)) if bins else None
@@ -87,9 +80,6 @@ def report_command(
     except ValueError as e:
         raise typer.BadParameter(str(e).replace("--groups ", ""), param_hint="--groups") from None
     chosen = parse_tables(tables) if tables else (("ranges", "values") if groups else ("ranges",))
-    if groups and "values" not in chosen:
-        raise typer.BadParameter("--groups applies to the values table; add 'values' to --tables",
-                                 param_hint="--groups")
     cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
                        group_seeds=group_seeds, baseline=baseline,
                        compare=(str(compare[0]), str(compare[1])) if compare else None, n_boot=n_boot,

@@ -15,6 +15,8 @@ from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput
 if TYPE_CHECKING:
     from ..runs import Run
 
+MIN_BOOT = 100  # fewer bootstrap resamples give no usable interval
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -49,8 +51,10 @@ class ReportConfig:
         if self.few > self.many:
             raise ConfigError(f"--few {self.few} is above --many {self.many}: a bin cannot be both few- and "
                               "many-shot")
-        if self.n_boot < 1:
-            raise ConfigError(f"--n-boot must be at least 1, got {self.n_boot}")
+        if self.n_boot < MIN_BOOT:
+            raise ConfigError(f"--n-boot must be at least {MIN_BOOT}, got {self.n_boot}")
+        if self.groups is not None and "values" not in self.tables:
+            raise ConfigError("--groups applies to the values table; add 'values' to --tables")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence {self.confidence} must be between 0 and 1")
 
