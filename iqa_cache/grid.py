@@ -42,7 +42,6 @@ from .cache import CacheData
 from .config import FLAT_FIELDS, GRID_KEYS, PLAN_FILE, SUMMARY_FILE, reweight_note
 from .device import resolve_device
 from .errors import ConfigError, RunError, TrainingDiverged
-from .importer import item_noun
 from .kernels import KERNELS, REWEIGHTS, even_kernel_message
 from .metrics import bin_names, default_edges, per_bin_mae
 from .report import run_warnings
@@ -63,6 +62,7 @@ from .runs import (
     write_run,
     writer_alive,
 )
+from .schema import item_noun
 from .seeds import SEED_MAX
 from .stacked import check_fds_bins, plan_stacks, train_many
 from .train import TrainConfig, TrainResult

@@ -41,6 +41,7 @@ from .datasets import (
     seeded_split,
 )
 from .errors import CacheError, DatasetError
+from .schema import IMPORTED, item_noun  # noqa: F401 (re-exported)
 from .settings import ImportConfig  # noqa: F401  (re-exported: its old place)
 
 log = logging.getLogger(__name__)
@@ -49,15 +50,6 @@ FORMATS = {".npy": "npy", ".npz": "npz", ".h5": "hdf5", ".hdf5": "hdf5", ".parqu
 FEATURE_KEYS = ("features", "embeddings", "embedding", "feature", "X", "x")
 ID_KEYS = ("ids", "id", "image_id", "item_id", "image", "name")
 CSV_ID_COLUMNS = ("id", "image_id", "item_id", "image", "image_name", "filename", "file", "path", "name")
-IMPORTED = "imported"
-
-
-def item_noun(cache_attrs: dict[str, Any] | None) -> str:
-    """How tables name a cache's rows: ``images`` for embedded images,
-    ``items`` for imported features (which need not be images)."""
-    return "items" if (cache_attrs or {}).get("feature_source") == IMPORTED else "images"
-
-
 @dataclass
 class ImportSummary:
     path: Path

@@ -3,6 +3,8 @@ status codes and which attributes define the features and the data.  No
 h5py here, so that reading runs (`iqa report`) does not load it."""
 from __future__ import annotations
 
+from typing import Any
+
 SCHEMA = "iqa-cache"
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -25,3 +27,11 @@ FEATURE_KEYS = ("model", "model_config_json", "pretrained_kind", "pretrained_sha
                 "exif_transpose")
 # ... and these define *which* images, labels and splits it holds.
 DATA_KEYS = ("dataset", "manifest_sha256", "n_images", "content_id")
+
+IMPORTED = "imported"  # the feature_source attribute of a cache made by `iqa import`
+
+
+def item_noun(cache_attrs: dict[str, Any] | None) -> str:
+    """How tables name a cache's rows: ``images`` for embedded images,
+    ``items`` for imported features (which need not be images)."""
+    return "items" if (cache_attrs or {}).get("feature_source") == IMPORTED else "images"

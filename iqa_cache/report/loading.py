@@ -23,7 +23,7 @@ from ..config import FDSConfig, LDSConfig, default_reweight
 from ..errors import ConfigError, RunError
 from ..kernels import label_density
 from ..metrics import default_edges
-from ..schema import DATA_KEYS, FEATURE_KEYS
+from ..schema import DATA_KEYS, FEATURE_KEYS, item_noun
 from .types import Baseline, Entry
 
 if TYPE_CHECKING:
@@ -118,8 +118,6 @@ def run_warnings(runs: Sequence[Run]) -> list[str]:
 def runs_noun(runs: Sequence[Run]) -> str:
     """What the rows are called in tables: ``images``, or ``items`` when any
     run was trained on imported features (``iqa import``)."""
-    from ..importer import item_noun
-
     return "items" if any(item_noun(r.cache) == "items" for r in runs) else "images"
 
 
