@@ -265,7 +265,7 @@ def test_disk_full_while_creating_and_finalising(data, tmp_path, tiny_model, mon
     def full_state(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache, "content_id", full_state)
+    monkeypatch.setattr(cache.writer, "content_id", full_state)
     r = embed(data, out, tiny_model)
     assert r.exit_code == 2 and "no space left on the device while finalising" in r.output, r.output
     assert cache.read_attrs(out)["complete"] is False

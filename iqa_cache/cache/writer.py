@@ -59,8 +59,8 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from .errors import CacheError
-from .schema import (  # noqa: F401
+from ..errors import CacheError
+from ..schema import (  # noqa: F401
     CHUNK_ROWS,
     DATA_KEYS,
     FAILED,
@@ -426,7 +426,7 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
     creation, see :func:`_early_dcpl`).  ``identities``: each image's
     content identity (unknown when not given); ``state``: extra mutable
     attributes (labels version, history)."""
-    from . import __version__
+    from .. import __version__
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
