@@ -318,9 +318,9 @@ def merge_shards(out: Path, manifest: Manifest, cfg, device: str, batch: int, pa
                                 raise CacheError(f"shard {path} holds other images than rows {lo}..{hi - 1}")
             with cache_mod.CacheWriter(tmp, sync=False) as w:
                 w.finalize(done)
-            cache_mod._fsync_path(tmp)
+            cache_mod.fsync_path(tmp)
             os.replace(tmp, out)
-            cache_mod._fsync_path(out.parent)
+            cache_mod.fsync_path(out.parent)
         finally:
             tmp.unlink(missing_ok=True)
     for _, _, path in parts:
