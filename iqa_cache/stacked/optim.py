@@ -1,0 +1,70 @@
+"""The learning-rate schedule and one Adam over a stack (a parameter group
+per run of equal learning rates)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..config import OptimConfig, TrainConfig
+from .heads import HeadStack
+
+
+def get_lr(epoch: int, optim: OptimConfig, epochs: int) -> float:
+    """Learning rate for ``epoch`` (0-based); pure."""
+    if optim.schedule == "cosine":
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    if optim.schedule == "step":
+        return optim.lr * 0.1 ** sum(epoch >= int(epochs * f) for f in (0.6, 0.8))
+    return optim.lr
+
+
+def make_adam(groups: list[dict], optim_cfg) -> torch.optim.Adam:
+    """Adam over ``groups``: fused where this torch and device support it
+    (CUDA, and CPU since torch 2.4), else foreach."""
+    kw = dict(betas=optim_cfg.betas, eps=optim_cfg.eps, weight_decay=optim_cfg.weight_decay)
+    try:
+        return torch.optim.Adam(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(groups, foreach=True, **kw)
+
+
+def lr_groups(lrs: Sequence[float]) -> list[tuple[int, int]]:
+    """The slices ``(start, stop)`` of equal consecutive learning rates in
+    ``lrs`` (sorted: one Adam parameter group each)."""
+    groups: list[tuple[int, int]] = []
+    for i, lr in enumerate(lrs):
+        if groups and lrs[groups[-1][0]] == lr:
+            groups[-1] = (groups[-1][0], i + 1)
+        else:
+            groups.append((i, i + 1))
+    return groups
+
+
+class GroupedAdam:
+    """One Adam over a stack whose configurations are ordered by learning
+    rate: a parameter group per run of equal rates, over row slices of the
+    stacked tensors; each configuration follows its own schedule."""
+
+    def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig]):
+        self.cfgs = cfgs
+        self.groups = lr_groups([c.optim.lr for c in cfgs])
+        with torch.no_grad():
+            self.views = [[p[a:b] for p in stack.params] for a, b in self.groups]
+        self.opt = make_adam([{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(self.views, self.groups)],
+                             cfgs[0].optim)
+
+    def schedule(self, epoch: int) -> list[float]:
+        """Set the groups' learning rates for ``epoch``; returns each configuration's."""
+        lrs = [get_lr(epoch, c.optim, c.epochs) for c in self.cfgs]
+        for g, (a, _) in zip(self.opt.param_groups, self.groups):
+            g["lr"] = lrs[a]
+        return lrs
+
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        """One step with the gradients of the stacked tensors (in stack order)."""
+        for v, (a, b) in zip(self.views, self.groups):
+            for p, g in zip(v, grads):
+                p.grad = g[a:b]
+        self.opt.step()
