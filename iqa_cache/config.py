@@ -19,6 +19,7 @@ import numpy as np
 from .binning import Bins
 from .errors import ConfigError
 from .kernels import KERNELS, REWEIGHTS, Kernel, Reweight, even_kernel_message, lds_weights
+from .methods import METHODS, Method, MethodConfig, method_conflict
 from .seeds import check_seed
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConfig", "LDSConfig", "FDSConfig",
            "OptimConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES", "ACTIVATION_NAMES", "EmptyBins",
            "Loss", "Schedule", "FLAT_FIELDS", "FLAT_DEFAULTS", "default_reweight", "run_tag", "run_name",
-           "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE"]
+           "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE", "Method", "METHODS", "MethodConfig"]
 
 
 class EmptyBins(str, Enum):
@@ -205,6 +206,7 @@ class TrainConfig:
     lds: LDSConfig = field(default_factory=LDSConfig)
     fds: FDSConfig = field(default_factory=FDSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     bin_size: float = 1.0
     label_range: tuple[float, float] | None = None
     epochs: int = 200
@@ -231,6 +233,12 @@ class TrainConfig:
                                   f"{','.join(f'{x:g}' for x in self.label_range)}")
         if not (math.isfinite(self.bin_size) and self.bin_size > 0):
             raise ConfigError(f"--bin-size must be a positive number, got {self.bin_size}")
+        if self.method.name in (Method.vanilla.value, Method.lds.value):  # the plain loss, LDS-weighted or not
+            plain = Method.lds.value if self.lds.enabled else Method.vanilla.value
+            object.__setattr__(self, "method", replace(self.method, name=plain))
+        conflict = method_conflict(self.method.name, self.lds.enabled, self.lds.reweight)
+        if conflict:
+            raise ConfigError(conflict)
         if self.fds.enabled and self.fds.start_smooth >= self.epochs:
             log.warning("FDS starts smoothing at epoch %d but training stops after %d epochs: FDS will have "
                         "no effect", self.fds.start_smooth, self.epochs)
@@ -244,7 +252,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig}
+        sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig, "method": MethodConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -288,7 +296,16 @@ class TrainConfig:
         given.update(values)
         flat = (base if base is not None else cls()).to_flat()
         flat.update({k: _plain(v) for k, v in given.items()})
-        if given.get("reweight") is None and ("reweight" in given or base is None):
+        lds_follows = "method" in given and "lds" not in given  # --method lds turns LDS on, any other off
+        if "method" in given and "lds" in given:
+            conflict = method_conflict(str(_plain(given["method"])), bool(given["lds"]), "none")
+            if conflict and _plain(given["method"]) == Method.lds.value:
+                raise ConfigError(conflict)
+        if lds_follows:
+            flat["lds"] = flat["method"] == Method.lds.value
+        elif "lds" in given and flat["method"] in (Method.vanilla.value, Method.lds.value):
+            flat["method"] = Method.lds.value if flat["lds"] else Method.vanilla.value
+        if given.get("reweight") is None and ("reweight" in given or base is None or lds_follows):
             flat["reweight"] = default_reweight(bool(flat["lds"]))
         if flat["label_range"] is not None:
             flat["label_range"] = tuple(flat["label_range"])
@@ -318,6 +335,11 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "betas": ("optim", "betas"), "eps": ("optim", "eps"), "batch_size": ("", "batch_size"), "loss": ("", "loss"),
     "hidden": ("head", "hidden_dim"), "blocks": ("head", "n_blocks"), "dropout": ("head", "dropout"),
     "seed": ("", "seed"), "device": ("", "device"),
+    "method": ("method", "name"), "bmse_sigma": ("method", "bmse_sigma"), "bmse_sigma_lr": ("method", "bmse_sigma_lr"),
+    "bmse_fix_sigma": ("method", "bmse_fix_sigma"), "gai_components": ("method", "gai_components"),
+    "bni_lds": ("method", "bni_lds"), "dist_weight": ("method", "dist_weight"),
+    "ranksim_gamma": ("method", "ranksim_gamma"), "ranksim_lambda": ("method", "ranksim_lambda"),
+    "dw_alpha": ("method", "dw_alpha"), "dw_eps": ("method", "dw_eps"),
 }
 
 
@@ -334,13 +356,16 @@ FLAT_DEFAULTS: dict[str, Any] = {**TrainConfig().to_flat(), "reweight": None}
 def run_tag(cfg: TrainConfig) -> str:
     """What a configuration trains: ``lds`` (with the default reweighting,
     else ``lds-inverse``), ``rw-inverse`` / ``rw-sqrt_inv`` (reweighting
-    without LDS), ``fds``, joined by ``+``; ``vanilla`` for none of them."""
+    without LDS), the method when it is neither vanilla nor lds (``bmc``,
+    ``ranksim``, ...), ``fds``, joined by ``+``; ``vanilla`` for none of them."""
     rw = cfg.lds.reweight
     parts = []
     if cfg.lds.enabled:
         parts.append("lds" if rw == default_reweight(True) else f"lds-{rw}")
     elif rw != default_reweight(False):
         parts.append(f"rw-{rw}")
+    if cfg.method.name not in (Method.vanilla.value, Method.lds.value):
+        parts.append(cfg.method.name)
     if cfg.fds.enabled:
         parts.append("fds")
     return "+".join(parts) or "vanilla"

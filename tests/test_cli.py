@@ -134,6 +134,10 @@ PAPER_HEAD = {"in_dim": 768, "hidden_dim": 512, "n_blocks": 2, "dropout": 0.0, "
 PAPER_LDS = {"enabled": True, "reweight": "sqrt_inv", "kernel": "gaussian", "ks": 11, "sigma": 10.0}
 PAPER_FDS = {"enabled": True, "kernel": "gaussian", "ks": 5, "sigma": 2.0, "momentum": 0.9, "start_update": 0,
              "start_smooth": 1, "clip_min": 0.1, "clip_max": 10.0, "empty_bins": "fill"}
+# LDS on the plain loss is the method 'lds'; the other methods' settings at their defaults
+PAPER_METHOD = {"name": "lds", "bmse_sigma": 1.0, "bmse_sigma_lr": 0.01, "bmse_fix_sigma": False, "gai_components": 8,
+                "bni_lds": False, "dist_weight": 1.0, "ranksim_gamma": 100.0, "ranksim_lambda": 2.0, "dw_alpha": 1.0,
+                "dw_eps": 1e-6}
 
 
 @pytest.mark.parametrize("preset,lr,bin_size,label_range", [
@@ -150,6 +154,7 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
     assert got == {"preset": preset, "train": {
         "head": PAPER_HEAD, "lds": PAPER_LDS, "fds": PAPER_FDS,
         "optim": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant"},
+        "method": PAPER_METHOD,
         "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
         "seed": 0, "device": "auto"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset

@@ -20,6 +20,7 @@ from iqa_cache.config import (
     EmptyBins,
     Kernel,
     Loss,
+    Method,
     Preset,
     Reweight,
     Schedule,
@@ -74,6 +75,32 @@ class TrainOptions:
                                                            "reference's continuous-label FDS) or keep (mean 0, "
                                                            "variance 1, which drags the tail bins).")
                               ] = EmptyBins(D["fds_empty_bins"])
+    method: Annotated[Method, typer.Option(help="Imbalance method: vanilla (the plain loss), lds (LDS loss "
+                                                "weights; as --lds), bmc, gai, bni (Balanced MSE with a batch, "
+                                                "Gaussian-mixture or histogram label prior), dist (Dist Loss), "
+                                                "ranksim (RankSim regulariser), denseweight (DenseWeight loss "
+                                                "weights); see docs/method.md.")] = Method(D["method"])
+    bmse_sigma: Annotated[float, typer.Option(help="Balanced MSE: initial noise sigma (in label units).")
+                          ] = D["bmse_sigma"]
+    bmse_sigma_lr: Annotated[float, typer.Option(help="Balanced MSE: Adam learning rate of the noise sigma "
+                                                      "(constant).")] = D["bmse_sigma_lr"]
+    bmse_fix_sigma: Annotated[bool, typer.Option("--bmse-fix-sigma/--bmse-learn-sigma",
+                                                 help="Balanced MSE: keep the noise sigma fixed.")
+                              ] = D["bmse_fix_sigma"]
+    gai_components: Annotated[int, typer.Option(help="GAI: components of the Gaussian mixture fitted to the "
+                                                     "training labels.")] = D["gai_components"]
+    bni_lds: Annotated[bool, typer.Option("--bni-lds/--no-bni-lds", help="BNI: smooth the label histogram with "
+                                                                          "the LDS kernel.")] = D["bni_lds"]
+    dist_weight: Annotated[float, typer.Option(help="Dist Loss: weight of the distribution term next to the "
+                                                    "plain loss.")] = D["dist_weight"]
+    ranksim_gamma: Annotated[float, typer.Option(help="RankSim: weight of the ranking regulariser.")
+                             ] = D["ranksim_gamma"]
+    ranksim_lambda: Annotated[float, typer.Option(help="RankSim: interpolation strength of the ranker's "
+                                                       "blackbox gradient.")] = D["ranksim_lambda"]
+    dw_alpha: Annotated[float, typer.Option(help="DenseWeight: strength alpha (0: equal weights).")
+                        ] = D["dw_alpha"]
+    dw_eps: Annotated[float, typer.Option(help="DenseWeight: the smallest weight before normalising.")
+                      ] = D["dw_eps"]
     epochs: Annotated[int, typer.Option(help="Training epochs; the epoch with the best validation MAE is kept.")
                       ] = D["epochs"]
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = D["lr"]

@@ -22,6 +22,7 @@ from ..binning import Bins
 from ..config import FDSConfig, LDSConfig, default_reweight
 from ..errors import ConfigError, RunError
 from ..kernels import label_density
+from ..methods import uses
 from ..metrics import default_edges
 from ..schema import DATA_KEYS, FEATURE_KEYS, item_noun
 from .types import Baseline, Entry
@@ -248,7 +249,12 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-_SHOWN = {f"{m}.{k}" for m in ("lds", "fds") for k in ("enabled", "kernel", "ks", "sigma")} | {"lds.reweight"}
+_SHOWN = {f"{m}.{k}" for m in ("lds", "fds") for k in ("enabled", "kernel", "ks", "sigma")} | {"lds.reweight",
+                                                                                               "method.name"}
+
+
+def _method(train: dict[str, Any], lds_on: bool) -> str:
+    return (train.get("method") or {}).get("name") or ("lds" if lds_on else "vanilla")
 
 
 def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
@@ -281,6 +287,9 @@ def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ())
         label = f"{'+'.join(reweighting + [tags[m] for m in on])} {settings(on[0])}"
     else:
         label = ", ".join(reweighting + [f"{tags[m]} {settings(m)}" for m in on]) or "vanilla"
+    method = _method(train, "lds" in on)
+    if method not in ("vanilla", "lds"):  # the method that is not a smoothing leads: 'bmc', 'ranksim+lds ...'
+        label = method if label == "vanilla" else f"{method}+{label}"
     mine = _flat({k: v for k, v in train.items() if k != "seed"})
     theirs = [(smoothing(o), _flat({k: v for k, v in o.items() if k != "seed"})) for o in others]
     short = {}
@@ -290,9 +299,12 @@ def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ())
 
     def differs(k: str) -> bool:
         # a setting of LDS or FDS matters only where that smoothing is on, here and in the other row
-        m = k.partition(".")[0]
+        m, _, field = k.partition(".")
         if m in defaults and m not in on:
             return False
+        if m == "method":  # a method's hyper-parameter matters where that method is trained, here and there
+            return uses(method, field) and any(str(o.get(k)) != str(mine[k]) for o_on, o in theirs
+                                               if uses(o.get("method.name", ""), field))
         return any(str(o.get(k)) != str(mine[k]) for o_on, o in theirs if m not in defaults or m in o_on)
 
     differ = [k for k in mine if k not in _SHOWN and differs(k)]
