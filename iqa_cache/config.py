@@ -296,16 +296,18 @@ class TrainConfig:
         given.update(values)
         flat = (base if base is not None else cls()).to_flat()
         flat.update({k: _plain(v) for k, v in given.items()})
-        lds_follows = "method" in given and "lds" not in given  # --method lds turns LDS on, any other off
         if "method" in given and "lds" in given:
             conflict = method_conflict(str(_plain(given["method"])), bool(given["lds"]), "none")
             if conflict and _plain(given["method"]) == Method.lds.value:
                 raise ConfigError(conflict)
-        if lds_follows:
+        if "method" in given and "lds" not in given:  # --method lds turns LDS on, any other off
             flat["lds"] = flat["method"] == Method.lds.value
         elif "lds" in given and flat["method"] in (Method.vanilla.value, Method.lds.value):
             flat["method"] = Method.lds.value if flat["lds"] else Method.vanilla.value
-        if given.get("reweight") is None and ("reweight" in given or base is None or lds_follows):
+        # a method given without weights: the weights LDS on/off implies (with LDS on, a base's own are kept)
+        method_weights = ("method" in given and "reweight" not in given
+                          and not (flat["lds"] and flat["reweight"] != default_reweight(False)))
+        if given.get("reweight") is None and ("reweight" in given or base is None or method_weights):
             flat["reweight"] = default_reweight(bool(flat["lds"]))
         if flat["label_range"] is not None:
             flat["label_range"] = tuple(flat["label_range"])
@@ -338,6 +340,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "method": ("method", "name"), "bmse_sigma": ("method", "bmse_sigma"), "bmse_sigma_lr": ("method", "bmse_sigma_lr"),
     "bmse_fix_sigma": ("method", "bmse_fix_sigma"), "gai_components": ("method", "gai_components"),
     "bni_lds": ("method", "bni_lds"), "dist_weight": ("method", "dist_weight"),
+    "dist_bw": ("method", "dist_bw"),
     "ranksim_gamma": ("method", "ranksim_gamma"), "ranksim_lambda": ("method", "ranksim_lambda"),
     "dw_alpha": ("method", "dw_alpha"), "dw_eps": ("method", "dw_eps"),
 }

@@ -62,22 +62,25 @@ class MethodConfig:
     """The method and its hyper-parameters (each used only by its method).
 
     Balanced MSE (``bmc``, ``gai``, ``bni``): ``bmse_sigma`` the initial
-    noise sigma (official default 1.0), learnt with Adam at the constant
+    noise sigma in label units (10, as the official IMDB-WIKI runs on ages,
+    a scale like KonIQ's 0-100; scale it with your labels), learnt with Adam at the constant
     ``bmse_sigma_lr`` unless ``bmse_fix_sigma``; ``gai_components`` the
     Gaussian mixture's size; ``bni_lds`` smooths the label histogram with the
     LDS kernel (``--lds-kernel/--lds-ks/--lds-sigma``).  Dist Loss:
     ``dist_weight`` the weight of the distribution term next to the plain
-    loss.  RankSim: ``ranksim_gamma`` the regulariser's weight,
+    loss, ``dist_bw`` the label KDE's bandwidth as a factor of the labels'
+    std (scipy's ``bw_method``).  RankSim: ``ranksim_gamma`` the regulariser's weight,
     ``ranksim_lambda`` the ranker's interpolation strength.  DenseWeight:
     ``dw_alpha`` the strength, ``dw_eps`` the smallest weight."""
 
     name: str = "vanilla"
-    bmse_sigma: float = 1.0
+    bmse_sigma: float = 10.0
     bmse_sigma_lr: float = 1e-2
     bmse_fix_sigma: bool = False
     gai_components: int = 8
     bni_lds: bool = False
     dist_weight: float = 1.0
+    dist_bw: float = 0.5
     ranksim_gamma: float = 100.0
     ranksim_lambda: float = 2.0
     dw_alpha: float = 1.0
@@ -88,7 +91,8 @@ class MethodConfig:
         if self.name not in METHODS:
             raise ConfigError(f"--method '{self.name}' is not one of {', '.join(METHODS)}")
         for opt, value, low in (("bmse-sigma", self.bmse_sigma, 0.0), ("bmse-sigma-lr", self.bmse_sigma_lr, 0.0),
-                                ("ranksim-lambda", self.ranksim_lambda, 0.0), ("dw-eps", self.dw_eps, 0.0)):
+                                ("ranksim-lambda", self.ranksim_lambda, 0.0), ("dw-eps", self.dw_eps, 0.0),
+                                ("dist-bw", self.dist_bw, 0.0)):
             if not (math.isfinite(value) and value > low):
                 raise ConfigError(f"--{opt} must be a positive number, got {value}")
         for opt, value in (("dist-weight", self.dist_weight), ("ranksim-gamma", self.ranksim_gamma),
@@ -109,8 +113,9 @@ class MethodConfig:
 # Which methods read each hyper-parameter of MethodConfig.
 PARAMETER_METHODS: dict[str, tuple[str, ...]] = {
     "bmse_sigma": BMSE_METHODS, "bmse_sigma_lr": BMSE_METHODS, "bmse_fix_sigma": BMSE_METHODS,
-    "gai_components": ("gai",), "bni_lds": ("bni",), "dist_weight": ("dist",), "ranksim_gamma": ("ranksim",),
-    "ranksim_lambda": ("ranksim",), "dw_alpha": ("denseweight",), "dw_eps": ("denseweight",),
+    "gai_components": ("gai",), "bni_lds": ("bni",), "dist_weight": ("dist",), "dist_bw": ("dist",),
+    "ranksim_gamma": ("ranksim",), "ranksim_lambda": ("ranksim",), "dw_alpha": ("denseweight",),
+    "dw_eps": ("denseweight",),
 }
 
 

@@ -448,3 +448,116 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
         raise TrainingDiverged(nonfinite_predictions_message(best_epoch))
     return package_result(data, cfg, bins, head.cpu(), pred_all, best_epoch=best_epoch, best_val_mae=best_mae,
                           history=history, seconds=time.perf_counter() - t0, device=device)
+
+
+# ------------------------------------------------- imbalance methods
+# Literal, loop-based re-implementations of the official formulas (read from
+# jiawei-ren/BalancedMSE, Ngk03/DIR-Dist-Loss, BorealisAI/ranksim-imbalanced-
+# regression, SteiMi/denseweight), one sample or one anchor at a time, for a
+# single configuration.  pred and target are [B] tensors here.
+
+def ref_bmc(pred: torch.Tensor, target: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
+    """bmc_loss: row i's logits -(pred_i - target_j)^2 / (2 var) over j, the
+    cross-entropy with class i, averaged over the rows, times 2 var (detached)."""
+    rows = []
+    for i in range(len(pred)):
+        logits = torch.stack([-0.5 * (pred[i] - target[j]) ** 2 / noise_var for j in range(len(target))])
+        rows.append(F.cross_entropy(logits.view(1, -1), torch.tensor([i])))
+    return torch.stack(rows).mean() * (2 * noise_var).detach()
+
+
+def ref_gai(pred, target, noise_var, means, variances, weights) -> torch.Tensor:
+    """gai_loss: per sample the Gaussian NLL (with 0.5 log var) plus the
+    logsumexp over the mixture components of the noisy component density."""
+    out = []
+    for i in range(len(pred)):
+        mse = (pred[i] - target[i]) ** 2 / 2 / noise_var + 0.5 * torch.log(noise_var)
+        terms = []
+        for m in range(len(means)):
+            s = variances[m] + noise_var
+            terms.append(-0.5 * torch.log(s) - 0.5 * (pred[i] - means[m]) ** 2 / s + torch.log(weights[m]))
+        out.append((mse + torch.logsumexp(torch.stack(terms), dim=0)) * (2 * noise_var).detach())
+    return torch.stack(out).mean()
+
+
+def ref_bni(pred, target, noise_var, centres, weights) -> torch.Tensor:
+    """bni_loss over the non-empty buckets only (as the official code keeps them)."""
+    keep = [b for b in range(len(centres)) if weights[b] > 0]
+    out = []
+    for i in range(len(pred)):
+        mse = (pred[i] - target[i]) ** 2 / 2 / noise_var
+        terms = [-0.5 * (pred[i] - centres[b]) ** 2 / noise_var + torch.log(weights[b]) for b in keep]
+        out.append((mse + torch.logsumexp(torch.stack(terms), dim=0)) * (2 * noise_var).detach())
+    return torch.stack(out).mean()
+
+
+def ref_dist(pred, target, pseudo, weight: float) -> torch.Tensor:
+    """DistLoss with loss_fn L1, no per-sample weights: mean of weight *
+    |sorted_b - pseudo_b| + |pred_b - target_b| (the soft sort is the hard
+    sort while neighbouring predictions lie within 1/regularization_strength)."""
+    sorted_pred = torch.sort(pred).values
+    terms = [weight * (sorted_pred[b] - pseudo[b]).abs() + (pred[b] - target[b]).abs() for b in range(len(pred))]
+    return torch.stack(terms).mean()
+
+
+def ref_rank(seq: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(torch.argsort(seq, stable=True).flip(1), stable=True)
+
+
+def ref_rank_normalised(seq: torch.Tensor) -> torch.Tensor:
+    return (ref_rank(seq) + 1).float() / seq.size()[1]
+
+
+class RefTrueRanker(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, sequence, lambda_val):
+        rank = ref_rank_normalised(sequence)
+        ctx.lambda_val = lambda_val
+        ctx.save_for_backward(sequence, rank)
+        return rank
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        sequence, rank = ctx.saved_tensors
+        sequence_prime = sequence + ctx.lambda_val * grad_output
+        rank_prime = ref_rank_normalised(sequence_prime)
+        return -(rank - rank_prime) / (ctx.lambda_val + 1e-8), None
+
+
+def ref_ranksim(features: torch.Tensor, targets: torch.Tensor, bins, lambda_val: float) -> torch.Tensor:
+    """batchwise_ranking_regularizer with one sample per label bin (the first
+    in batch order) where the official code takes one per unique label."""
+    chosen = {}
+    for i, b in enumerate(bins.tolist()):
+        chosen.setdefault(b, i)
+    idx = sorted(chosen.values())
+    x, y = features[idx], targets[idx].view(-1, 1)
+    xn = F.normalize(x.view(x.size(0), -1))
+    xxt = torch.matmul(xn, xn.permute(1, 0))
+    loss = 0
+    for i in range(len(y)):
+        label_ranks = ref_rank_normalised(-torch.abs(y[i] - y).transpose(0, 1))
+        feature_ranks = RefTrueRanker.apply(xxt[i].unsqueeze(dim=0), lambda_val)
+        loss += F.mse_loss(feature_ranks, label_ranks)
+    return loss
+
+
+def ref_dense_weights(labels, alpha: float, eps: float, grid: int = 4096) -> np.ndarray:
+    """DenseWeight: the Gaussian KDE with bandwidth 1.06 std n^-1/5 summed
+    label by label, min-max scaled over the autogrid, 1 - alpha p' floored at
+    eps, divided by the mean: one label at a time."""
+    y = [float(v) for v in labels]
+    n = len(y)
+    mean = sum(y) / n
+    h = 1.06 * math.sqrt(sum((v - mean) ** 2 for v in y) / n) * n ** -0.2
+
+    def density(t: float) -> float:
+        return sum(math.exp(-0.5 * ((t - v) / h) ** 2) for v in y) / (n * h * math.sqrt(2 * math.pi))
+
+    width = max(0.05 * (max(y) - min(y)), 3.9 * h)
+    points = np.linspace(min(y) - width, max(y) + width, grid)
+    on_grid = [density(float(t)) for t in points]
+    lo, hi = min(on_grid), max(on_grid)
+    w = [max(1.0 - alpha * (density(v) - lo) / (hi - lo), eps) for v in y]
+    m = sum(w) / n
+    return np.array([v / m for v in w])

@@ -93,6 +93,8 @@ class TrainOptions:
                                                                           "the LDS kernel.")] = D["bni_lds"]
     dist_weight: Annotated[float, typer.Option(help="Dist Loss: weight of the distribution term next to the "
                                                     "plain loss.")] = D["dist_weight"]
+    dist_bw: Annotated[float, typer.Option(help="Dist Loss: bandwidth of the label KDE, times the labels' std.")
+                       ] = D["dist_bw"]
     ranksim_gamma: Annotated[float, typer.Option(help="RankSim: weight of the ranking regulariser.")
                              ] = D["ranksim_gamma"]
     ranksim_lambda: Annotated[float, typer.Option(help="RankSim: interpolation strength of the ranker's "

@@ -14,6 +14,7 @@ from ..binning import Bins
 from ..cache import CacheData
 from ..config import TrainConfig
 from ..errors import ConfigError
+from ..priors import loss_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,9 @@ def check_fds_bins(cfg: TrainConfig, bins: Bins) -> None:
 
 @dataclass
 class TrainingRows:
-    """The training rows as a stack trains on them: the LDS weights of each
-    configuration ``[K, N]`` and, only when FDS needs them, the rows' label
-    bins and the bins' counts."""
+    """The training rows as a stack trains on them: the loss weights of each
+    configuration ``[K, N]`` (LDS, --reweight or DenseWeight) and, only when
+    FDS or RankSim needs them, the rows' label bins and the bins' counts."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -80,11 +81,12 @@ class TrainingRows:
     batch_size: int
 
     @classmethod
-    def of(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins) -> "TrainingRows":
+    def of(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins, *,
+           need_bins: bool = False) -> "TrainingRows":
         labels = data.label[dev.tr]
-        weights = torch.from_numpy(np.stack([c.lds.weights(labels, bins) for c in cfgs])).to(dev.device)
-        b_tr = count = None  # no bins at all unless FDS needs them (LDS weights are per image)
-        if cfgs[0].fds.enabled:
+        weights = torch.from_numpy(np.stack([loss_weights(c, labels, bins) for c in cfgs])).to(dev.device)
+        b_tr = count = None  # no bins at all unless FDS or RankSim needs them (loss weights are per image)
+        if cfgs[0].fds.enabled or need_bins:
             b_tr = torch.from_numpy(bins.index(labels)).to(dev.device)
             count = torch.bincount(b_tr, minlength=bins.n).float()
         return cls(dev.x_tr, dev.y_tr, weights, b_tr, count, cfgs[0].batch_size)
@@ -98,7 +100,8 @@ class TrainingRows:
         n, bs = len(self), self.batch_size
         for i in range(0, n, bs):
             if bs >= n:  # the order of one full batch does not matter: no gather
-                yield self.x, self.y.expand(len(perm), -1), self.weights, self.bins, n
+                shared_bins = self.bins.expand(len(perm), -1) if self.bins is not None else None
+                yield self.x, self.y.expand(len(perm), -1), self.weights, shared_bins, n
             else:
                 idx = perm[:, i:i + bs]
                 yield (self.x[idx], self.y[idx], self.weights.gather(1, idx),

@@ -13,7 +13,7 @@ import torch
 
 from ..binning import Bins
 from ..cache import CacheData
-from ..config import LDSConfig, TrainConfig
+from ..config import LDSConfig, MethodConfig, TrainConfig
 from ..device import resolve_device
 from ..errors import ConfigError, TrainingDiverged
 from ..head import ResidualMLPHead
@@ -21,7 +21,7 @@ from ..results import TrainResult, diverged_message, never_finite_message, nonfi
 from .data import DeviceData, TrainingRows, check_data, check_fds_bins, to_device
 from .fds import StackedFDS
 from .heads import HeadStack, init_stack
-from .losses import loss_terms
+from .methods import StackLoss
 from .optim import GroupedAdam
 
 log = logging.getLogger(__name__)
@@ -29,22 +29,29 @@ log = logging.getLogger(__name__)
 
 def stack_key(cfg: TrainConfig) -> TrainConfig:
     """Configurations with equal keys can share a stack: they may differ only
-    in LDS settings, seed, learning rate and FDS window (kernel, size, sigma)."""
+    in LDS settings, seed, learning rate, FDS window (kernel, size, sigma)
+    and method (with its settings; all Balanced MSE ones of a stack share
+    the noise sigma's learning rate)."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
-    return replace(cfg, lds=LDSConfig(), seed=0, optim=replace(cfg.optim, lr=1.0), fds=fds)
+    method = MethodConfig(bmse_sigma_lr=cfg.method.bmse_sigma_lr if cfg.method.bmse else MethodConfig.bmse_sigma_lr)
+    return replace(cfg, lds=LDSConfig(), seed=0, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method)
 
 
 def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
-                fds: StackedFDS | None, loss: str) -> list[float]:
+                fds: StackedFDS | None, loss: StackLoss) -> list[float]:
     """One pass over the training rows, features calibrated by ``fds`` (None:
-    not this epoch); returns each configuration's mean training loss."""
+    not this epoch), each configuration with its method's ``loss``; returns
+    each configuration's mean training loss."""
     loss_sum = torch.zeros(stack.k, device=rows.weights.device)
     for xb, yb, wb, bb, n in rows.batches(perm):
-        z = stack.features(xb)
-        if fds is not None:
-            z = fds.calibrate(z, bb)
-        loss_k = (loss_terms(stack.output(z, train=True), yb, loss) * wb).mean(dim=-1)
-        opt.step(torch.autograd.grad(loss_k.sum(), stack.params))
+        h = stack.features(xb)  # RankSim regularises these, before FDS (as the official code)
+        z = fds.calibrate(h, bb) if fds is not None else h
+        loss_k = loss(stack.output(z, train=True), yb, wb, h, bb)
+        if loss.bmse:
+            *grads, g_sigma = torch.autograd.grad(loss_k.sum(), [*stack.params, loss.sigma])
+            opt.step(grads, loss.sigma_grad(g_sigma))
+        else:
+            opt.step(torch.autograd.grad(loss_k.sum(), stack.params))
         loss_sum += loss_k.detach() * n
     return [s / len(rows) for s in loss_sum.tolist()]
 
@@ -69,13 +76,17 @@ class BestEpochs:
         self.history: list[list[dict[str, float]]] = [[] for _ in range(stack.k)]
 
     def record(self, epoch: int, lrs: list[float], train_loss: list[float], val: list[float],
-               fds: StackedFDS | None) -> None:
+               fds: StackedFDS | None, sigma: list[float] | None = None) -> None:
+        """One epoch's numbers; ``sigma``: the Balanced MSE noise sigmas after
+        it (in the history of the Balanced MSE configurations)."""
         for k, tl in enumerate(train_loss):
             if k not in self.diverged and not math.isfinite(tl):
                 self.diverged[k] = diverged_message(epoch, tl, lrs[k], self.cfgs[k])
         improved = []
         for k in range(self.stack.k):
             self.history[k].append({"epoch": epoch, "lr": lrs[k], "train_loss": train_loss[k], "val_mae": val[k]})
+            if sigma is not None and self.cfgs[k].method.bmse:
+                self.history[k][-1]["noise_sigma"] = sigma[k]
             better = (val[k] < self.val[k]) if self.has_val else True
             improved.append(better and k not in self.diverged)
             if improved[-1]:
@@ -146,18 +157,21 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
 
     stack = init_stack(cfgs, head_cfg, dev.y_mean, device)
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    opt = GroupedAdam(stack, cfgs)
-    rows = TrainingRows.of(data, dev, cfgs, bins)
+    labels = data.label[dev.tr]
+    loss = StackLoss(cfgs, labels, bins, device)
+    opt = GroupedAdam(stack, cfgs, loss.sigma if loss.bmse else None)
+    rows = TrainingRows.of(data, dev, cfgs, bins, need_bins=loss.needs_bins)
     fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
     best = BestEpochs(stack, cfgs, has_val=len(dev.va) > 0)
     for epoch in _epochs(c0.epochs, progress, desc):
         lrs = opt.schedule(epoch)
         perm = torch.stack([torch.randperm(len(rows), generator=g) for g in gens]).to(device)
         calibrating = fds is not None and fds.updated and epoch >= fds.start_smooth
-        train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, c0.loss)
+        train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, loss)
         if fds is not None and epoch >= fds.start_update:
             fds.update(stack, rows.x, rows.bins, rows.count)
-        best.record(epoch, lrs, train_loss, validation_mae(stack, dev), fds)
+        best.record(epoch, lrs, train_loss, validation_mae(stack, dev), fds,
+                    loss.sigma.detach().tolist() if loss.bmse else None)
 
     pred_all = stack.predict(dev.x_all, best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)

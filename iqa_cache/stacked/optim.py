@@ -45,15 +45,22 @@ def lr_groups(lrs: Sequence[float]) -> list[tuple[int, int]]:
 class GroupedAdam:
     """One Adam over a stack whose configurations are ordered by learning
     rate: a parameter group per run of equal rates, over row slices of the
-    stacked tensors; each configuration follows its own schedule."""
+    stacked tensors; each configuration follows its own schedule.
 
-    def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig]):
+    ``sigma``: the Balanced MSE noise sigmas [K] of the stack, when it has
+    any, in one more group at the constant ``bmse_sigma_lr`` and without
+    weight decay (the official code leaves that group out of its schedule)."""
+
+    def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig], sigma: torch.Tensor | None = None):
         self.cfgs = cfgs
         self.groups = lr_groups([c.optim.lr for c in cfgs])
         with torch.no_grad():
             self.views = [[p[a:b] for p in stack.params] for a, b in self.groups]
-        self.opt = make_adam([{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(self.views, self.groups)],
-                             cfgs[0].optim)
+        groups = [{"params": v, "lr": cfgs[a].optim.lr} for v, (a, _) in zip(self.views, self.groups)]
+        self.sigma = sigma
+        if sigma is not None:
+            groups.append({"params": [sigma], "lr": cfgs[0].method.bmse_sigma_lr, "weight_decay": 0.0})
+        self.opt = make_adam(groups, cfgs[0].optim)
 
     def schedule(self, epoch: int) -> list[float]:
         """Set the groups' learning rates for ``epoch``; returns each configuration's."""
@@ -62,9 +69,12 @@ class GroupedAdam:
             g["lr"] = lrs[a]
         return lrs
 
-    def step(self, grads: Sequence[torch.Tensor]) -> None:
-        """One step with the gradients of the stacked tensors (in stack order)."""
+    def step(self, grads: Sequence[torch.Tensor], sigma_grad: torch.Tensor | None = None) -> None:
+        """One step with the gradients of the stacked tensors (in stack order)
+        and of the noise sigmas."""
         for v, (a, b) in zip(self.views, self.groups):
             for p, g in zip(v, grads):
                 p.grad = g[a:b]
+        if self.sigma is not None:
+            self.sigma.grad = sigma_grad
         self.opt.step()
