@@ -84,7 +84,13 @@ class TrainingRows:
     def of(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins, *,
            need_bins: bool = False) -> "TrainingRows":
         labels = data.label[dev.tr]
-        weights = torch.from_numpy(np.stack([loss_weights(c, labels, bins) for c in cfgs])).to(dev.device)
+        computed: dict = {}  # equal weights once (a stack of seeds of one setting)
+        for c in cfgs:
+            key = (c.method.name, c.method.dw_alpha, c.method.dw_eps, c.lds)
+            if key not in computed:
+                computed[key] = loss_weights(c, labels, bins)
+        weights = torch.from_numpy(np.stack([computed[(c.method.name, c.method.dw_alpha, c.method.dw_eps, c.lds)]
+                                             for c in cfgs])).to(dev.device)
         b_tr = count = None  # no bins at all unless FDS or RankSim needs them (loss weights are per image)
         if cfgs[0].fds.enabled or need_bins:
             b_tr = torch.from_numpy(bins.index(labels)).to(dev.device)

@@ -158,7 +158,8 @@ class StackLoss:
         self.dist, self.ranksim = rows("dist"), rows("ranksim")
         self.bmse = any(c.method.bmse for c in cfgs)
         if self.gai is not None:
-            mix = [fit_gmm(labels, cfgs[i].method.gai_components) for i in self.gai.tolist()]
+            fits = {n: fit_gmm(labels, n) for n in {cfgs[i].method.gai_components for i in self.gai.tolist()}}
+            mix = [fits[cfgs[i].method.gai_components] for i in self.gai.tolist()]
             self.gai_means = table([m.means for m in mix], 0.0)
             self.gai_vars = table([m.variances for m in mix], 1.0)
             self.gai_logw = table([np.log(m.weights) for m in mix], -math.inf)
