@@ -425,7 +425,8 @@ def preset_values(preset: str | None) -> dict[str, Any]:
 # The ablation grid's keys (flat option names) and its output files: here so
 # that the CLI declares `iqa ablate` without importing the training engine.
 GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
-             "bin_size", "lr", "seed")
+             "bin_size", "lr", "seed", "method", "bmse_sigma", "bmse_fix_sigma", "gai_components", "bni_lds",
+             "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "dw_alpha")
 SUMMARY_FILE = "summary.csv"
 PLAN_FILE = "ablation.json"
 assert set(GRID_KEYS) <= set(FLAT_FIELDS) and all(set(p) <= set(FLAT_FIELDS) for p in PRESETS.values())

@@ -353,3 +353,34 @@ def test_methods_that_compose_with_lds_weights_keep_them():
         assert c.lds.enabled and c.method.name == m and c.tag == f"lds+{m}"
     assert method_cfg("bmc", fds=True).tag == "bmc+fds"
     assert replace(MethodConfig(), name="gai").bmse
+
+
+# ----------------------------------------------------------- the grid key
+
+def test_every_grid_key_has_a_parser_and_method_values_are_checked():
+    from iqa_cache.config import GRID_KEYS
+    from iqa_cache.grid import parse_grid
+    from iqa_cache.grid.spec import PARSERS
+
+    assert set(PARSERS) == set(GRID_KEYS)
+    spec = parse_grid("method=vanilla,lds,bmc,gai,bni,dist,ranksim,denseweight; seed=0..9")
+    assert spec.size == 80 and dict(spec.axes)["seed"] == tuple(range(10))
+    with pytest.raises(ConfigError, match="grid method='magic' is not valid: use one of vanilla, lds, bmc"):
+        parse_grid("method=magic")
+    with pytest.raises(ConfigError, match="a range A..B is for seed"):
+        parse_grid("lr=1..3")
+
+
+def test_a_method_grid_drops_unused_settings_and_skips_meaningless_combinations():
+    from iqa_cache.grid import expand, parse_grid
+
+    plan = expand(parse_grid("method=vanilla,bmc,ranksim; lds=on,off; ranksim_gamma=10,100"), BASE, (0.0, 100.0),
+                  auto_reweight=True)
+    names = sorted(p.name for p in plan.points)
+    # ranksim_gamma only where RankSim trains; bmc with LDS on is refused (skipped, with the reason)
+    assert names == sorted(["method=vanilla,lds=on", "method=vanilla,lds=off", "method=bmc,lds=off",
+                            "method=ranksim,lds=on,ranksim_gamma=10", "method=ranksim,lds=on,ranksim_gamma=100",
+                            "method=ranksim,lds=off,ranksim_gamma=10", "method=ranksim,lds=off,ranksim_gamma=100"])
+    assert [p.skipped for p in plan.skipped] == ["--method bmc with --lds is not meaningful: Balanced MSE already "
+                                                 "balances the loss by its batch-based label prior; drop --lds"] * 2
+    assert len(plan_stacks([p.config for p in plan.points], 64)) == 1  # all methods share one stack

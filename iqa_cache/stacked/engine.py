@@ -190,13 +190,16 @@ def plan_stacks(cfgs: Sequence[TrainConfig], max_stack: int) -> list[list[int]]:
     return [g[a:a + max_stack] for g in groups.values() for a in range(0, len(g), max_stack)]
 
 
-def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int = 64, progress: bool = False
+def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int = 64, progress: bool = False,
+               stacks: Sequence[Sequence[int]] | None = None
                ) -> Iterator[tuple[int, TrainResult | TrainingDiverged]]:
     """Train every configuration, those that share shapes together in
-    stacks of at most ``max_stack``; yield ``(index, result or
+    stacks of at most ``max_stack`` (or the given ``stacks``: lists of
+    indices into ``cfgs``, each of equal :func:`stack_key`; configurations in
+    none of them are not trained); yield ``(index, result or
     TrainingDiverged)`` as each stack finishes.  Invalid settings raise
     before anything is trained."""
-    stacks = plan_stacks(cfgs, max_stack)
+    stacks = plan_stacks(cfgs, max_stack) if stacks is None else [list(s) for s in stacks]
     checked = set()
     for c in cfgs:
         bins = c.bins(data.label_range)
