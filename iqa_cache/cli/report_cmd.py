@@ -55,7 +55,12 @@ def report_command(
     compare: Annotated[Optional[Tuple[Path, Path]], typer.Option(
         help="Paired bootstrap of the MAE difference RUN_A - RUN_B (each stands for its seed group), overall "
              "and per label range.", metavar="RUN_A RUN_B")] = None,
-    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for --compare (at least 100).")] = _D.n_boot,
+    versus: Annotated[Optional[Path], typer.Option(
+        help="Compare every other row with the row (run or seed group) holding RUN: MAE difference of the "
+             "seed-averaged predictions per label range, paired bootstrap interval, and how many seeds agree "
+             "in sign.", metavar="RUN")] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for --compare and --versus (at least 100).")
+                      ] = _D.n_boot,
     boot_seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = _D.boot_seed,
     format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")
                       ] = ReportFormat(FORMATS[0]),
@@ -82,14 +87,17 @@ def report_command(
     chosen = parse_tables(tables) if tables else (("ranges", "values") if groups else ("ranges",))
     cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
                        group_seeds=group_seeds, baseline=baseline,
-                       compare=(str(compare[0]), str(compare[1])) if compare else None, n_boot=n_boot,
+                       compare=(str(compare[0]), str(compare[1])) if compare else None,
+                       versus=str(versus) if versus else None, n_boot=n_boot,
                        boot_seed=boot_seed)  # checks the values (e.g. --few above --many) before runs are read
-    paths = list(runs) + [p for p in (compare or ()) if p not in runs]
+    paths = list(runs) + [p for p in (*(compare or ()), *((versus,) if versus else ())) if p not in runs]
     loaded, skipped = load_runs(paths)
     if compare:
         bad = {str(p) for p, _ in skipped} & {str(p) for p in compare}
         if bad:
             raise typer.BadParameter(f"{sorted(bad)[0]} is not a finished run", param_hint="--compare")
+    if versus and str(versus) in {str(p) for p, _ in skipped}:
+        raise typer.BadParameter(f"{versus} is not a finished run", param_hint="--versus")
     report = build_report(loaded, cfg)
     echo_out(format_report(report, format.value))
     if plots is not None:

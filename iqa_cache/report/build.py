@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError, RunError
 from ..seeds import check_seed
-from .compare import compare_entries
+from .compare import compare_entries, versus_entries
 from .loading import group_entries, make_baselines, run_warnings, runs_noun, split_arrays
 from .tables import TABLE_BUILDERS, TABLES
-from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput
+from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput, Versus
 
 if TYPE_CHECKING:
     from ..runs import Run
@@ -23,7 +23,8 @@ class ReportConfig:
     """What ``iqa report`` computes.  ``groups`` None means: one column per
     label value when the labels are discrete (whole numbers, at most 12
     values), else no Table 2 form.  ``compare`` holds two run directories;
-    with ``group_seeds`` each stands for its whole seed group."""
+    with ``group_seeds`` each stands for its whole seed group.  ``versus``:
+    a run directory whose row every other row is compared with."""
 
     split: str = "test"
     edges: tuple[float, ...] | None = None
@@ -34,6 +35,7 @@ class ReportConfig:
     group_seeds: bool = True
     baseline: bool = True
     compare: tuple[str, str] | None = None
+    versus: str | None = None
     n_boot: int = 2000
     boot_seed: int = 0
     confidence: float = 0.95
@@ -67,6 +69,7 @@ class Report:
     tables: list[Table]
     comparison: Comparison | None = None
     notes: list[str] = field(default_factory=list)
+    versus: Versus | None = None
 
     @property
     def runs(self) -> list[Run]:
@@ -97,9 +100,13 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     if cfg.compare:
         comparison = compare_entries(entries, cfg.compare, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
                                      seed=cfg.boot_seed, confidence=cfg.confidence)
+    versus = None
+    if cfg.versus:
+        versus = versus_entries(entries, cfg.versus, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
+                                seed=cfg.boot_seed, confidence=cfg.confidence)
     notes = run_warnings(all_runs) + inp.notes
     if any(e.kind == "seeds" for e in entries):
         notes.append("note: rows marked '(k seeds)' are runs that differ only in seed: mean ± sample std "
                      "(ddof 1) over the seeds")
     return Report(config=cfg, entries=entries, baselines=baselines, tables=tables, comparison=comparison,
-                  notes=notes)
+                  notes=notes, versus=versus)

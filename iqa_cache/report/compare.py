@@ -1,5 +1,7 @@
 """``iqa report --compare``: a paired bootstrap of the MAE difference
-between two runs or seed groups, overall and per label range."""
+between two runs or seed groups, overall and per label range; ``--versus``:
+every row against one, on seed-averaged predictions, with the seeds'
+agreement."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,23 +11,24 @@ import numpy as np
 
 from ..errors import RunError
 from ..metrics import bin_names, bin_of, paired_bootstrap
-from .loading import range_edges, split_arrays
-from .types import Comparison, Entry
+from .loading import range_edges, run_seed, split_arrays
+from .types import Comparison, Entry, Versus, VersusCell
 
 
-def find_entry(entries: list[Entry], path: str) -> Entry:
+def find_entry(entries: list[Entry], path: str, option: str = "--compare") -> Entry:
     """The row (run or seed group) that holds the run directory ``path``."""
     target = Path(path).resolve()
     for e in entries:
         if any(r.path.resolve() == target for r in e.runs):
             return e
-    raise RunError(f"--compare {path}: not among the finished runs of this report")
+    raise RunError(f"{option} {path}: not among the finished runs of this report")
 
 
-def errors_matrix(entry: Entry, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image ids sorted, labels, |error| per seed × image) of an entry."""
+def predictions_matrix(entry: Entry, split: str, option: str = "--compare"
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids sorted, labels, predictions per seed × image) of an entry."""
     ids0, lab0 = None, None
-    errs = []
+    preds = []
     for r in entry.runs:
         ids, lab, pred = split_arrays(r, split)
         order = np.argsort(ids, kind="stable")
@@ -33,9 +36,15 @@ def errors_matrix(entry: Entry, split: str) -> tuple[np.ndarray, np.ndarray, np.
         if ids0 is None:
             ids0, lab0 = ids, lab
         elif len(ids) != len(ids0) or not np.array_equal(ids, ids0):
-            raise RunError(f"--compare: runs of '{entry.name}' have different {split} images; cannot pair them")
-        errs.append(np.abs(lab - pred))
-    return ids0, lab0, np.stack(errs)
+            raise RunError(f"{option}: runs of '{entry.name}' have different {split} images; cannot pair them")
+        preds.append(pred)
+    return ids0, lab0, np.stack(preds)
+
+
+def errors_matrix(entry: Entry, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image ids sorted, labels, |error| per seed × image) of an entry."""
+    ids, lab, pred = predictions_matrix(entry, split)
+    return ids, lab, np.abs(lab - pred)
 
 
 def compare_entries(entries: list[Entry], paths: tuple[str, str], *, split: str,
@@ -62,3 +71,53 @@ def compare_entries(entries: list[Entry], paths: tuple[str, str], *, split: str,
     diffs = paired_bootstrap(ea, eb, strata, n_boot=n_boot, seed=seed, confidence=confidence)
     return Comparison(a=a.name, b=b.name, n_seeds_a=len(a.runs), n_seeds_b=len(b.runs), n_images=len(ids_a),
                       n_boot=n_boot, seed=seed, confidence=confidence, split=split, diffs=diffs)
+
+
+def _seed_pairs(a: Entry, b: Entry) -> list[tuple[int, int | None]]:
+    """Run indices of A paired with B's run of the same seed; ``None``: B's
+    seed average (B has no run of that seed)."""
+    b_seed = {run_seed(r): j for j, r in enumerate(b.runs)}
+    return [(i, b_seed.get(run_seed(r))) for i, r in enumerate(a.runs)]
+
+
+def versus_entries(entries: list[Entry], base_path: str, *, split: str, edges: Sequence[float] | None = None,
+                   n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Versus:
+    """Every row against the row holding ``base_path``: per label range and
+    overall, the paired bootstrap (over the images) of the MAE difference
+    of the *seed-averaged* predictions (each image's prediction averaged
+    over a row's seeds), and in how many seeds the per-seed difference (A's
+    seed s against B's seed s, else against B's seed average) has the same
+    sign as that estimate."""
+    base = find_entry(entries, base_path, option="--versus")
+    ids_b, lab, pb = predictions_matrix(base, split, "--versus")
+    if not len(ids_b):
+        raise RunError(f"--versus: no {split} images with labels to compare on")
+    edges = range_edges([r for e in entries for r in e.runs], edges)
+    idx = bin_of(lab, edges)
+    names = bin_names(edges)
+    strata = {name: np.flatnonzero(idx == i) for i, name in enumerate(names)}
+    rows = []
+    for e in entries:
+        if e is base:
+            continue
+        ids_a, _, pa = predictions_matrix(e, split, "--versus")
+        if len(ids_a) != len(ids_b) or not np.array_equal(ids_a, ids_b):
+            raise RunError(f"--versus: '{e.name}' and '{base.name}' have different {split} images "
+                           f"({len(ids_a)} vs {len(ids_b)}); a paired comparison needs the same images")
+        ea, eb = np.abs(lab - pa.mean(axis=0)), np.abs(lab - pb.mean(axis=0))
+        diffs = paired_bootstrap(ea[None], eb[None], strata, n_boot=n_boot, seed=seed, confidence=confidence)
+        by_name = {d.name: d for d in diffs}
+        cells = []
+        for name in names + ["All"]:
+            d = by_name[name]
+            part = strata.get(name, np.arange(len(lab)))
+            agree = 0
+            pairs = _seed_pairs(e, base)
+            for i, j in pairs:
+                pb_s = pb[j] if j is not None else pb.mean(axis=0)
+                ds = np.abs(lab - pa[i])[part].mean() - np.abs(lab - pb_s)[part].mean() if len(part) else np.nan
+                agree += bool(d.estimate and np.sign(ds) == np.sign(d.estimate))  # no sign: none agrees
+            cells.append(VersusCell(diff=d, agree=agree, seeds=len(pairs)))
+        rows.append((e.name, cells))
+    return Versus(base=base.name, columns=names + ["All"], rows=rows, n_seeds_base=len(base.runs),
+                  n_images=len(ids_b), n_boot=n_boot, seed=seed, confidence=confidence, split=split)

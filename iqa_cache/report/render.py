@@ -14,7 +14,7 @@ from ..metrics import BootstrapDiff
 from .build import Report
 from .loading import run_seed
 from .tables import nan_to_none
-from .types import FORMATS, Comparison, Stat, Table, Value
+from .types import FORMATS, Comparison, Stat, Table, Value, Versus
 
 # -------------------------------------------------------------- formatting
 
@@ -253,6 +253,67 @@ def _format_comparison(c: Comparison, fmt: str, digits: int) -> str:
     raise ConfigError(f"format '{fmt}' is not one of {', '.join(FORMATS)}")
 
 
+def versus_caption(v: Versus) -> str:
+    pct = f"{100 * v.confidence:g} %"
+    return (f"Each row against {v.base}: MAE(row) − MAE({v.base}) of the seed-averaged predictions (each image's "
+            f"prediction averaged over the row's seeds), with the {pct} interval of a paired bootstrap over the "
+            f"{v.n_images} {v.split} images ({v.n_boot} resamples, seed {v.seed}; per range within the range), "
+            "and k/n: in how many of the row's n seeds the seed's own difference (against the base's run of the "
+            "same seed, else its seed average) has the same sign. Bold: the interval excludes 0 and every seed "
+            "agrees.")
+
+
+def versus_cells(v: Versus, digits: int = 2) -> list[tuple[str, list[str]]]:
+    out = []
+    for name, cells in v.rows:
+        texts = []
+        for c in cells:
+            d = c.diff
+            if d.estimate is None:
+                texts.append("–")
+                continue
+            t = f"{_f(d.estimate, digits)} [{_f(d.low, digits)}, {_f(d.high, digits)}] {c.agree}/{c.seeds}"
+            texts.append(f"**{t}**" if not d.contains_zero and c.agree == c.seeds else t)
+        out.append((name, texts))
+    return out
+
+
+def versus_to_dict(v: Versus) -> dict[str, Any]:
+    return {"base": v.base, "n_seeds_base": v.n_seeds_base, "n_images": v.n_images, "n_boot": v.n_boot,
+            "seed": v.seed, "confidence": v.confidence, "split": v.split,
+            "statistic": "MAE(row) - MAE(base), seed-averaged predictions",
+            "rows": [{"name": name, "diffs": [{"range": col, "estimate": c.diff.estimate, "low": c.diff.low,
+                                                "high": c.diff.high, "seeds_agreeing": c.agree, "seeds": c.seeds}
+                                               for col, c in zip(v.columns, cells)]} for name, cells in v.rows]}
+
+
+def _format_versus(v: Versus, fmt: str) -> str:
+    rows = versus_cells(v)
+    if fmt == "markdown":
+        head = [f"vs {v.base}"] + v.columns
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * len(v.columns)) + "|"]
+        lines += ["| " + " | ".join([name] + cells) + " |" for name, cells in rows]
+        return "\n".join(lines) + f"\n\n*{versus_caption(v)}*\n"
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["run", "base", "range", "estimate", "ci_low", "ci_high", "seeds_agreeing", "seeds"])
+        for name, cells in v.rows:
+            for col, c in zip(v.columns, cells):
+                w.writerow([name, v.base, col, _num(c.diff.estimate, 4), _num(c.diff.low, 4), _num(c.diff.high, 4),
+                            c.agree, c.seeds])
+        return f"# {versus_caption(v)}\n" + buf.getvalue()
+    lines = [f"% {versus_caption(v)}", r"\begin{tabular}{l" + "r" * len(v.columns) + "}", r"\toprule",
+             " & ".join([_esc(f"vs {v.base}")] + [f"${c}$" if c[:1] in "[(" else _esc(c) for c in v.columns])
+             + r" \\", r"\midrule"]
+    for name, cells in rows:
+        lines.append(" & ".join([_esc(name)] + [_esc(c.replace("**", "")) for c in cells]) + r" \\")
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
 def report_to_dict(report: Report) -> dict[str, Any]:
     c = report.config
     return {
@@ -263,6 +324,7 @@ def report_to_dict(report: Report) -> dict[str, Any]:
         "baselines": [{"name": b.name, "train_mean": b.mean} for b in report.baselines],
         "tables": [table_to_dict(t) for t in report.tables],
         "comparison": comparison_to_dict(report.comparison) if report.comparison else None,
+        "versus": versus_to_dict(report.versus) if report.versus else None,
         "settings": {"many": c.many, "few": c.few, "group_seeds": c.group_seeds, "n_boot": c.n_boot,
                      "boot_seed": c.boot_seed, "confidence": c.confidence},
         "notes": report.notes,
@@ -293,6 +355,8 @@ def format_report(report: Report, fmt: str = "markdown") -> str:
         if fmt == "csv":
             block = f"# {_comparison_caption(report.comparison)}\n" + block
         blocks.append(block)
+    if report.versus is not None:
+        blocks.append(_format_versus(report.versus, fmt))
     if fmt == "markdown":
         out = "\n".join(blocks)
         if report.notes:

@@ -79,6 +79,32 @@ class Comparison:
 
 
 @dataclass
+class VersusCell:
+    """One row's difference to the base in one label range: the bootstrap
+    of the seed-averaged predictions, and in how many of ``seeds`` seeds the
+    per-seed difference has the estimate's sign."""
+
+    diff: BootstrapDiff
+    agree: int
+    seeds: int
+
+
+@dataclass
+class Versus:
+    """``--versus``: every row against the base row (MAE(row) − MAE(base))."""
+
+    base: str
+    columns: list[str]
+    rows: list[tuple[str, list[VersusCell]]]
+    n_seeds_base: int
+    n_images: int
+    n_boot: int
+    seed: int
+    confidence: float
+    split: str
+
+
+@dataclass
 class TableInput:
     """What a table builder (:data:`iqa_cache.report.tables.TABLE_BUILDERS`)
     gets: the rows, the report's settings that tables use, and ``notes``,
