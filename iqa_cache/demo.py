@@ -1,10 +1,16 @@
-"""`iqa demo`: generate a small synthetic IQA dataset, embed it, train a
-vanilla, an LDS and an LDS+FDS head, and compare them per label range.
+"""`iqa demo`: generate a small synthetic IQA dataset, embed it, train
+vanilla, LDS and LDS+FDS heads with several seeds each, and compare them per
+label range.
 
 The training and validation images follow KonIQ-10k's skewed label
 histogram; the test split is balanced over the five label ranges (as in the
 DIR benchmarks), so every range has enough test images for the paired
-bootstrap of LDS vs vanilla printed under the table.
+bootstrap printed under the table.  All heads (variants x seeds) are trained
+in one pass of the grid engine (:func:`iqa_cache.stacked.train_many`); the
+table shows each variant's mean ± std over its seeds, and each variant is
+compared with vanilla on the seed-averaged predictions, with the number of
+seeds that agree in sign (``iqa report --versus``): one seed per variant
+differs from machine to machine, the seed average and the agreement do not.
 
 Encoder: OpenCLIP ViT-B-32 (LAION-2B) when its weights can be had; offline
 (or with ``--offline``) the ImageNet-trained EfficientNet-Lite0 weights that
@@ -13,6 +19,8 @@ features, not CLIP.  Random weights only when neither is available."""
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import time
 from dataclasses import dataclass, replace
 
@@ -21,14 +29,15 @@ from .cache import default_cache_path
 from .datasets import load_koniq
 from .embed import EmbedConfig, embed
 from .encoder import EncoderConfig, PreprocessConfig, resolve_weights
-from .errors import WeightsUnavailable
+from .errors import TrainingDiverged, WeightsUnavailable
 from .imbalance import FDSConfig, LDSConfig
 from .report import Report, ReportConfig, build_report, format_report
-from .runs import load_run, write_run
+from .runs import load_run, run_state, write_run
 from .settings import DEFAULT_TAG, DemoConfig  # noqa: F401  (re-exported: their old place)
+from .stacked import train_many
 from .synth import SynthSpec, ensure_dataset
 from .timm_backend import PACKAGE_TAG
-from .train import OptimConfig, TrainConfig, train_head
+from .train import OptimConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,7 @@ class DemoResult:
     pretrained_used: str
     seconds: dict[str, float]
     model_used: str = ""
+    n_heads: int = 0
 
 
 def _offline_encoder(reason: str) -> tuple[str, str]:
@@ -102,15 +112,25 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> DemoRe
         "lds": replace(base, lds=lds),
         "lds+fds": replace(base, lds=lds, fds=FDSConfig(enabled=True, kernel="gaussian", ks=5, sigma=2.0)),
     }
-    runs = []
-    for name, tcfg in variants.items():
-        result = train_head(data, tcfg, progress=progress)
-        runs.append(write_run(cfg.runs_dir / name, result, data.attrs, out, overwrite=True))
-        log.info("trained %s in %.1f s (best epoch %d)", name, result.seconds, result.best_epoch)
+    names = [f"{v}_s{cfg.seed + k}" for v in variants for k in range(cfg.seeds)]
+    cfgs = [replace(c, seed=cfg.seed + k) for c in variants.values() for k in range(cfg.seeds)]
+    # runs of an earlier demo that this one does not write (one run per variant, runs/demo/lds, or more
+    # seeds): removed, so that `iqa report runs/demo/*` shows this demo's runs only
+    pattern = re.compile("(" + "|".join(re.escape(v) for v in variants) + r")(_s[0-9]+)?")
+    for old in (cfg.runs_dir.iterdir() if cfg.runs_dir.is_dir() else ()):
+        if pattern.fullmatch(old.name) and old.name not in names and run_state(old) is not None:
+            shutil.rmtree(old)
+    runs = [cfg.runs_dir / n for n in names]
+    for i, result in train_many(data, cfgs, progress=progress):
+        if isinstance(result, TrainingDiverged):
+            raise result
+        write_run(runs[i], result, data.attrs, out, overwrite=True)
+        log.info("trained %s (best epoch %d)", names[i], result.best_epoch)
     seconds["train"] = time.perf_counter() - t
-    rcfg = ReportConfig(tables=("ranges",), baseline=True, compare=(str(runs[1]), str(runs[0])))
+    rcfg = ReportConfig(tables=("ranges",), baseline=True, versus=str(runs[0]))
     report = build_report([load_run(r) for r in runs], rcfg)
-    return DemoResult(report=report, pretrained_used=pretrained, seconds=seconds, model_used=model)
+    return DemoResult(report=report, pretrained_used=pretrained, seconds=seconds, model_used=model,
+                      n_heads=len(runs))
 
 
 def demo_text(result: DemoResult) -> str:

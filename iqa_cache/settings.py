@@ -30,6 +30,11 @@ class DemoConfig:
     epochs: int = 80  # constant lr; the best (val) epoch of the demo heads lies near 20
     lr: float = 1e-3
     seed: int = 0
+    seeds: int = 5  # seeds per variant (seed, seed + 1, ...), trained in one pass of the grid engine
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
 
 
 @dataclass(frozen=True)

