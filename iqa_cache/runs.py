@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import pandas as pd
 
-from . import __version__
 from .binning import Bins
 from .config import HeadConfig, TrainConfig
 from .errors import RunError
@@ -111,6 +110,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 def marker_bytes(kind: str, status: str, **extra: Any) -> bytes:
     """The marker that says this tool wrote a directory (``kind`` run or
     ablation; ``status`` partial or complete)."""
+    from . import __version__  # looked up on first use (importlib.metadata)
+
     return json_bytes({"tool": TOOL, "kind": kind, "version": __version__, "status": status, "pid": os.getpid(),
                         "host": socket.gethostname(), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra})
 
@@ -304,6 +305,8 @@ def write_run(out: str | os.PathLike, result: "TrainResult", cache_attrs: dict[s
     """Write ``result`` as a run directory at ``out``: complete, then
     swapped into place.  On a write error (a full disk) RunError naming the
     file; ``out`` is left as it was."""
+    from . import __version__
+
     out = Path(out)
     prepare_run_target(out, overwrite=overwrite, protect={str(cache_path): "the cache being trained on"})
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")

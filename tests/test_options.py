@@ -15,6 +15,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from iqa_cache.cli.app import COMMAND_ORDER
 from iqa_cache.cli.main import app
 from iqa_cache.config import FLAT_DEFAULTS, FLAT_FIELDS, GRID_KEYS, PRESETS, Preset, TrainConfig, run_name
 from iqa_cache.errors import ConfigError
@@ -169,10 +170,7 @@ def test_train_head_never_imports_open_clip(tmp_path):
     assert (tmp_path / "runs" / "koniq_feats" / "rw-inverse_s0" / "head.pt").is_file()
 
 
-COMMANDS = ("embed", "import", "train-head", "ablate", "report", "predict", "demo")
-
-
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMAND_ORDER)
 def test_help_reads_well(command):
     """Every option and argument has help text; no '<list[Path]>', '{RUN}...'
     or '<int range>' in the help."""
