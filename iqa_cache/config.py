@@ -104,7 +104,7 @@ class FDSConfig:
     """FDS settings (docs/method.md, "FDS").  Statistics are updated from the training
     features at the end of each epoch >= ``start_update`` and used for
     calibration from epoch ``start_smooth`` on (the reference's first
-    effective calibration comes one epoch later: see the README).
+    effective calibration comes one epoch later: see docs/deviations.md).
 
     ``empty_bins``: what the statistics of bins without training samples
     are before smoothing.  ``fill`` (default, as the reference's

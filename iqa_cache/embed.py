@@ -70,7 +70,7 @@ class EmbedConfig:
     """How to run stage one.  ``pipeline``: ``auto`` (``tensor`` on a GPU,
     ``pil`` on a CPU), ``pil`` or ``tensor``.  ``draft``: let Pillow decode
     JPEGs at a reduced scale (``pil`` pipeline only; faster, not the
-    reference: opt-in, see the README for its measured fidelity).
+    reference: opt-in, see docs/embedding.md for its measured fidelity).
     ``batch_size`` None: 32 on a CPU, 256 on a GPU; a resumed cache keeps the
     batch size it was made with."""
 

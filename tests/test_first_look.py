@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -126,3 +127,71 @@ def test_the_order_does_not_depend_on_registration():
         names = group.list_commands(ctx)
     # commands not in the list come last, in the order they were registered
     assert names == [*COMMAND_ORDER, "zz-unknown", "aa-unknown"]
+
+
+# ------------------------------------------------------------- README and docs/
+
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _prose(text: str) -> str:
+    """``text`` without fenced code blocks and inline code."""
+    return re.sub(r"`[^`\n]*`", "", FENCE.sub("", text))
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of ``path``: lower case,
+    punctuation dropped, spaces as hyphens, repeats numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", FENCE.sub("", path.read_text()), re.M):
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).replace("`", "")
+        slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def broken_links(files: list[Path], root: Path = ROOT) -> list[str]:
+    """Each relative link of ``files`` whose file or anchor does not exist."""
+    bad = []
+    for path in files:
+        name = path.relative_to(root).as_posix()
+        for target in LINK.findall(_prose(path.read_text())):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (path.parent / file).resolve() if file else path
+            if not dest.exists():
+                bad.append(f"{name}: {target} (no such file)")
+            elif anchor and (dest.is_dir() or dest.suffix != ".md" or anchor not in anchors(dest)):
+                bad.append(f"{name}: {target} (no such anchor)")
+    return bad
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    assert len(DOC_FILES) > 5
+    assert broken_links(DOC_FILES) == []
+
+
+def test_the_link_check_finds_a_missing_file_and_a_missing_anchor(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\n## Some `code` (here)\n\n## Title\n\n"
+                                   "[ok](b.md#the-b-page) [ok](#some-code-here) [ok](#title-1) [ok](./)\n"
+                                   "[ok](https://example.org/x.md) `[not a link](nowhere.md)`\n"
+                                   "```\n[not a link either](gone.md)\n```\n"
+                                   "[bad](missing.md) [bad](b.md#nope) [bad](#title-2)\n")
+    (tmp_path / "b.md").write_text("# The B page\n")
+    assert broken_links([tmp_path / "a.md"], tmp_path) == [
+        "a.md: missing.md (no such file)", "a.md: b.md#nope (no such anchor)", "a.md: #title-2 (no such anchor)"]
+
+
+def test_the_readme_test_command_is_what_ci_runs():
+    """The README's second set-up command is .ci/run's, less pip's -q."""
+    block = re.search(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M).group(1)
+    demo, tests = block.splitlines()[:2]
+    assert demo.endswith("&& .venv/bin/iqa demo") and tests.endswith("&& .venv/bin/python -m pytest")
+    ci = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "-m pytest" in line)
+    assert ci.replace(" -q ", " ") == tests

@@ -97,7 +97,7 @@ def embed_command(
                                                          "side and center crop.")
                            ] = ResizeMode(PreprocessConfig.resize_mode),
     precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32 (the reference), or bf16/fp16 "
-                                                     "autocast (faster on a GPU; see the README for their "
+                                                     "autocast (faster on a GPU; see docs/embedding.md for their "
                                                      "measured fidelity).")] = Precision(EncoderConfig.precision),
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
     pipeline: Annotated[Pipeline, typer.Option(help="pil: Pillow + OpenCLIP's transform in worker processes "
@@ -106,7 +106,7 @@ def embed_command(
                                                     "Pillow; auto: tensor on a GPU, pil on a CPU.")
                         ] = Pipeline("auto"),
     draft: Annotated[bool, typer.Option(help="pil pipeline: let Pillow decode JPEGs at reduced scale (faster "
-                                             "on a CPU; not the reference, see the README).")] = False,
+                                             "on a CPU; not the reference, see docs/embedding.md).")] = False,
     decoder: Annotated[Decoder, typer.Option(help="tensor pipeline's JPEG decoder: auto (TorchCodec where "
                                                   "installed, else torchvision), torchcodec, torchvision.")
                        ] = Decoder("auto"),
