@@ -45,6 +45,7 @@ from .encoder import (
 from .errors import ConfigError, DatasetError
 from .pil_pipeline import run_pil_pipeline as _run_pil  # the name tests patch
 from .pipeline import TensorLoader, run_tensor_pipeline
+from .schema import DEFAULT_FEATURE_DTYPE, FEATURE_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class EmbedConfig:
     draft: bool = False
     prefetch: int = 2
     decoder: str = "auto"  # tensor pipeline's JPEG decoder: auto (TorchCodec where installed), torchcodec, torchvision
+    feature_dtype: str = DEFAULT_FEATURE_DTYPE  # how /embeddings is stored: float32 or float16 (half the file)
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -98,6 +100,8 @@ class EmbedConfig:
                               "drop it or use --pipeline pil")
         if self.decoder not in DECODERS:
             raise ConfigError(f"--decoder '{self.decoder}' is not one of {', '.join(DECODERS)}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ConfigError(f"--dtype '{self.feature_dtype}' is not one of {', '.join(FEATURE_DTYPES)}")
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be 0 or more batches, got {self.prefetch}")
 
@@ -176,6 +180,7 @@ def planned_attrs(manifest: Manifest, cfg: EmbedConfig, device: str) -> dict[str
     planned = provenance(replace(cfg.encoder, preprocess=pre), weights, model_name, config_json,
                          feature_width(model_name))
     planned["pipeline"] = cfg.resolved_pipeline(device)
+    planned["feature_dtype"] = cfg.feature_dtype
     return planned
 
 
@@ -289,6 +294,7 @@ def embed(manifest: Manifest, cfg: EmbedConfig, out: str | os.PathLike, *, progr
                          interpolation=cfg.encoder.preprocess.interpolation)
     enc_cfg = replace(cfg.encoder, preprocess=pre)
     planned = provenance(enc_cfg, weights, model_name, config_json, feature_width(model_name))
+    planned["feature_dtype"] = cfg.feature_dtype
     batch_size = cfg.batch_size or DEFAULT_BATCH["cuda" if device.startswith("cuda") else "cpu"]
     _check_files(manifest)
 

@@ -281,7 +281,7 @@ def import_features(cfg: ImportConfig) -> ImportSummary:
     prov = {"feature_source": IMPORTED, "feature": f"imported from {Path(cfg.features).name}"
             + (f" ['{info['imported_features_key']}']" if info["imported_features_key"] else ""),
             "feature_dim": d, **info, "labels_csv": str(csv_path.resolve()), "labels_sha256": _sha256(csv_path),
-            "id_column": icol, "id_matching": matching}
+            "id_column": icol, "id_matching": matching, "feature_dtype": cfg.feature_dtype}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.importing-{os.getpid()}")
     with cache_mod.WriterLock(out):

@@ -3,6 +3,7 @@ status codes and which attributes define the features and the data.  No
 h5py here, so that reading runs (`iqa report`) does not load it."""
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 SCHEMA = "iqa-cache"
@@ -24,7 +25,21 @@ STATE_KEYS = ("n_embedded", "n_failed", "complete", "finished_at", "device", "da
 # of them hold interchangeable features.
 FEATURE_KEYS = ("model", "model_config_json", "pretrained_kind", "pretrained_sha256", "init_seed", "precision",
                 "feature", "feature_dim", "image_size", "resize_mode", "interpolation", "mean", "std",
-                "exif_transpose")
+                "exif_transpose", "feature_dtype")
+
+# How /embeddings is stored (`--dtype`): float16 halves the file (a 10-million
+# image cache of 768-d features: 15 GB instead of 30); readers get float32.
+# A cache without the attribute (written before it existed) is float32.
+class FeatureDtype(str, Enum):
+    """How a cache stores its features (``--dtype``)."""
+
+    float32 = "float32"
+    float16 = "float16"
+
+
+FEATURE_DTYPES = tuple(d.value for d in FeatureDtype)
+DEFAULT_FEATURE_DTYPE = "float32"
+FLOAT16_MAX = 65504.0
 # ... and these define *which* images, labels and splits it holds.
 DATA_KEYS = ("dataset", "manifest_sha256", "n_images", "content_id")
 

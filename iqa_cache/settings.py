@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .schema import DEFAULT_FEATURE_DTYPE
 
 __all__ = ["DEFAULT_TAG", "DemoConfig", "PredictConfig", "ImportConfig"]
 
@@ -78,3 +79,4 @@ class ImportConfig:
     split_seed: int = 0
     name: str | None = None
     overwrite: bool = False
+    feature_dtype: str = DEFAULT_FEATURE_DTYPE  # how the cache stores the features: float32 or float16

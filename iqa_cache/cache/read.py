@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError
-from ..schema import FAILED, OK, PENDING, READABLE_SCHEMAS, SCHEMA
+from ..schema import DEFAULT_FEATURE_DTYPE, FAILED, OK, PENDING, READABLE_SCHEMAS, SCHEMA
 from .attrs import _py, _read_state, differences
 from .files import _open
 
@@ -38,6 +38,7 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
                 raise CacheError(f"cache {path} has no '{name}' dataset: not an iqa-cache file, or damaged")
         attrs.update(_read_state(f))
     _check_schema(path, attrs)
+    attrs.setdefault("feature_dtype", DEFAULT_FEATURE_DTYPE)  # caches from before --dtype: float32
     return attrs
 
 
@@ -68,6 +69,11 @@ class CacheData:
         return np.flatnonzero(self.split == split)
 
     @property
+    def feature_dtype(self) -> str:
+        """How the cache stores its features (``features`` is float32 either way)."""
+        return str(self.attrs.get("feature_dtype", DEFAULT_FEATURE_DTYPE))
+
+    @property
     def label_range(self) -> tuple[float, float]:
         lo, hi = self.attrs.get("label_range", (0.0, 100.0))
         return float(lo), float(hi)
@@ -91,7 +97,7 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
                 f"cache {path} is incomplete ({n_p} of {len(status)} images not embedded yet: `iqa embed` was "
                 f"interrupted); complete it by running the same `iqa embed ... --out {path}` command again")
         ok = np.flatnonzero(status == OK)
-        emb = f["embeddings"][...] if len(ok) == len(status) else f["embeddings"][...][ok]
+        emb = read_rows_float32(f["embeddings"], ok)
         label = f["label"][...][ok]
         split = np.asarray([_py(x) for x in f["split"][...][ok]], dtype=object)
         ids = np.asarray([_py(x) for x in f["image_id"][...][ok]], dtype=object)
@@ -107,8 +113,28 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
                              f"{ids[i]}); the cache is damaged, rebuild it with `iqa embed`")
     if len(ok) == 0:
         raise CacheError(f"cache {path} holds no embedded image (all {len(status)} failed)")
-    return CacheData(path=path, attrs=attrs, features=np.ascontiguousarray(emb, dtype=np.float32),
+    return CacheData(path=path, attrs=attrs, features=emb,
                      label=label.astype(np.float32), split=split, image_id=ids)
+
+
+def read_rows_float32(dset, rows: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """The rows ``rows`` (increasing) of a features dataset as one float32
+    array, read a block of rows at a time: a float16 cache needs no second,
+    full-size copy next to its float32 result."""
+    out = np.empty((len(rows), dset.shape[1]), dtype=np.float32)
+    if len(rows) == 0:
+        return out
+    if dset.dtype == np.float32 and len(rows) == dset.shape[0]:
+        dset.read_direct(out)
+        return out
+    done = 0
+    for a in range(0, dset.shape[0], block):
+        b = min(a + block, dset.shape[0])
+        lo, hi = np.searchsorted(rows, [a, b])
+        if hi > lo:
+            out[done:done + hi - lo] = dset[a:b][rows[lo:hi] - a]
+            done += hi - lo
+    return out
 
 
 def failures(path: str | os.PathLike, limit: int | None = None) -> list[tuple[str, str]]:

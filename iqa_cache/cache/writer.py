@@ -25,9 +25,13 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
+from ..errors import CacheError
 from ..schema import (
     CHUNK_ROWS,
+    DEFAULT_FEATURE_DTYPE,
     FAILED,
+    FEATURE_DTYPES,
+    FLOAT16_MAX,
     IDENTITY_BYTES,
     OK,
     PENDING,
@@ -38,7 +42,7 @@ from ..schema import (
     STATE_BYTES,
     STATE_KEYS,
 )
-from .attrs import _attr_value, _manifest_state, _write_state
+from .attrs import _attr_value, _manifest_state, _py, _write_state
 from .files import _open, disk_guard, fsync_path
 from .identity import Identities, content_id
 
@@ -75,15 +79,19 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n, d = len(manifest), int(provenance["feature_dim"])
+    provenance = {**provenance, "feature_dtype": str(provenance.get("feature_dtype", DEFAULT_FEATURE_DTYPE))}
+    dtype = provenance["feature_dtype"]
+    if dtype not in FEATURE_DTYPES:
+        raise CacheError(f"--dtype '{dtype}' is not one of {', '.join(FEATURE_DTYPES)}")
     ident = identities if identities is not None else Identities.unknown(n)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     str_dt = h5py.string_dtype("utf-8")
     try:
         with disk_guard(path, "creating the cache"):
             with h5py.File(tmp, "w") as f:
-                f.create_dataset("embeddings", shape=(n, d), dtype=np.float32,
+                f.create_dataset("embeddings", shape=(n, d), dtype=np.dtype(dtype),
                                  chunks=(max(1, min(CHUNK_ROWS, n)), d), maxshape=(None, d),
-                                 fillvalue=np.float32(np.nan), dcpl=_early_dcpl())
+                                 fillvalue=np.dtype(dtype).type(np.nan), dcpl=_early_dcpl())
                 f["embeddings"].attrs["feature"] = provenance.get("feature", "")
                 f.create_dataset("image_id", data=np.asarray(manifest.image_id, dtype=object), dtype=str_dt)
                 f.create_dataset("path", data=np.asarray(manifest.path, dtype=object), dtype=str_dt)
@@ -140,6 +148,7 @@ class CacheWriter:
         self.status = self.f["status"][...]
         self.batch_size = int(self.f.attrs["batch_size"])
         self.n = len(self.status)
+        self.float16 = self.f["embeddings"].dtype == np.float16
 
     def close(self) -> None:
         if self.f is not None:
@@ -196,6 +205,8 @@ class CacheWriter:
                 sel = rows
         else:
             sel = slice(start, start + len(status))
+        if self.float16:
+            self._check_float16(start if isinstance(start, np.ndarray) else np.arange(start, start + len(emb)), emb)
         with disk_guard(self.path, "writing"):
             self.f["embeddings"][sel] = emb
             self.f["error"][sel] = np.asarray(
@@ -204,6 +215,17 @@ class CacheWriter:
             self.f["status"][sel] = status
             self._flush()
         self.status[sel] = status
+
+    def _check_float16(self, rows: np.ndarray, emb: np.ndarray) -> None:
+        """A float16 cache cannot hold features beyond ±65504 (they would be
+        stored as inf): refuse, naming the first such row."""
+        big = np.abs(np.where(np.isfinite(emb), emb, 0.0)) > FLOAT16_MAX
+        if big.any():
+            r = int(np.flatnonzero(big.any(axis=1))[0])
+            row = int(rows[r])
+            raise CacheError(f"cache {self.path}: image {_py(self.f['image_id'][row])} (row {row}) has a feature "
+                             f"of {float(np.abs(emb[r]).max()):.4g}, beyond float16's range (65504); store this "
+                             "encoder's features with --dtype float32")
 
     def _flush(self) -> None:
         self.f.flush()

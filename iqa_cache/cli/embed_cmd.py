@@ -12,6 +12,7 @@ import typer
 from iqa_cache.device import Device
 from iqa_cache.errors import ConfigError
 from iqa_cache.preprocess import EncoderConfig, PreprocessConfig
+from iqa_cache.schema import DEFAULT_FEATURE_DTYPE, FeatureDtype
 
 from .app import app
 from .common import (
@@ -110,6 +111,10 @@ def embed_command(
     decoder: Annotated[Decoder, typer.Option(help="tensor pipeline's JPEG decoder: auto (TorchCodec where "
                                                   "installed, else torchvision), torchcodec, torchvision.")
                        ] = Decoder("auto"),
+    dtype: Annotated[FeatureDtype, typer.Option("--dtype", help="How the cache stores the features: float32, or "
+                                                                "float16 (half the file; computed in float32, "
+                                                                "read back as float32).")
+                     ] = FeatureDtype(DEFAULT_FEATURE_DTYPE),
     distributed: Annotated[Optional[bool], typer.Option(
         "--distributed/--no-distributed",
         help="One part per torchrun rank, merged into --out by rank 0 [default: on when launched by torchrun].",
@@ -160,7 +165,7 @@ def embed_command(
         encoder=EncoderConfig(model=model, pretrained=pretrained, precision=precision.value,
                               preprocess=PreprocessConfig(resize_mode=resize_mode.value)),
         device=device.value, batch_size=batch_size, workers=workers, max_pixels=max_pixels, overwrite=overwrite,
-        pipeline=pipeline.value, draft=draft, decoder=decoder.value)
+        pipeline=pipeline.value, draft=draft, decoder=decoder.value, feature_dtype=dtype.value)
     if out is None:
         out = default_cache_path(cache_dir, manifest.name, model, pretrained, resize_mode.value, limit=limit,
                                  precision=precision.value)

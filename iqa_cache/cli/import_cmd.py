@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from iqa_cache.schema import FeatureDtype
 from iqa_cache.settings import ImportConfig
 
 from .app import app
@@ -46,6 +47,9 @@ def import_command(
     name: Annotated[Optional[str], typer.Option(help="Dataset name recorded [default: the features file's "
                                                      "stem].")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing cache at --out.")] = False,
+    dtype: Annotated[FeatureDtype, typer.Option("--dtype", help="How the cache stores the features: float32 or "
+                                                                "float16 (half the file).")
+                     ] = FeatureDtype(ImportConfig.feature_dtype),
 ) -> None:
     """Write a cache from features made elsewhere, for train-head, ablate and report.
 
@@ -59,7 +63,7 @@ def import_command(
     cfg = ImportConfig(features=features, labels=labels, out=out, features_key=features_key, ids_key=ids_key,
                        id_col=id_col, label_col=label_col, split_col=split_col,
                        label_range=parse_range(label_range), out_of_range=out_of_range.value,
-                       split_seed=split_seed, name=name, overwrite=overwrite)
+                       split_seed=split_seed, name=name, overwrite=overwrite, feature_dtype=dtype.value)
     s = import_features(cfg)
     c = s.split_counts
     echo_out(f"{s.path}: {s.n_items} items × {s.feature_dim} features from {s.format} (matched {s.id_matching}); "

@@ -27,6 +27,7 @@ from ..runs import (
     run_state,
     writer_alive,
 )
+from ..schema import DEFAULT_FEATURE_DTYPE
 from .expand import GridPlan
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def same_run(run_config: dict[str, Any], cfg: TrainConfig, data: CacheData) -> s
     if have_train != expected_train_config(cfg, int(data.features.shape[1])):
         return "other settings"
     want = as_json({k: data.attrs.get(k) for k in CACHE_KEYS})
-    have = run_config.get("cache") or {}
+    have = {"feature_dtype": DEFAULT_FEATURE_DTYPE, **(run_config.get("cache") or {})}  # runs from before --dtype
     if any(have.get(k) != v for k, v in want.items()):
         return "another cache"
     return ""
