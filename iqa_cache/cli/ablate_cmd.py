@@ -43,9 +43,13 @@ def ablate_command(
     configuration that diverges gets no run directory and does not stop the
     others.  A rerun keeps the finished runs of the same configurations on
     the same cache and trains only the missing ones (after an interruption,
-    or for values added to the grid).
+    or for values added to the grid).  Under torchrun (`torchrun
+    --nproc-per-node N -m iqa_cache.cli ablate ...`) each rank trains whole
+    stacks of the same plan and rank 0 writes the summary: OUT ends as one
+    process would leave it.
     """
     from iqa_cache import cache as cache_mod
+    from iqa_cache import distributed as dist
     from iqa_cache.grid import expand, format_summary, read_grid, run_ablation
     from iqa_cache.runs import check_out_location
 
@@ -55,7 +59,17 @@ def ablate_command(
     check_out_location(out, {str(cache): "the cache being trained on"})
     data = cache_mod.load(cache, expect=expected)
     plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
-    result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
+    env = dist.from_env()
+    if env is not None and env.world > 1:  # under torchrun: whole stacks per rank, rank 0 writes the summary
+        from iqa_cache.grid import run_ablation_ranks
+
+        with dist.Session(env, base.device) as session:
+            result = run_ablation_ranks(data, plan, out, session, overwrite=overwrite, max_stack=max_stack,
+                                        progress=progress)
+        if result is None:
+            return
+    else:
+        result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
     echo_out(format_summary(result.summary, result.notes))
     n = len(plan.points)
     trained = n - result.n_kept

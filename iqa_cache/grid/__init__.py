@@ -25,6 +25,7 @@ from ..config import GRID_KEYS
 from .expand import GridPlan, GridPoint, apply_point, expand, point_name
 from .outcomes import AblationResult, Outcome
 from .outdir import AblationDir, expected_train_config, prepare_ablation_dir, same_run
+from .ranks import assign_stacks, run_ablation_ranks
 from .run import run_ablation
 from .spec import GridSpec, format_value, load_grid_file, parse_grid, parse_value, read_grid
 from .summary import format_summary, summary_frame
@@ -32,4 +33,4 @@ from .summary import format_summary, summary_frame
 __all__ = ["GRID_KEYS", "GridPlan", "GridPoint", "apply_point", "expand", "point_name", "AblationResult", "Outcome",
            "AblationDir", "expected_train_config", "prepare_ablation_dir", "same_run", "run_ablation", "GridSpec",
            "format_value", "load_grid_file", "parse_grid", "parse_value", "read_grid", "format_summary",
-           "summary_frame"]
+           "summary_frame", "assign_stacks", "run_ablation_ranks"]

@@ -67,8 +67,7 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
     finishes; the outcome of every point trained here or kept."""
     out_dir = existing.path
     cfgs = [plan.points[i].config for i in todo]
-    outcomes: dict[int, Outcome] = {i: Outcome(p, "ok", run_dir=out_dir / p.name, run=existing.keep[p.name],
-                                               kept=True) for i, p in enumerate(plan.points) if p.name in existing.keep}
+    outcomes = kept_outcomes(plan, existing)
     n = sum(len(s) for s in stacks)
     bar = None
     if progress and n:
@@ -95,6 +94,12 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
         if bar is not None:
             bar.close()
     return outcomes
+
+
+def kept_outcomes(plan: GridPlan, existing: AblationDir) -> dict[int, Outcome]:
+    """The outcomes of the points whose finished runs are kept."""
+    return {i: Outcome(p, "ok", run_dir=existing.path / p.name, run=existing.keep[p.name], kept=True)
+            for i, p in enumerate(plan.points) if p.name in existing.keep}
 
 
 def finish_ablation(data: CacheData, plan: GridPlan, existing: AblationDir, outcomes: dict[int, Outcome], *,
