@@ -384,3 +384,25 @@ def test_a_method_grid_drops_unused_settings_and_skips_meaningless_combinations(
     assert [p.skipped for p in plan.skipped] == ["--method bmc with --lds is not meaningful: Balanced MSE already "
                                                  "balances the loss by its batch-based label prior; drop --lds"] * 2
     assert len(plan_stacks([p.config for p in plan.points], 64)) == 1  # all methods share one stack
+
+
+def test_train_head_method_through_the_cli(data, tmp_path):
+    from typer.testing import CliRunner
+
+    from iqa_cache.cli.main import app
+
+    def iqa(*a):
+        return CliRunner().invoke(app, [str(x) for x in a])
+
+    common = ["--cache", data.path, "--epochs", 3, "--hidden", 16, "--blocks", 1, "--no-progress", "--device", "cpu"]
+    r = iqa("train-head", *common, "--method", "gai", "--gai-components", 3, "--fds", "--out", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    cfg = __import__("json").loads((tmp_path / "g" / "config.json").read_text())["train"]
+    assert cfg["method"]["name"] == "gai" and cfg["method"]["gai_components"] == 3 and cfg["fds"]["enabled"]
+    hist = __import__("pandas").read_csv(tmp_path / "g" / "history.csv")
+    assert "noise_sigma" in hist.columns and hist["noise_sigma"].iloc[-1] != 10.0
+    r = iqa("train-head", *common, "--method", "bmc", "--lds", "--out", tmp_path / "b")
+    assert r.exit_code == 2 and "--method bmc with --lds is not meaningful" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
+    r = iqa("train-head", *common, "--method", "nope", "--out", tmp_path / "n")
+    assert r.exit_code == 2 and "nope" in r.output
