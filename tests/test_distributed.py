@@ -173,8 +173,9 @@ def test_torchrun_rank_killed_then_rerun_equals_one_process(koniq_root, tmp_path
             p.communicate()
     assert p.returncode != 0 and not out.exists()
     assert 2 <= _committed(s1) < n // 2
-    # rank 0's part: complete it here if the kill came first, so that the rerun must find it finished
-    if not cache.read_attrs(s0).get("complete"):
+    # rank 0's part: complete it here if the kill came first (before rank 0 even created it, on a loaded
+    # machine), so that the rerun must find it finished
+    if not (s0.exists() and cache.read_attrs(s0).get("complete")):
         m = load_koniq(koniq_root).head(n)
         embed(rows(m, 0, n // 2), EmbedConfig(encoder=EncoderConfig(model=str(model), pretrained="none"),
                                               device="cpu", batch_size=2, workers=0, sync=False), s0,
