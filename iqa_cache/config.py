@@ -25,9 +25,10 @@ from .seeds import check_seed
 log = logging.getLogger(__name__)
 
 __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConfig", "LDSConfig", "FDSConfig",
-           "OptimConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES", "ACTIVATION_NAMES", "EmptyBins",
-           "Loss", "Schedule", "FLAT_FIELDS", "FLAT_DEFAULTS", "default_reweight", "run_tag", "run_name",
-           "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE", "Method", "METHODS", "MethodConfig"]
+           "OptimConfig", "OrderConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES",
+           "ACTIVATION_NAMES", "EmptyBins", "Loss", "Schedule", "Shuffle", "SHUFFLES", "FLAT_FIELDS",
+           "FLAT_DEFAULTS", "default_reweight", "run_tag", "run_name", "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE",
+           "Method", "METHODS", "MethodConfig"]
 
 
 class EmptyBins(str, Enum):
@@ -43,6 +44,13 @@ class Loss(str, Enum):
     huber = "huber"
 
 
+class Shuffle(str, Enum):
+    """The order of the training rows in an epoch (:class:`OrderConfig`)."""
+
+    rows = "rows"
+    chunks = "chunks"
+
+
 class Schedule(str, Enum):
     """Learning-rate schedule (:class:`OptimConfig`)."""
 
@@ -54,6 +62,7 @@ class Schedule(str, Enum):
 EMPTY_BINS = tuple(e.value for e in EmptyBins)
 LOSSES = tuple(e.value for e in Loss)
 SCHEDULES = tuple(e.value for e in Schedule)
+SHUFFLES = tuple(e.value for e in Shuffle)
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
 
 
@@ -197,6 +206,33 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class OrderConfig:
+    """The order of the training rows in each epoch.  ``rows``: each
+    configuration its own permutation of all rows (from its seed).
+    ``chunks``: the rows in chunks of ``chunk_rows`` consecutive training rows
+    (in file order); each epoch shuffles the chunks, then the rows within
+    each window of ``buffer`` chunks (:func:`iqa_cache.order.chunk_windows`).
+    That order can be read from a file chunk by chunk (``--stream``), and it
+    is the same whether the cache is streamed or in memory."""
+
+    shuffle: str = "rows"
+    chunk_rows: int = 4096
+    buffer: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shuffle", str(_plain(self.shuffle)))
+        if self.shuffle not in SHUFFLES:
+            raise ConfigError(f"--shuffle '{self.shuffle}' is not one of {', '.join(SHUFFLES)}")
+        for opt, v in (("--chunk-rows", self.chunk_rows), ("--shuffle-buffer", self.buffer)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{opt} must be a whole number of at least 1, got {v!r}")
+
+    @property
+    def chunked(self) -> bool:
+        return self.shuffle == Shuffle.chunks.value
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a run; saved as ``config.json``.
 
@@ -207,6 +243,7 @@ class TrainConfig:
     fds: FDSConfig = field(default_factory=FDSConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    order: OrderConfig = field(default_factory=OrderConfig)
     bin_size: float = 1.0
     label_range: tuple[float, float] | None = None
     epochs: int = 200
@@ -252,7 +289,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig, "method": MethodConfig}
+        sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig, "method": MethodConfig,
+               "order": OrderConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -343,6 +381,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "dist_bw": ("method", "dist_bw"),
     "ranksim_gamma": ("method", "ranksim_gamma"), "ranksim_lambda": ("method", "ranksim_lambda"),
     "dw_alpha": ("method", "dw_alpha"), "dw_eps": ("method", "dw_eps"),
+    "shuffle": ("order", "shuffle"), "chunk_rows": ("order", "chunk_rows"), "shuffle_buffer": ("order", "buffer"),
 }
 
 

@@ -154,7 +154,7 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
     assert got == {"preset": preset, "train": {
         "head": PAPER_HEAD, "lds": PAPER_LDS, "fds": PAPER_FDS,
         "optim": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant"},
-        "method": PAPER_METHOD,
+        "method": PAPER_METHOD, "order": {"shuffle": "rows", "chunk_rows": 4096, "buffer": 8},
         "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
         "seed": 0, "device": "auto"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset

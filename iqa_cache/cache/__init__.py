@@ -30,6 +30,8 @@ One module per job, each importing its siblings (never this package):
 * :mod:`.identity` — :func:`file_identity`, :class:`Identities`, :func:`content_id`;
 * :mod:`.read` — :func:`read_attrs`, :func:`is_iqa_cache`, :class:`CacheData`,
   :func:`load`, :func:`failures`, :func:`iter_summary`;
+* :mod:`.stream` — :class:`RowReader`: chosen rows' features from the file
+  (training on caches larger than memory);
 * :mod:`.writer` — :func:`create` and :class:`CacheWriter` (crash safety);
 * :mod:`.update` — :class:`UpdatePlan`, :func:`plan_update`,
   :func:`apply_in_place`, :func:`rebuild`.
@@ -69,6 +71,7 @@ from .files import (
 )
 from .identity import Identities, content_id, file_identity
 from .read import CacheData, failures, is_iqa_cache, iter_summary, load, read_attrs
+from .stream import RowReader
 from .update import UpdatePlan, apply_in_place, plan_update, rebuild
 from .writer import CacheWriter, create
 
@@ -77,7 +80,8 @@ _fsync_path = fsync_path  # the name it had before the split
 __all__ = [
     "CHUNK_ROWS", "DATA_KEYS", "FAILED", "FEATURE_KEYS", "HISTORY_LEN", "IDENTITY_BYTES", "OK", "PENDING",
     "READABLE_SCHEMAS", "REASON_BYTES", "SCHEMA", "SCHEMA_VERSION", "SPLIT_BYTES", "STATE_BYTES", "STATE_KEYS",
-    "CacheData", "CacheError", "CacheWriter", "HDF5_SIGNATURE", "Identities", "UpdatePlan", "WriterLock",
+    "CacheData", "CacheError", "CacheWriter", "HDF5_SIGNATURE", "Identities", "RowReader", "UpdatePlan",
+    "WriterLock",
     "apply_in_place", "content_id", "create", "default_cache_path", "describe_file", "differences", "disk_guard",
     "failures", "file_identity", "fsync_path", "is_iqa_cache", "iter_summary", "load", "next_path", "plan_update",
     "read_attrs", "rebuild", "remove_stale_temporaries", "replace_with",

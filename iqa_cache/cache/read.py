@@ -53,20 +53,34 @@ def _check_schema(path: Path, attrs: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class CacheData:
-    """The embedded rows of a cache, in file order, ready for stage two."""
+    """The embedded rows of a cache, in file order, ready for stage two.
+    ``features`` is None when loaded with ``features=False`` (training then
+    streams them from the file: :class:`~iqa_cache.cache.stream.RowReader`);
+    ``rows`` are the entries' rows in the file."""
 
     path: Path
     attrs: dict[str, Any]
-    features: np.ndarray  # float32 (n, D)
+    features: np.ndarray | None  # float32 (n, D)
     label: np.ndarray  # float32 (n,)
     split: np.ndarray  # str (n,)
     image_id: np.ndarray  # str (n,)
+    rows: np.ndarray | None = None  # int64 (n,)
+    dim: int | None = None  # the features' width, when they are not loaded
 
     def __len__(self) -> int:
         return len(self.label)
 
     def subset(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1]) if self.features is not None else int(self.dim or 0)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the features stay in the file (``load(..., features=False)``)."""
+        return self.features is None
 
     @property
     def feature_dtype(self) -> str:
@@ -80,10 +94,12 @@ class CacheData:
 
 
 def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict[str, Any] | None = None,
-         check_finite: bool = True) -> CacheData:
+         check_finite: bool = True, features: bool = True) -> CacheData:
     """Read a cache for training or reporting.  Refuses an incomplete cache
     (with the command that completes it), a schema it does not know,
-    attributes that differ from ``expect``, and non-finite embeddings."""
+    attributes that differ from ``expect``, and non-finite embeddings.
+    ``features=False`` leaves the features in the file (for caches larger
+    than memory; they are checked as they are read)."""
     path = Path(path)
     attrs = read_attrs(path)
     if attrs.get("updating"):
@@ -97,7 +113,8 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
                 f"cache {path} is incomplete ({n_p} of {len(status)} images not embedded yet: `iqa embed` was "
                 f"interrupted); complete it by running the same `iqa embed ... --out {path}` command again")
         ok = np.flatnonzero(status == OK)
-        emb = read_rows_float32(f["embeddings"], ok)
+        emb = read_rows_float32(f["embeddings"], ok) if features else None
+        dim = int(f["embeddings"].shape[1])
         label = f["label"][...][ok]
         split = np.asarray([_py(x) for x in f["split"][...][ok]], dtype=object)
         ids = np.asarray([_py(x) for x in f["image_id"][...][ok]], dtype=object)
@@ -105,7 +122,7 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
         diff = differences(attrs, expect, tuple(expect))
         if diff:
             raise CacheError(f"cache {path} does not match what was asked: " + "; ".join(diff))
-    if check_finite and len(emb):
+    if check_finite and emb is not None and len(emb):
         bad = ~np.isfinite(emb).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -113,8 +130,8 @@ def load(path: str | os.PathLike, *, require_complete: bool = True, expect: dict
                              f"{ids[i]}); the cache is damaged, rebuild it with `iqa embed`")
     if len(ok) == 0:
         raise CacheError(f"cache {path} holds no embedded image (all {len(status)} failed)")
-    return CacheData(path=path, attrs=attrs, features=emb,
-                     label=label.astype(np.float32), split=split, image_id=ids)
+    return CacheData(path=path, attrs=attrs, features=emb, label=label.astype(np.float32), split=split,
+                     image_id=ids, rows=ok.astype(np.int64), dim=dim)
 
 
 def read_rows_float32(dset, rows: np.ndarray, block: int = 1 << 16) -> np.ndarray:

@@ -57,7 +57,7 @@ def ablate_command(
     base = opts.config(ctx)
     spec = read_grid(grid)
     check_out_location(out, {str(cache): "the cache being trained on"})
-    data = cache_mod.load(cache, expect=expected)
+    data = cache_mod.load(cache, expect=expected, features=not opts.stream)
     plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
     env = dist.from_env()
     if env is not None and env.world > 1:  # under torchrun: whole stacks per rank, rank 0 writes the summary

@@ -24,6 +24,7 @@ from iqa_cache.config import (
     Preset,
     Reweight,
     Schedule,
+    Shuffle,
     TrainConfig,
     run_name,
 )
@@ -119,6 +120,16 @@ class TrainOptions:
     dropout: Annotated[float, typer.Option(help="Dropout on the head's final features (after FDS), in [0, 1).")
                        ] = D["dropout"]
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and the batch order.")] = D["seed"]
+    shuffle: Annotated[Shuffle, typer.Option(help="Order of the training rows per epoch: rows (a permutation "
+                                                  "of all rows) or chunks (chunks of --chunk-rows file-order "
+                                                  "rows shuffled, then rows within windows of --shuffle-buffer "
+                                                  "chunks: the order --stream reads).")] = Shuffle(D["shuffle"])
+    chunk_rows: Annotated[int, typer.Option(help="--shuffle chunks: training rows per chunk.")] = D["chunk_rows"]
+    shuffle_buffer: Annotated[int, typer.Option(help="--shuffle chunks: chunks per shuffled window (what "
+                                                     "--stream holds in memory at once).")] = D["shuffle_buffer"]
+    stream: Annotated[bool, typer.Option(help="Leave the features in the cache file and read them window by "
+                                              "window (caches larger than memory; needs --shuffle chunks; the "
+                                              "same results as in memory, to float rounding).")] = False
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(D["device"])
     preset: Annotated[Optional[Preset], typer.Option(help=f"Settings preset: {', '.join(PRESETS)}: the paper's "
                                                           "Adam, epochs, bins, LDS N(12, 10) as gaussian ks 11 "
@@ -207,7 +218,7 @@ def train_head_command(
     if out is None:
         out = Path("runs") / cache.stem / run_name(cfg)
     prepare_run_target(out, overwrite=overwrite, protect={str(cache): "the cache being trained on"})
-    data = cache_mod.load(cache, expect=expected)
+    data = cache_mod.load(cache, expect=expected, features=not opts.stream)
     result = train_head(data, cfg, progress=progress)
     write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset_name})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "

@@ -62,7 +62,7 @@ def same_run(run_config: dict[str, Any], cfg: TrainConfig, data: CacheData) -> s
         have_train = as_json(TrainConfig.from_dict(run_config.get("train") or {}).to_dict())
     except (ConfigError, TypeError, ValueError):
         return "other settings"
-    if have_train != expected_train_config(cfg, int(data.features.shape[1])):
+    if have_train != expected_train_config(cfg, data.feature_dim):
         return "other settings"
     want = as_json({k: data.attrs.get(k) for k in CACHE_KEYS})
     have = {"feature_dtype": DEFAULT_FEATURE_DTYPE, **(run_config.get("cache") or {})}  # runs from before --dtype

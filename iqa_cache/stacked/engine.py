@@ -17,8 +17,9 @@ from ..config import LDSConfig, MethodConfig, TrainConfig
 from ..device import resolve_device
 from ..errors import ConfigError, TrainingDiverged
 from ..head import ResidualMLPHead
+from ..order import chunk_windows
 from ..results import TrainResult, diverged_message, never_finite_message, nonfinite_predictions_message, package_result
-from .data import DeviceData, TrainingRows, check_data, check_fds_bins, to_device
+from .data import DeviceData, TrainingRows, check_data, check_fds_bins, check_order, to_device
 from .fds import StackedFDS
 from .heads import HeadStack, init_stack
 from .methods import StackLoss
@@ -31,10 +32,12 @@ def stack_key(cfg: TrainConfig) -> TrainConfig:
     """Configurations with equal keys can share a stack: they may differ only
     in LDS settings, seed, learning rate, FDS window (kernel, size, sigma)
     and method (with its settings; all Balanced MSE ones of a stack share
-    the noise sigma's learning rate)."""
+    the noise sigma's learning rate).  Under ``--shuffle chunks`` the seed
+    is the stack's one order of rows: equal seeds only."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
     method = MethodConfig(bmse_sigma_lr=cfg.method.bmse_sigma_lr if cfg.method.bmse else MethodConfig.bmse_sigma_lr)
-    return replace(cfg, lds=LDSConfig(), seed=0, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method)
+    seed = cfg.seed if cfg.order.chunked else 0
+    return replace(cfg, lds=LDSConfig(), seed=seed, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method)
 
 
 def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
@@ -56,9 +59,15 @@ def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: to
     return [s / len(rows) for s in loss_sum.tolist()]
 
 
+def predict_rows(stack: HeadStack, dev: DeviceData, which: str, params=None) -> torch.Tensor:
+    """Predictions ``[K, n]`` for the rows of ``which`` (train, val or all)."""
+    parts = [stack.predict(x, params) for _, x in dev.blocks(which)]
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
 def validation_mae(stack: HeadStack, dev: DeviceData) -> list[float]:
     if len(dev.va):
-        return (stack.predict(dev.x_va) - dev.y_va).abs().mean(dim=1).tolist()
+        return (predict_rows(stack, dev, "val") - dev.y_va).abs().mean(dim=1).tolist()
     return [math.nan] * stack.k
 
 
@@ -137,21 +146,31 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     predictions and metrics; ``seconds`` is its share of the stack's time)
     or the :class:`~iqa_cache.errors.TrainingDiverged` it ran into.  ``dev``
     is the data already on the device; ``checked`` skips the checks (and
-    warnings) that :func:`train_many` made once for all stacks."""
-    t0 = time.perf_counter()
+    warnings) that :func:`train_many` made once for all stacks.  A cache
+    loaded without features (``load(..., features=False)``) is streamed from
+    its file (``--shuffle chunks`` only): the same training as in memory."""
     if not cfgs:
         return []
+    if dev is None:
+        if not checked:
+            check_order(data, cfgs[0])
+        dev = to_device(data, resolve_device(cfgs[0].device), block_rows=_block_rows(cfgs[0]))
+        try:
+            return train_stack(data, cfgs, dev=dev, progress=progress, desc=desc, checked=checked)
+        finally:
+            dev.close()
+    t0 = time.perf_counter()
     if len({stack_key(c) for c in cfgs}) > 1:
         raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
     c0 = cfgs[0]
-    device = dev.device if dev is not None else resolve_device(c0.device)
+    device = dev.device
     bins = c0.bins(data.label_range)
     if not checked:
         check_data(data, c0, bins)
+        check_order(data, c0)
         for c in cfgs:
             check_fds_bins(c, bins)
-    dev = dev if dev is not None else to_device(data, device)
-    head_cfg = replace(c0.head, in_dim=int(data.features.shape[1]))
+    head_cfg = replace(c0.head, in_dim=data.feature_dim)
     order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)  # equal learning rates side by side
     cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
 
@@ -165,15 +184,21 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     best = BestEpochs(stack, cfgs, has_val=len(dev.va) > 0)
     for epoch in _epochs(c0.epochs, progress, desc):
         lrs = opt.schedule(epoch)
-        perm = torch.stack([torch.randperm(len(rows), generator=g) for g in gens]).to(device)
+        if c0.order.chunked:  # one order for the stack, the same in memory and streamed
+            perm = chunk_windows(len(rows), epoch, c0.seed, c0.order.chunk_rows, c0.order.buffer)
+        else:
+            perm = torch.stack([torch.randperm(len(rows), generator=g) for g in gens]).to(device)
         calibrating = fds is not None and fds.updated and epoch >= fds.start_smooth
         train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, loss)
         if fds is not None and epoch >= fds.start_update:
-            fds.update(stack, rows.x, rows.bins, rows.count)
+            if c0.order.chunked:  # in blocks, in memory as streamed: the same numbers
+                fds.update_blocks(stack, dev.blocks("train"), rows.bins, rows.count)
+            else:
+                fds.update(stack, rows.x, rows.bins, rows.count)
         best.record(epoch, lrs, train_loss, validation_mae(stack, dev), fds,
                     loss.sigma.detach().tolist() if loss.bmse else None)
 
-    pred_all = stack.predict(dev.x_all, best.params).cpu().numpy().astype(np.float64)
+    pred_all = predict_rows(stack, dev, "all", best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)
     results = [best.outcome(k, data, bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]
     return [results[order.index(i)] for i in range(len(cfgs))]
@@ -207,12 +232,26 @@ def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int =
             check_data(data, c, bins)
             checked.add(bins)
         check_fds_bins(c, bins)
+        check_order(data, c)
     devices: dict[str, DeviceData] = {}
-    for s, members in enumerate(stacks):
-        device = resolve_device(cfgs[members[0]].device)
-        if device not in devices:
-            devices[device] = to_device(data, device)
-        desc = f"stack {s + 1}/{len(stacks)} ({len(members)} config{'s' if len(members) > 1 else ''})"
-        results = train_stack(data, [cfgs[i] for i in members], dev=devices[device], progress=progress, desc=desc,
-                              checked=True)
-        yield from zip(members, results)
+    try:
+        for s, members in enumerate(stacks):
+            device = resolve_device(cfgs[members[0]].device)
+            where = (device, _block_rows(cfgs[members[0]]))
+            if where not in devices:  # the features on the device once (views for other block sizes)
+                same = next((d for (dv, _), d in devices.items() if dv == device and d.reader is None), None)
+                devices[where] = (replace(same, block_rows=where[1]) if same is not None
+                                  else to_device(data, device, block_rows=where[1]))
+            desc = f"stack {s + 1}/{len(stacks)} ({len(members)} config{'s' if len(members) > 1 else ''})"
+            results = train_stack(data, [cfgs[i] for i in members], dev=devices[where], progress=progress,
+                                  desc=desc, checked=True)
+            yield from zip(members, results)
+    finally:
+        for d in devices.values():
+            d.close()
+
+
+def _block_rows(cfg: TrainConfig) -> int | None:
+    """Rows per evaluation block under ``--shuffle chunks`` (a chunk's
+    worth, in memory as streamed); None (one block) otherwise."""
+    return cfg.order.chunk_rows if cfg.order.chunked else None

@@ -2,7 +2,7 @@
 grouped conv1d for the smoothing, calibration by one gather."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,17 +11,23 @@ from ..imbalance import fds_window, fill_empty_bins
 from .heads import EVAL_BUDGET, HeadStack
 
 
-def stacked_bin_statistics(z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-bin mean and unbiased variance of ``z`` [K, N, H] (bins [N] shared
-    by all K; ``count`` [n_bins] their counts), by scatter-add; the formula of
-    :func:`iqa_cache.imbalance.bin_statistics` with a configuration axis."""
+def stacked_bin_moments(z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and sum of squared deviations of ``z`` [K, N, H] (bins
+    [N] shared by all K; ``count`` [n_bins] their counts), by scatter-add."""
     k, _, h = z.shape
     n_bins = count.numel()
     total = z.new_zeros(k, n_bins, h).index_add_(1, bins, z)
     mean = total / count.clamp(min=1).view(1, -1, 1)
     centred = z - mean[:, bins]
-    sq = z.new_zeros(k, n_bins, h).index_add_(1, bins, centred * centred)
+    return mean, z.new_zeros(k, n_bins, h).index_add_(1, bins, centred * centred)
+
+
+def stacked_bin_statistics(z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and unbiased variance of ``z`` [K, N, H]; the formula of
+    :func:`iqa_cache.imbalance.bin_statistics` with a configuration axis."""
+    mean, sq = stacked_bin_moments(z, bins, count)
     return mean, sq / (count - 1).clamp(min=1).view(1, -1, 1)
 
 
@@ -91,13 +97,47 @@ class StackedFDS:
         self.refresh(count)
 
     @torch.no_grad()
+    def update_blocks(self, stack: HeadStack, blocks: Iterable[tuple[int, torch.Tensor]], bins: torch.Tensor,
+                      count: torch.Tensor) -> None:
+        """:meth:`update` from the training rows in blocks ``(start,
+        features)`` (a streamed cache): each block's per-bin moments merged
+        into the epoch's in float64 (Chan et al.'s pairwise formula), so the
+        statistics equal the one-pass ones to float rounding."""
+        n_bins, dev = self.n_bins, self.running_mean.device
+        n_seen = torch.zeros(n_bins, dtype=torch.float64, device=dev)
+        mean = torch.zeros(self.k, n_bins, self.dim, dtype=torch.float64, device=dev)
+        m2 = torch.zeros_like(mean)
+        for a, x in blocks:
+            b = bins[a:a + len(x)]
+            cnt = torch.bincount(b, minlength=n_bins)
+            tot = n_seen + cnt
+            frac = (cnt / tot.clamp(min=1)).view(1, -1, 1)
+            cross = (n_seen * cnt / tot.clamp(min=1)).view(1, -1, 1)
+            kc = max(1, EVAL_BUDGET // max(1, len(x) * self.dim))
+            for r in range(0, self.k, kc):
+                rows = slice(r, min(self.k, r + kc))
+                bm, bsq = stacked_bin_moments(stack.features(x, [p[rows] for p in stack.params]), b, cnt.float())
+                delta = bm.double() - mean[rows]
+                mean[rows] += delta * frac
+                m2[rows] += bsq.double() + delta * delta * cross
+            n_seen = tot
+        var = m2 / (count.double() - 1).clamp(min=1).view(1, -1, 1)
+        self.fold_statistics(slice(0, self.k), mean.float(), var.float(), count)
+        self.refresh(count)
+
+    @torch.no_grad()
     def fold(self, rows: slice, z: torch.Tensor, bins: torch.Tensor, count: torch.Tensor) -> None:
         """Fold features ``z`` [k, N, H] of configurations ``rows`` into their
         running statistics (momentum; the first update of a bin replaces)."""
+        self.fold_statistics(rows, *stacked_bin_statistics(z, bins, count), count)
+
+    @torch.no_grad()
+    def fold_statistics(self, rows: slice, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+        """Fold this epoch's per-bin ``mean`` and ``var`` [k, n_bins, H] of
+        configurations ``rows`` into their running statistics."""
         present = count > 0
         keep = torch.where(self.seen & present, self.momentum, 0.0).view(1, -1, 1)
         upd = present.view(1, -1, 1)
-        mean, var = stacked_bin_statistics(z, bins, count)
         rm, rv = self.running_mean[rows], self.running_var[rows]
         rm.copy_(torch.where(upd, keep * rm + (1 - keep) * mean, rm))
         rv.copy_(torch.where(upd, keep * rv + (1 - keep) * var, rv))
