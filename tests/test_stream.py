@@ -182,6 +182,13 @@ def test_train_head_and_ablate_stream_through_the_cli(problem, tmp_path):
     assert cfg["order"] == {"shuffle": "chunks", "chunk_rows": 50, "buffer": 3}
     a, b = (pd.read_csv(tmp_path / s / "predictions.csv") for s in ("--stream", "--no-stream"))
     np.testing.assert_array_equal(a["pred"], b["pred"])
+    # the streamed run's head, rebuilt from its directory (as `iqa predict` does), scores as it was trained
+    from iqa_cache.runs import load_head
+    from iqa_cache.train import predict
+
+    head = load_head(tmp_path / "--stream")
+    feats = cache.load(path).features[[int(i[3:8]) for i in a["image_id"]]]
+    np.testing.assert_allclose(predict(head, torch.from_numpy(feats)).numpy(), a["pred"], rtol=1e-5, atol=1e-4)
     # a grid streamed, then resumed in memory: the streamed runs are the same runs, kept
     r = _iqa("ablate", "--cache", path, *opts, "--grid", "lds=on,off; fds=on", "--stream", "--out", tmp_path / "g")
     assert r.exit_code == 0, r.output
