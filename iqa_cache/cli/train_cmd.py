@@ -128,8 +128,8 @@ class TrainOptions:
     shuffle_buffer: Annotated[int, typer.Option(help="--shuffle chunks: chunks per shuffled window (what "
                                                      "--stream holds in memory at once).")] = D["shuffle_buffer"]
     stream: Annotated[bool, typer.Option(help="Leave the features in the cache file and read them window by "
-                                              "window (caches larger than memory; needs --shuffle chunks; the "
-                                              "same results as in memory, to float rounding).")] = False
+                                              "window (caches larger than memory; needs --shuffle chunks; bit for "
+                                              "bit the results of the same training in memory).")] = False
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(D["device"])
     preset: Annotated[Optional[Preset], typer.Option(help=f"Settings preset: {', '.join(PRESETS)}: the paper's "
                                                           "Adam, epochs, bins, LDS N(12, 10) as gaussian ks 11 "
