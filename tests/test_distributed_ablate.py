@@ -21,12 +21,12 @@ TRAIN = ["--epochs", "3", "--hidden", "16", "--blocks", "1", "--batch-size", "64
          "--device", "cpu", "--no-progress"]
 
 
-def ablate(cache, out, *, ranks: int = 1):
+def ablate(cache, out, *, ranks: int = 1, extra: tuple = ()):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)] \
         if ranks > 1 else [sys.executable]
     cmd = [*launch, "-m", "iqa_cache.cli", "ablate", "--cache", str(cache), "--out", str(out), "--grid", GRID,
-           *TRAIN]
+           *TRAIN, *extra]
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return r
@@ -72,3 +72,15 @@ def test_two_gloo_ranks_equal_one_process_bit_for_bit_and_resume_with_another_co
     assert runs(two) == a
     assert all((two / n / "predictions.csv").stat().st_mtime_ns == t for n, t in kept.items() if n not in lost)
     assert (two / "summary.csv").is_file()
+
+
+def test_streamed_ranks_equal_one_process_in_memory_bit_for_bit(tmp_path):
+    """Caches larger than memory on many ranks: 2 gloo ranks streaming the
+    features from the file leave the runs of one process holding them."""
+    x, y, split = learnable_problem(n=300)
+    cache = write_feature_cache(tmp_path / "f.h5", x, y, split)
+    chunked = ("--shuffle", "chunks", "--chunk-rows", "40", "--shuffle-buffer", "2")
+    ablate(cache, tmp_path / "memory", extra=chunked)
+    ablate(cache, tmp_path / "streamed", ranks=2, extra=(*chunked, "--stream"))
+    a, b = runs(tmp_path / "memory"), runs(tmp_path / "streamed")
+    assert len(a) == 12 and a == b
