@@ -194,3 +194,23 @@ def test_train_head_and_ablate_stream_through_the_cli(problem, tmp_path):
     assert r.exit_code == 0, r.output
     r = _iqa("ablate", "--cache", path, *opts, "--grid", "lds=on,off; fds=on", "--out", tmp_path / "g")
     assert r.exit_code == 0 and "kept 2 finished, trained 0" in r.stderr, r.output
+
+
+def test_images_that_failed_are_skipped_as_in_memory(tmp_path):
+    """A real cache has images that could not be embedded (NaN rows, status
+    failed) between the others: the stream reads past them."""
+    x, y, split = learnable_problem(500, 12, seed=5)
+    failed = [0, 5, 77, 78, 79, 400, 499]
+    x[failed] = np.nan
+    path = write_feature_cache(tmp_path / "f.h5", x, y, split)
+    with h5py.File(path, "a") as f:
+        st = f["status"][...]
+        st[failed] = cache.FAILED
+        f["status"][...] = st
+    mem, streamed = cache.load(path), cache.load(path, features=False)
+    assert len(mem) == len(streamed) == 500 - len(failed) and list(streamed.rows[:4]) == [1, 2, 3, 4]
+    with RowReader(streamed) as r:
+        np.testing.assert_array_equal(r.read(np.arange(len(streamed))), mem.features)
+    cfg = TrainConfig.from_flat({**SMALL, "lds": True, "fds": True, "epochs": 3})
+    (a,), (b,) = train_stack(mem, [cfg]), train_stack(streamed, [cfg])
+    np.testing.assert_array_equal(a.predictions["pred"], b.predictions["pred"])
