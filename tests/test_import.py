@@ -175,3 +175,64 @@ def test_an_existing_cache_is_replaced_only_with_overwrite_and_nothing_else_is(t
             "--overwrite")
     assert r.exit_code == 2 and other.read_text() == "not a cache"
     assert cache.load(out).attrs["split_source"].startswith("seeded random split")
+
+
+@pytest.mark.parametrize("layout,permuted", [("npy", False), ("h5-contiguous", False), ("h5-contiguous", True),
+                                             ("h5-chunked", False), ("h5-chunked", True), ("npz", True)])
+def test_import_reads_the_file_a_block_at_a_time_and_writes_the_same_cache(tmp_path, monkeypatch, layout,
+                                                                             permuted):
+    """Blocks of 7 rows: a .npy and a contiguous HDF5 dataset are memory-mapped,
+    a chunked one is read through h5py; a file stored in another order than
+    the CSV is permuted through windows of 9 cache rows in temporary files
+    (an .npz is in memory: picked directly); labels out of range are dropped
+    between blocks; every variant writes the same cache and leaves no
+    temporary file."""
+    import iqa_cache.importer as importer
+
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 7 * 4 * 5)
+    monkeypatch.setattr(importer, "WINDOW_BYTES", 9 * 4 * 5)  # 56 rows kept: 7 windows, the last one short
+    rng = np.random.default_rng(1)
+    n = 60
+    x = rng.normal(size=(n, 5)) * 100  # float64 in the file: cast to float32 block by block
+    ids = np.array([f"img{i:03d}" for i in range(n)])
+    labels = rng.uniform(0, 100, n).round(2)
+    labels[[3, 10, 11, 40]] = [120.0, -5.0, 101.0, 150.0]  # dropped with --out-of-range drop
+    pd.DataFrame({"id": ids, "label": labels}).to_csv(tmp_path / "l.csv", index=False)
+    perm = rng.permutation(n) if permuted else np.arange(n)
+    f = tmp_path / ("x.npy" if layout == "npy" else "x.npz" if layout == "npz" else "x.h5")
+    if layout == "npy":
+        np.save(f, x)
+    elif layout == "npz":
+        np.savez(f, features=x[perm], ids=ids[perm])
+    else:
+        with h5py.File(f, "w") as h:
+            h.create_dataset("features", data=x[perm], chunks=(4, 5) if layout == "h5-chunked" else None)
+            h["ids"] = ids[perm].astype(object).astype(h5py.string_dtype())
+    cfg = importer.ImportConfig(features=f, labels=tmp_path / "l.csv", out=tmp_path / "c.h5",
+                                label_range=(0.0, 100.0), out_of_range="drop")
+    keep = (labels >= 0) & (labels <= 100)
+    with importer.open_features(f, cfg) as (src, _, _):
+        kind, plan = type(src.array), src.plan(np.argsort(perm)[keep])
+    assert kind is {"npy": np.memmap, "h5-contiguous": np.memmap, "npz": np.ndarray, "h5-chunked": h5py.Dataset}[layout]
+    assert plan == ("in order" if not permuted else "in memory" if layout == "npz" else "by windows")
+    importer.import_features(cfg)
+    got = cache.load(tmp_path / "c.h5")
+    assert list(got.image_id) == list(ids[keep])
+    np.testing.assert_array_equal(got.features, x[keep].astype(np.float32))
+    np.testing.assert_array_equal(got.label, labels[keep].astype(np.float32))
+    assert got.attrs["imported_shape"] == [n, 5] and got.attrs["imported_dtype"] == "float64"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.h5", "l.csv", f.name])
+
+
+def test_a_bad_row_anywhere_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    """Rows are checked a block at a time: the count covers every block, the
+    first bad row is the first in the file, and no cache is left behind."""
+    import iqa_cache.importer as importer
+
+    monkeypatch.setattr(importer, "BLOCK_BYTES", 4 * 4 * 3)  # 4 rows a block
+    x = np.ones((12, 3), np.float32)
+    x[5, 0], x[6, 2], x[11, 1] = np.nan, np.inf, -np.inf
+    np.save(tmp_path / "x.npy", x)
+    err = _bad(tmp_path, tmp_path / "x.npy", "id,label,split\n" + "".join(f"i{i},{i},train\n" for i in range(12)))
+    assert "3 feature row(s) contain NaN or Inf" in err and "first: row 5" in err
+    assert not list(tmp_path.glob(".bad.h5.*"))

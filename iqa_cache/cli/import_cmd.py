@@ -50,6 +50,7 @@ def import_command(
     dtype: Annotated[FeatureDtype, typer.Option("--dtype", help="How the cache stores the features: float32 or "
                                                                 "float16 (half the file).")
                      ] = FeatureDtype(ImportConfig.feature_dtype),
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Write a cache from features made elsewhere, for train-head, ablate and report.
 
@@ -64,7 +65,7 @@ def import_command(
                        id_col=id_col, label_col=label_col, split_col=split_col,
                        label_range=parse_range(label_range), out_of_range=out_of_range.value,
                        split_seed=split_seed, name=name, overwrite=overwrite, feature_dtype=dtype.value)
-    s = import_features(cfg)
+    s = import_features(cfg, progress=progress)
     c = s.split_counts
     echo_out(f"{s.path}: {s.n_items} items × {s.feature_dim} features from {s.format} (matched {s.id_matching}); "
              f"train/val/test {c['train']}/{c['val']}/{c['test']}")
