@@ -136,17 +136,17 @@ def _cgroup(limit_mb: int) -> Path | None:
         return None
 
 
-def run(args, *, stream: bool, limit_mb: int | None, cgroup: Path | None, pred: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--cache", str(args.cache), "--pred", str(pred), "--epochs",
-           str(args.epochs), "--batch-size", str(args.batch_size), "--hidden", str(args.hidden), "--blocks",
-           str(args.blocks)] + (["--stream"] if stream else [])
-    preexec = None
-    how = "none"
+def run_limited(cmd: list[str], *, limit_mb: int | None, cgroup: Path | None, imports: str) -> dict:
+    """Run a child benchmark command under the memory limit (the cgroup when
+    there is one, else RLIMIT_AS above an interpreter that imported
+    ``imports``); its last stdout line is JSON.  Returns that JSON with
+    ``limit`` (how it was limited), or ``failed`` (why it did not finish)."""
+    preexec, how = None, "none"
     if limit_mb is not None and cgroup is not None:
-        cmd += ["--cgroup", str(cgroup)]
+        cmd = cmd + ["--cgroup", str(cgroup)]
         how = f"cgroup {limit_mb} MB"
     elif limit_mb is not None:
-        base = _baseline_vm_kb()
+        base = _baseline_vm_kb(imports)
 
         def preexec():
             import resource
@@ -156,7 +156,7 @@ def run(args, *, stream: bool, limit_mb: int | None, cgroup: Path | None, pred: 
 
         how = f"RLIMIT_AS {limit_mb} MB above {base >> 10} MB"
     p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=preexec)
-    out = {"stream": stream, "limit": how}
+    out = {"limit": how}
     if p.returncode == 0:
         out.update(json.loads(p.stdout.strip().splitlines()[-1]))
     else:
@@ -166,9 +166,18 @@ def run(args, *, stream: bool, limit_mb: int | None, cgroup: Path | None, pred: 
     return out
 
 
-def _baseline_vm_kb() -> int:
+def run(args, *, stream: bool, limit_mb: int | None, cgroup: Path | None, pred: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--cache", str(args.cache), "--pred", str(pred), "--epochs",
+           str(args.epochs), "--batch-size", str(args.batch_size), "--hidden", str(args.hidden), "--blocks",
+           str(args.blocks)] + (["--stream"] if stream else [])
+    return {"stream": stream, **run_limited(cmd, limit_mb=limit_mb, cgroup=cgroup,
+                                            imports="torch, h5py, numpy, pandas, iqa_cache.stacked.engine, "
+                                                    "iqa_cache.cache")}
+
+
+def _baseline_vm_kb(imports: str) -> int:
     """The address space of an interpreter that imported what the child imports (RLIMIT_AS counts it)."""
-    code = ("import torch, h5py, numpy, pandas, iqa_cache.stacked.engine, iqa_cache.cache; "
+    code = (f"import {imports}; "
             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmPeak:')))")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               cwd=ROOT).stdout)
@@ -201,7 +210,7 @@ def main() -> None:
         make(args.cache, args.rows, args.dim)
         size_mb = args.cache.stat().st_size / 2 ** 20
         print(f"cache: {args.rows} x {args.dim} float32, {size_mb:.0f} MB ({time.perf_counter() - t:.0f} s to "
-              f"write); limit {args.limit_mb} MB = {size_mb / args.limit_mb:.1f}x smaller than the file", flush=True)
+              f"write); limit {args.limit_mb} MB: the file is {size_mb / args.limit_mb:.2f}x the limit", flush=True)
         cg = _cgroup(args.limit_mb)
         try:
             rows = [("in memory", run(args, stream=False, limit_mb=None, cgroup=None, pred=Path(tmp) / "m.npy")),
