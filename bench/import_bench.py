@@ -17,6 +17,7 @@ the interpreter's own address space.  The last line printed is JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -73,18 +74,10 @@ def child(args) -> None:
     if args.hold:  # the matrix read into memory first, as for .npz and .parquet
         opened = importer.open_features
 
+        @contextlib.contextmanager
         def holding(path, cfg):
-            cm = opened(path, cfg)
-
-            class Held:
-                def __enter__(self):
-                    src, ids, info = cm.__enter__()
-                    return importer.FeatureSource(np.array(src.array[...]), where=src.where), ids, info  # a copy
-
-                def __exit__(self, *exc):
-                    return cm.__exit__(*exc)
-
-            return Held()
+            with opened(path, cfg) as (src, ids, info):
+                yield importer.FeatureSource(np.array(src.array[...]), where=src.where), ids, info  # a copy
 
         importer.open_features = holding
     peak_anon = [0]

@@ -121,10 +121,9 @@ class FeatureSource:
     CSV is permuted through windows (:meth:`plan`); ``.npz`` and ``.parquet``
     are held in memory."""
 
-    def __init__(self, array: Any, *, where: str, dset: Any = None):
+    def __init__(self, array: Any, *, where: str):
         self.array = array  # an ndarray, a np.memmap or an h5py.Dataset
         self.where = where
-        self._dset = dset  # the h5py.Dataset behind a memory-map or a chunked read, if any
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,8 +182,8 @@ def _hdf5_source(dset, path: Path, where: str) -> FeatureSource:
         offset = None
     if offset is not None and dset.dtype.kind in "fiub" and dset.dtype.names is None and len(dset.shape) == 2:
         mm = np.memmap(path, dtype=dset.dtype, mode="r", offset=int(offset), shape=tuple(dset.shape))
-        return FeatureSource(mm, where=where, dset=None)
-    return FeatureSource(dset, where=where, dset=dset)
+        return FeatureSource(mm, where=where)
+    return FeatureSource(dset, where=where)
 
 
 @contextlib.contextmanager
