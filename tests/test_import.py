@@ -236,3 +236,48 @@ def test_a_bad_row_anywhere_is_named_before_anything_is_written(tmp_path, monkey
     err = _bad(tmp_path, tmp_path / "x.npy", "id,label,split\n" + "".join(f"i{i},{i},train\n" for i in range(12)))
     assert "3 feature row(s) contain NaN or Inf" in err and "first: row 5" in err
     assert not list(tmp_path.glob(".bad.h5.*"))
+
+
+def test_sigterm_mid_import_keeps_the_old_cache_and_leaves_no_temporary_files(tmp_path):
+    """SIGTERM (a job scheduler's stop) in the middle of sorting a permuted
+    file through windows ends like Ctrl-C: exit code 130, the cache from
+    before byte for byte, no `.importing-*` file or `.windows` folder."""
+    import subprocess
+    import sys
+
+    n = 40
+    rng = np.random.default_rng(2)
+    ids = np.array([f"{i}.jpg" for i in range(n)])
+    pd.DataFrame({"id": ids, "label": rng.choice([2.6, 3.85], n)}).to_csv(tmp_path / "l.csv", index=False)
+    perm = rng.permutation(n)
+    with h5py.File(tmp_path / "x.h5", "w") as h:
+        h["features"] = rng.normal(size=(n, 4)).astype(np.float32)
+        h["ids"] = ids[perm].astype(object).astype(h5py.string_dtype())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    args = ["import", "--features", str(tmp_path / "x.h5"), "--labels", str(tmp_path / "l.csv"),
+            "--out", str(out / "c.h5"), "--label-range", "1,5", "--no-progress"]
+    assert iqa(*args).exit_code == 0
+    before = (out / "c.h5").read_bytes()
+    script = f"""
+import os, signal, sys
+import iqa_cache.importer as imp
+imp.BLOCK_BYTES = 5 * 4 * 4  # 5 rows a block
+imp.WINDOW_BYTES = 8 * 4 * 4
+calls, block = [0], imp.FeatureSource.block
+def stopping(self, a, b):
+    calls[0] += 1
+    if calls[0] == 8 + 3:  # 8 blocks checked, then the third block of the windows' first pass
+        assert any(p.name.endswith('.windows') for p in imp.Path({str(out)!r}).iterdir())
+        os.kill(os.getpid(), signal.SIGTERM)
+    return block(self, a, b)
+imp.FeatureSource.block = stopping
+sys.argv = ['iqa'] + {args + ['--overwrite']!r}
+from iqa_cache.cli.main import main
+main()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130, p.stderr
+    assert (out / "c.h5").read_bytes() == before
+    assert sorted(q.name for q in out.iterdir()) == ["c.h5", "notes.txt"]

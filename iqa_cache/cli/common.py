@@ -1,9 +1,11 @@
 """Shared CLI pieces: error handling, choice enums, option parsers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
+import signal
 import sys
 from dataclasses import dataclass
 from enum import Enum
@@ -189,3 +191,22 @@ def echo_out(text: str) -> None:
     """Tables and results go to stdout."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
+
+
+def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by the subprocess tests
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM ends a run like Ctrl-C: cleanup runs (committed batches stay,
+    temporary files go), exit code 130."""
+    try:
+        old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

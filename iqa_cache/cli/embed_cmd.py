@@ -1,8 +1,6 @@
 """`iqa embed`: stage one."""
 from __future__ import annotations
 
-import contextlib
-import signal
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -32,25 +30,8 @@ from .common import (
     echo_out,
     handle_errors,
     parse_range,
+    sigterm_interrupts,
 )
-
-
-def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by the subprocess tests
-    raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM ends a run like Ctrl-C: committed batches stay, exit code 130."""
-    try:
-        old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 def _allow_pixels(max_pixels: Optional[int]) -> None:
@@ -172,7 +153,7 @@ def embed_command(
     env = dist.from_env() if distributed is not False else None
     if distributed and env is None:
         env = dist.require_env()
-    with _sigterm_interrupts():
+    with sigterm_interrupts():
         if env is None:
             s = embed(manifest, cfg, out, progress=progress, retry_failed=retry_failed)
         else:

@@ -22,6 +22,7 @@ from .common import (
     echo_out,
     handle_errors,
     parse_range,
+    sigterm_interrupts,
 )
 
 
@@ -65,7 +66,8 @@ def import_command(
                        id_col=id_col, label_col=label_col, split_col=split_col,
                        label_range=parse_range(label_range), out_of_range=out_of_range.value,
                        split_seed=split_seed, name=name, overwrite=overwrite, feature_dtype=dtype.value)
-    s = import_features(cfg, progress=progress)
+    with sigterm_interrupts():
+        s = import_features(cfg, progress=progress)
     c = s.split_counts
     echo_out(f"{s.path}: {s.n_items} items × {s.feature_dim} features from {s.format} (matched {s.id_matching}); "
              f"train/val/test {c['train']}/{c['val']}/{c['test']}")
