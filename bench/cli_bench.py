@@ -69,7 +69,7 @@ def make_fixture(work: Path) -> tuple[Path, Path]:
     """A 40-image KonIQ-layout dataset, its cache (random ViT-B-32 weights:
     embedding is not what is timed) and one finished run, made with this checkout."""
     sys.path.insert(0, str(REPO))
-    from iqa_cache.synth import SynthSpec, make_dataset
+    from iqa_cache.sources.synth import SynthSpec, make_dataset
 
     root = work / "koniq"
     make_dataset(root, SynthSpec(n=40, size=(512, 384), seed=3))

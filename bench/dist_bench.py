@@ -57,7 +57,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from iqa_cache import cache
-    from iqa_cache.synth import SynthSpec, ensure_dataset
+    from iqa_cache.sources.synth import SynthSpec, ensure_dataset
 
     root = a.data / f"koniq-{a.n}"
     ensure_dataset(root, SynthSpec(n=a.n, size=(512, 384), seed=11), progress=False)

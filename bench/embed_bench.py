@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Stage one, side by side: how fast the same images become features.
 
-Generates N KonIQ-sized (1024x768) JPEGs with ``iqa_cache.synth`` (seeded,
+Generates N KonIQ-sized (1024x768) JPEGs with ``iqa_cache.sources.synth`` (seeded,
 kept in --data for reuse) and runs, in this one process, on the same images:
 
   a  one image at a time, fp32: PIL open + OpenCLIP transform + a batch-1
@@ -48,9 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iqa_cache import cache  # noqa: E402
-from iqa_cache.datasets import Manifest, load_csv  # noqa: E402
-from iqa_cache.embed import EmbedConfig, embed  # noqa: E402
-from iqa_cache.encoder import (  # noqa: E402
+from iqa_cache.embed.encoder import (
     EncoderConfig,
     PreprocessConfig,
     build_transform,
@@ -59,6 +57,8 @@ from iqa_cache.encoder import (  # noqa: E402
     resolve_model_name,
     resolve_weights,
 )
+from iqa_cache.embed.loop import EmbedConfig, embed  # noqa: E402
+from iqa_cache.sources.datasets import Manifest, load_csv  # noqa: E402
 
 KONIQ_SIZE = (1024, 768)
 
@@ -66,7 +66,7 @@ KONIQ_SIZE = (1024, 768)
 # --------------------------------------------------------------------- data
 
 def _make_part(args: tuple[str, int, int]) -> None:
-    from iqa_cache.synth import SynthSpec, ensure_dataset
+    from iqa_cache.sources.synth import SynthSpec, ensure_dataset
 
     root, n, seed = args
     ensure_dataset(root, SynthSpec(n=n, size=KONIQ_SIZE, seed=seed, layout="csv"))

@@ -44,7 +44,7 @@ fi
     "$PY" -c "import torch, torchvision, PIL, h5py, open_clip; print('torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'pillow', PIL.__version__, 'h5py', h5py.__version__, 'open_clip', open_clip.__version__, \
 'cuda', torch.cuda.is_available(), 'gpus', torch.cuda.device_count())"
-    "$PY" -c "from iqa_cache.decode import resolve_decoder, torchcodec_available as t; \
+    "$PY" -c "from iqa_cache.embed.decode import resolve_decoder, torchcodec_available as t; \
 print('jpeg decoder', resolve_decoder('auto'), t())"
 } 2>&1 | tee "$OUT/gpu.txt"
 

@@ -3,8 +3,8 @@ side by side in one process:
 
   (a) reference style: a DataLoader over the features (batch 256), FDS as a
       Python loop over labels, one configuration at a time (tests/reference.py);
-  (b) our single-run path: iqa_cache.train.train_head, one configuration at a time;
-  (c) our grid path: iqa_cache.stacked.train_many, K configurations in stacks.
+  (b) our single-run path: iqa_cache.train.fit.train_head, one configuration at a time;
+  (c) our grid path: iqa_cache.train.stacked.train_many, K configurations in stacks.
 
 All configurations are LDS+FDS (the most expensive kind), 7,058 / 1,000 /
 2,015 features of 768 dimensions, labels drawn from KonIQ-10k's MOS
@@ -34,11 +34,11 @@ import torch  # noqa: E402
 
 from iqa_cache.cache import CacheData  # noqa: E402
 from iqa_cache.device import resolve_device  # noqa: E402
-from iqa_cache.grid import expand, parse_grid  # noqa: E402
-from iqa_cache.imbalance import FDSConfig, LDSConfig  # noqa: E402
-from iqa_cache.stacked import plan_stacks, train_many  # noqa: E402
-from iqa_cache.synth import sample_koniq_like_labels  # noqa: E402
-from iqa_cache.train import OptimConfig, TrainConfig, train_head  # noqa: E402
+from iqa_cache.sources.synth import sample_koniq_like_labels  # noqa: E402
+from iqa_cache.train.fit import OptimConfig, TrainConfig, train_head  # noqa: E402
+from iqa_cache.train.grid import expand, parse_grid  # noqa: E402
+from iqa_cache.train.imbalance import FDSConfig, LDSConfig  # noqa: E402
+from iqa_cache.train.stacked import plan_stacks, train_many  # noqa: E402
 from tests.reference import ref_train  # noqa: E402
 
 SPLITS = {"train": 7058, "val": 1000, "test": 2015}

@@ -39,8 +39,8 @@ def make(tmp: Path, rows: int, dim: int, permute: bool, block: int = 65536) -> P
     import numpy as np
     import pandas as pd
 
-    from iqa_cache.datasets import seeded_split
-    from iqa_cache.synth import sample_koniq_like_labels
+    from iqa_cache.sources.datasets import seeded_split
+    from iqa_cache.sources.synth import sample_koniq_like_labels
 
     rng = np.random.default_rng(0)
     ids = np.array([f"{i:08d}.jpg" for i in range(rows)])
@@ -69,7 +69,7 @@ def child(args) -> None:
         Path(args.cgroup, "cgroup.procs").write_text(str(os.getpid()))
     import numpy as np
 
-    import iqa_cache.importer as importer
+    import iqa_cache.cache.importer as importer
 
     if args.hold:  # the matrix read into memory first, as for .npz and .parquet
         opened = importer.open_features
@@ -103,7 +103,7 @@ def run(args, features: Path, out: Path, *, hold: bool, limit_mb: int | None, cg
     cmd = [sys.executable, __file__, "--child", "--features", str(features), "--labels",
            str(features.parent / "labels.csv"), "--out", str(out)] + (["--hold"] if hold else [])
     return {"hold": hold, **run_limited(cmd, limit_mb=limit_mb, cgroup=cgroup,
-                                        imports="h5py, numpy, pandas, iqa_cache.importer")}
+                                        imports="h5py, numpy, pandas, iqa_cache.cache.importer")}
 
 
 def same_features(a: Path, b: Path, block: int = 65536) -> bool:

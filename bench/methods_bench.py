@@ -26,10 +26,10 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from bench.head_bench import koniq_like_features, machine, sync  # noqa: E402
-from iqa_cache.config import TrainConfig  # noqa: E402
 from iqa_cache.device import resolve_device  # noqa: E402
-from iqa_cache.methods import METHODS  # noqa: E402
-from iqa_cache.stacked import train_stack  # noqa: E402
+from iqa_cache.train.config import TrainConfig  # noqa: E402
+from iqa_cache.train.methods import METHODS  # noqa: E402
+from iqa_cache.train.stacked import train_stack  # noqa: E402
 
 
 def configs(method: str, k: int, epochs: int, device: str) -> list[TrainConfig]:

@@ -63,9 +63,9 @@ def child(args) -> None:
     """One run in this fresh process; prints one JSON line."""
     import logging
 
-    from iqa_cache.datasets import load_csv
-    from iqa_cache.embed import EmbedConfig, embed
-    from iqa_cache.encoder import EncoderConfig
+    from iqa_cache.embed.encoder import EncoderConfig
+    from iqa_cache.embed.loop import EmbedConfig, embed
+    from iqa_cache.sources.datasets import load_csv
 
     logging.basicConfig(level=logging.WARNING)
     m = load_csv(args.root, args.root / "labels.csv", label_range=(0.0, 100.0)).head(args.n)

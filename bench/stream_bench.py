@@ -38,8 +38,8 @@ def make(path: Path, rows: int, dim: int, block: int = 65536) -> None:
     import numpy as np
 
     from iqa_cache import cache
-    from iqa_cache.datasets import Manifest, seeded_split
-    from iqa_cache.synth import sample_koniq_like_labels
+    from iqa_cache.sources.datasets import Manifest, seeded_split
+    from iqa_cache.sources.synth import sample_koniq_like_labels
 
     rng = np.random.default_rng(0)
     y = sample_koniq_like_labels(rows, rng).astype(np.float32)
@@ -78,9 +78,9 @@ def child(args) -> None:
         Path(args.cgroup, "cgroup.procs").write_text(str(os.getpid()))
     import numpy as np
 
-    import iqa_cache.stacked.engine as engine
+    import iqa_cache.train.stacked.engine as engine
     from iqa_cache import cache
-    from iqa_cache.config import TrainConfig
+    from iqa_cache.train.config import TrainConfig
 
     stamps = []
     record = engine.BestEpochs.record
@@ -171,7 +171,7 @@ def run(args, *, stream: bool, limit_mb: int | None, cgroup: Path | None, pred: 
            str(args.epochs), "--batch-size", str(args.batch_size), "--hidden", str(args.hidden), "--blocks",
            str(args.blocks)] + (["--stream"] if stream else [])
     return {"stream": stream, **run_limited(cmd, limit_mb=limit_mb, cgroup=cgroup,
-                                            imports="torch, h5py, numpy, pandas, iqa_cache.stacked.engine, "
+                                            imports="torch, h5py, numpy, pandas, iqa_cache.train.stacked.engine, "
                                                     "iqa_cache.cache")}
 
 

@@ -1,9 +1,14 @@
 """iqa-cache: frozen OpenCLIP embeddings cached in HDF5, and imbalance-aware
 (LDS / FDS) regression heads trained on them in seconds.
 
-The library is importable without the CLI::
+The library is importable without the CLI.  Its modules sit in wings, one
+per job: ``sources`` (datasets), ``cache`` (the HDF5 cache, ``iqa import``),
+``embed`` (stage one), ``train`` (stage two), ``report``; the modules every
+wing uses (errors, schema, binning, seeds, device, settings, metrics) and the
+end-to-end ``demo`` and ``predict`` sit at the top (docs/development.md)::
 
-    from iqa_cache import cache, imbalance, train
+    from iqa_cache import cache
+    from iqa_cache.train import fit, imbalance
     w = imbalance.lds_weights(labels, bin_size=1, lo=0, hi=100, reweight="sqrt_inv",
                               kernel="gaussian", ks=5, sigma=2)
 

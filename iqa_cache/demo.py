@@ -6,7 +6,7 @@ The training and validation images follow KonIQ-10k's skewed label
 histogram; the test split is balanced over the five label ranges (as in the
 DIR benchmarks), so every range has enough test images for the paired
 bootstrap printed under the table.  All heads (variants x seeds) are trained
-in one pass of the grid engine (:func:`iqa_cache.stacked.train_many`); the
+in one pass of the grid engine (:func:`iqa_cache.train.stacked.train_many`); the
 table shows each variant's mean ± std over its seeds, and each variant is
 compared with vanilla on the seed-averaged predictions, with the number of
 seeds that agree in sign (``iqa report --versus``): one seed per variant
@@ -26,18 +26,18 @@ from dataclasses import dataclass, replace
 
 from . import cache as cache_mod
 from .cache import default_cache_path
-from .datasets import load_koniq
-from .embed import EmbedConfig, embed
-from .encoder import EncoderConfig, PreprocessConfig, resolve_weights
+from .embed.encoder import EncoderConfig, PreprocessConfig, resolve_weights
+from .embed.loop import EmbedConfig, embed
+from .embed.timm_backend import PACKAGE_TAG
 from .errors import TrainingDiverged, WeightsUnavailable
-from .imbalance import FDSConfig, LDSConfig
 from .report import Report, ReportConfig, build_report, format_report
-from .runs import load_run, run_state, write_run
 from .settings import DEFAULT_TAG, DemoConfig  # noqa: F401  (re-exported: their old place)
-from .stacked import train_many
-from .synth import SynthSpec, ensure_dataset
-from .timm_backend import PACKAGE_TAG
-from .train import OptimConfig, TrainConfig
+from .sources.datasets import load_koniq
+from .sources.synth import SynthSpec, ensure_dataset
+from .train.fit import OptimConfig, TrainConfig
+from .train.imbalance import FDSConfig, LDSConfig
+from .train.runs import load_run, run_state, write_run
+from .train.stacked import train_many
 
 log = logging.getLogger(__name__)
 

@@ -131,7 +131,7 @@ def shot_metrics(train_labels, labels, preds, bins, many: int = 100, few: int = 
     """MAE, MSE and G-Mean of the test images in the many-, medium- and
     few-shot regions, and of all of them.  A test image's shot is set by how
     many *training* labels fall into its bin under ``bins`` (an
-    :class:`~iqa_cache.imbalance.Bins`, the run's LDS bins; labels outside
+    :class:`~iqa_cache.train.imbalance.Bins`, the run's LDS bins; labels outside
     its range count in the end bins, as for LDS).  An empty region gives
     None for its errors and n 0, never NaN."""
     labels, preds = _pair(labels, preds)

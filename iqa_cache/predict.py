@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from .device import resolve_device
-from .encoder import (
+from .embed.encoder import (
     INIT_SEED,
     Encoder,
     EncoderConfig,
@@ -41,8 +41,8 @@ from .encoder import (
     resolve_weights,
 )
 from .errors import ConfigError, DatasetError, RunError, WeightsUnavailable
-from .runs import Run, load_head, load_run, run_state, write_atomic
 from .settings import PredictConfig  # noqa: F401  (re-exported: its old place)
+from .train.runs import Run, load_head, load_run, run_state, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def score_distributed(run_dir: str | os.PathLike, paths: Sequence, cfg: PredictC
     """``score_images`` over torchrun ranks: each rank scores a contiguous
     part (webdataset: whole shards), rank 0 gathers them and returns the
     whole result; the other ranks return None."""
-    from . import distributed as dist
+    from .embed import distributed as dist
 
     t0 = time.perf_counter()
     env = env or dist.require_env()

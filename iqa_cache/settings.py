@@ -2,7 +2,7 @@
 dataclasses without torch, h5py or pandas, so that the CLI can declare its
 options and defaults from them without importing the engines.  The engines
 re-export them from their old places (:mod:`iqa_cache.demo`,
-:mod:`iqa_cache.predict`, :mod:`iqa_cache.importer`)."""
+:mod:`iqa_cache.predict`, :mod:`iqa_cache.cache.importer`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from iqa_cache.synth import SynthSpec, make_dataset
+from iqa_cache.sources.synth import SynthSpec, make_dataset
 
 TINY_MODEL = {
     "embed_dim": 16,
@@ -55,7 +55,7 @@ def koniq_copy(koniq_root, tmp_path) -> Path:
 
 
 def koniq_like_labels(n: int = 7058, seed: int = 0) -> np.ndarray:
-    from iqa_cache.synth import sample_koniq_like_labels
+    from iqa_cache.sources.synth import sample_koniq_like_labels
 
     return sample_koniq_like_labels(n, np.random.default_rng(seed))
 
@@ -63,7 +63,7 @@ def koniq_like_labels(n: int = 7058, seed: int = 0) -> np.ndarray:
 def learnable_problem(n: int = 900, d: int = 24, seed: int = 0):
     """Features whose label is a smooth function of them, KonIQ-like labels,
     and a 70/10/20 split."""
-    from iqa_cache.datasets import seeded_split
+    from iqa_cache.sources.datasets import seeded_split
 
     rng = np.random.default_rng(seed)
     y = koniq_like_labels(n, seed)
@@ -77,7 +77,7 @@ def write_feature_cache(path, x, y, split, *, pretrained_kind: str = "tag", data
                         label_range=(0.0, 100.0)) -> Path:
     """A real, complete cache file holding given features (no encoder)."""
     from iqa_cache import cache
-    from iqa_cache.datasets import Manifest
+    from iqa_cache.sources.datasets import Manifest
 
     n, d = x.shape
     ids = np.array([f"img{i:05d}.jpg" for i in range(n)], dtype=object)

@@ -22,7 +22,7 @@ None of that uses ``iqa_cache``: it is a second, plain implementation.
 
 Last, :func:`train_head_simple`: the library's own training (its head,
 configs, bins and result packaging) as one plain loop, the reference that
-the stacked engine of :mod:`iqa_cache.stacked` must match.
+the stacked engine of :mod:`iqa_cache.train.stacked` must match.
 """
 from __future__ import annotations
 
@@ -42,19 +42,19 @@ from torch.utils.data import DataLoader, Dataset
 
 # for the plain loop only (the last section)
 from iqa_cache.cache import CacheData
-from iqa_cache.config import TrainConfig
 from iqa_cache.device import resolve_device
 from iqa_cache.errors import TrainingDiverged
-from iqa_cache.head import ResidualMLPHead
-from iqa_cache.results import (
+from iqa_cache.train.config import TrainConfig
+from iqa_cache.train.fit import predict
+from iqa_cache.train.head import ResidualMLPHead
+from iqa_cache.train.results import (
     TrainResult,
     diverged_message,
     never_finite_message,
     nonfinite_predictions_message,
     package_result,
 )
-from iqa_cache.stacked import check_data, get_lr, loss_terms
-from iqa_cache.train import predict
+from iqa_cache.train.stacked import check_data, get_lr, loss_terms
 
 # ----------------------------------------------------------------- windows
 
@@ -371,14 +371,14 @@ def ref_train(features: np.ndarray, labels: np.ndarray, split: np.ndarray, *, ep
 # ------------------------------------------------------ the plain loop
 # The one part of this module that uses iqa_cache (its head, configs, bins and
 # result packaging): the library's own training written as one readable loop,
-# the reference that the stacked engine (iqa_cache.stacked) is tested against.
+# the reference that the stacked engine (iqa_cache.train.stacked) is tested against.
 
 def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
     return (loss_terms(pred, target, kind) * weight).mean()
 
 
 def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> TrainResult:
-    """:func:`iqa_cache.train.train_head` as one plain loop over ``nn.Module``
+    """:func:`iqa_cache.train.fit.train_head` as one plain loop over ``nn.Module``
     layers and ``torch.optim.Adam``: slower, easy to read, and the reference
     that the stacked engine must match."""
     t0 = time.perf_counter()

@@ -12,9 +12,7 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.datasets import load_csv
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import (
+from iqa_cache.embed.encoder import (
     EncoderConfig,
     build_transform,
     load_encoder,
@@ -22,6 +20,8 @@ from iqa_cache.encoder import (
     resolve_model_name,
     resolve_weights,
 )
+from iqa_cache.embed.loop import EmbedConfig, embed
+from iqa_cache.sources.datasets import load_csv
 
 from .imagegen import BAD_CASES, write_bad_cases
 

@@ -272,7 +272,7 @@ class _Evil:
 
 def test_crafted_head_pickle_is_refused(good_cache, tmp_path):
     from iqa_cache.errors import RunError
-    from iqa_cache.runs import load_head
+    from iqa_cache.train.runs import load_head
 
     out = tmp_path / "run"
     assert train(good_cache, out).exit_code == 0

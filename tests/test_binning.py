@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from iqa_cache.binning import MAX_BINS, bin_index
 from iqa_cache.cli.main import app
 from iqa_cache.errors import ConfigError
-from iqa_cache.imbalance import Bins
 from iqa_cache.metrics import bin_of, value_mask
+from iqa_cache.train.imbalance import Bins
 
 from .conftest import write_feature_cache
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.synth import SynthSpec, make_dataset
+from iqa_cache.sources.synth import SynthSpec, make_dataset
 
 from .imagegen import jpeg_bytes, photo
 
@@ -222,7 +222,7 @@ def test_overwrite_with_bad_pretrained_keeps_the_old_cache(data, made, tmp_path,
 
 
 def test_interrupted_overwrite_keeps_the_old_cache(data, made, tmp_path, tiny_model, monkeypatch):
-    import iqa_cache.embed as embed_mod
+    import iqa_cache.embed.loop as embed_mod
 
     before = made.read_bytes()
     real = embed_mod._run_pil

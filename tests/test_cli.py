@@ -158,7 +158,7 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
         "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
         "seed": 0, "device": "auto"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset
-    from iqa_cache.imbalance import Bins
+    from iqa_cache.train.imbalance import Bins
     assert Bins(*label_range, bin_size).n == 100
     r = iqa("train-head", "--cache", feature_cache, "--preset", preset, "--lds", "--lds-ks", 5, "--show-config")
     assert json.loads(r.stdout)["train"]["lds"]["ks"] == 5
@@ -166,8 +166,8 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
 
 
 def test_paper_internal_bins_keep_each_value_of_the_0_4_scale_apart():
-    from iqa_cache.imbalance import Bins
-    from iqa_cache.train import PRESETS
+    from iqa_cache.train.fit import PRESETS
+    from iqa_cache.train.imbalance import Bins
 
     p = PRESETS["paper-internal"]
     b = Bins(*p["label_range"], p["bin_size"])

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from iqa_cache.datasets import KONIQ_SPLIT_SIZES, load_csv, load_koniq, seeded_split
 from iqa_cache.errors import DatasetError
-from iqa_cache.sources import load_dataset
+from iqa_cache.sources.datasets import KONIQ_SPLIT_SIZES, load_csv, load_koniq, seeded_split
+from iqa_cache.sources.dispatch import load_dataset
 
 
 def test_koniq_official_split_and_labels(koniq_root):

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.datasets import load_csv, load_koniq
-from iqa_cache.distributed import part_bounds, rows, shard_path
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig
+from iqa_cache.embed.distributed import part_bounds, rows, shard_path
+from iqa_cache.embed.encoder import EncoderConfig
+from iqa_cache.embed.loop import EmbedConfig, embed
+from iqa_cache.sources.datasets import load_csv, load_koniq
 
 from .test_resume import MID_MODEL
 from .wdsgen import write_shards

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from iqa_cache.grid import assign_stacks
+from iqa_cache.train.grid import assign_stacks
 
 from .conftest import learnable_problem, write_feature_cache
 

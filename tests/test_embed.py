@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.datasets import load_koniq
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig, PreprocessConfig, load_image
+from iqa_cache.embed.encoder import EncoderConfig, PreprocessConfig, load_image
+from iqa_cache.embed.loop import EmbedConfig, embed
 from iqa_cache.errors import CacheError, ConfigError, WeightsUnavailable
+from iqa_cache.sources.datasets import load_koniq
 
 runner = CliRunner()
 
@@ -149,7 +149,7 @@ def test_second_writer_is_refused(koniq_root, tiny_model, tmp_path):
 
 
 def test_weights_errors(tiny_model):
-    from iqa_cache.encoder import resolve_weights
+    from iqa_cache.embed.encoder import resolve_weights
 
     with pytest.raises(ConfigError, match="valid tags: .*laion2b_s34b_b79k"):
         resolve_weights("ViT-B-32", "laion2b_typo")
@@ -160,13 +160,13 @@ def test_weights_errors(tiny_model):
 def test_offline_tag_fails_without_trying_to_download(monkeypatch):
     import open_clip
 
-    from iqa_cache.encoder import resolve_weights
+    from iqa_cache.embed.encoder import resolve_weights
 
     def no_download(*a, **k):
         raise AssertionError("must not try to download when the hub is out of reach")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("iqa_cache.encoder._cached_hub_file", lambda repo: None)
+    monkeypatch.setattr("iqa_cache.embed.encoder._cached_hub_file", lambda repo: None)
     monkeypatch.setattr(open_clip, "download_pretrained", no_download)
     with pytest.raises(WeightsUnavailable, match="out of reach.*--pretrained none"):
         resolve_weights("ViT-B-32", "laion2b_s34b_b79k")

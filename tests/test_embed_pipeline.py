@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 
 from iqa_cache import cache
-from iqa_cache.commit import AsyncCommitter
-from iqa_cache.datasets import load_koniq
-from iqa_cache.decode import jpeg_decoder, resolve_decoder, torchcodec_available
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig, PreprocessConfig, build_transform, load_image
+from iqa_cache.embed.commit import AsyncCommitter
+from iqa_cache.embed.decode import jpeg_decoder, resolve_decoder, torchcodec_available
+from iqa_cache.embed.encoder import EncoderConfig, PreprocessConfig, build_transform, load_image
+from iqa_cache.embed.jpeg import parse_header
+from iqa_cache.embed.loop import EmbedConfig, embed
+from iqa_cache.embed.pipeline import TensorLoader
+from iqa_cache.embed.tensorprep import TensorPreprocess, crop_box, orient, resized_size
 from iqa_cache.errors import CacheError, ConfigError
-from iqa_cache.jpeg import parse_header
-from iqa_cache.pipeline import TensorLoader
-from iqa_cache.tensorprep import TensorPreprocess, crop_box, orient, resized_size
+from iqa_cache.sources.datasets import load_koniq
 
 from .imagegen import exif_with_orientation, jpeg_bytes, photo
 
@@ -125,7 +125,7 @@ def test_tensor_preprocess_matches_open_clip_pixels(mode, interpolation, tmp_pat
 
 
 def test_pass_order_follows_pillow():
-    from iqa_cache.tensorprep import pillow_may_resize_vertically_first, vertical_first
+    from iqa_cache.embed.tensorprep import pillow_may_resize_vertically_first, vertical_first
 
     rng = np.random.default_rng(0)
     for w, h, tw, th in [(300, 451, 224, 224), (400, 500, 224, 224), (100, 451, 224, 224), (154, 158, 100, 50),
@@ -247,7 +247,7 @@ def test_tensor_loader_orients_once_with_either_decoder(decoder, exif_transpose,
 
 
 def test_torchcodec_missing_falls_back_to_torchvision(monkeypatch):
-    import iqa_cache.decode as dec
+    import iqa_cache.embed.decode as dec
 
     monkeypatch.setattr(dec, "torchcodec_available", lambda: "ImportError: No module named 'torchcodec'")
     assert dec.resolve_decoder("auto") == "torchvision"
@@ -261,7 +261,7 @@ def test_device_decoder_failures_fall_back_per_image(koniq_root, monkeypatch):
     """The GPU branch (batched decode, per-image retry, CPU decode) exercised
     on the CPU: the 'device' decoder refuses the batch, then one image; that
     image is decoded by libjpeg instead and nothing is lost."""
-    import iqa_cache.pipeline as pl
+    import iqa_cache.embed.pipeline as pl
 
     m = load_koniq(koniq_root).head(4)
     calls = []

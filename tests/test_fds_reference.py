@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from iqa_cache.imbalance import FDS, FDSConfig, fds_window, smooth_statistics
-from iqa_cache.stacked import StackedFDS, padded_windows, stacked_smooth
+from iqa_cache.train.imbalance import FDS, FDSConfig, fds_window, smooth_statistics
+from iqa_cache.train.stacked import StackedFDS, padded_windows, stacked_smooth
 from tests.reference import RefFDS, ref_fill_empty_buckets
 
 N_BINS, DIM, N = 14, 6, 500

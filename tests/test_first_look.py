@@ -92,7 +92,7 @@ def test_version_in_a_fresh_process_loads_no_heavy_library():
 
 
 def test_importing_the_package_does_not_look_the_version_up():
-    code = "import sys, iqa_cache.cli.main, iqa_cache.runs; print('importlib.metadata' in sys.modules)"
+    code = "import sys, iqa_cache.cli.main, iqa_cache.train.runs; print('importlib.metadata' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"

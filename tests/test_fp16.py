@@ -8,7 +8,7 @@ import pytest
 
 from iqa_cache import cache
 from iqa_cache.errors import CacheError
-from iqa_cache.train import TrainConfig, train_head
+from iqa_cache.train.fit import TrainConfig, train_head
 
 from .conftest import learnable_problem, write_feature_cache
 from .test_cache_update import data, dataset, embed, iqa  # noqa: F401  (fixtures)

@@ -12,10 +12,10 @@ import torch
 
 from iqa_cache import cache
 from iqa_cache.errors import TrainingDiverged
-from iqa_cache.head import HeadConfig
-from iqa_cache.imbalance import FDSConfig, LDSConfig
-from iqa_cache.stacked import plan_stacks, stack_key, train_stack
-from iqa_cache.train import OptimConfig, TrainConfig, train_head
+from iqa_cache.train.fit import OptimConfig, TrainConfig, train_head
+from iqa_cache.train.head import HeadConfig
+from iqa_cache.train.imbalance import FDSConfig, LDSConfig
+from iqa_cache.train.stacked import plan_stacks, stack_key, train_stack
 from tests.reference import train_head_simple
 
 from .conftest import learnable_problem, write_feature_cache
@@ -125,8 +125,16 @@ def test_a_diverging_configuration_does_not_disturb_the_others(data):
 # ------------------------------------------------------------------ grids
 
 from iqa_cache.errors import ConfigError, RunError  # noqa: E402
-from iqa_cache.grid import GRID_KEYS, expand, format_summary, load_grid_file, parse_grid, read_grid, run_ablation  # noqa: E402
-from iqa_cache.runs import load_run  # noqa: E402
+from iqa_cache.train.grid import (  # noqa: E402
+    GRID_KEYS,
+    expand,
+    format_summary,
+    load_grid_file,
+    parse_grid,
+    read_grid,
+    run_ablation,
+)
+from iqa_cache.train.runs import load_run  # noqa: E402
 
 
 def test_inline_grid_parses_in_order_with_typed_values():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from iqa_cache.cli.app import MAX_WARNING_CHARS, setup_logging, shorten
 from iqa_cache.cli.main import app
-from iqa_cache.encoder import warn_cpu_precision
+from iqa_cache.embed.encoder import warn_cpu_precision
 
 HEAVY = ("torch", "open_clip", "timm", "h5py", "scipy", "matplotlib")
 
@@ -25,7 +25,7 @@ def loaded_after(code: str) -> list[str]:
     return [m for m in json.loads(out.strip().splitlines()[-1]) if m in HEAVY]
 
 
-@pytest.mark.parametrize("module", ["iqa_cache.config", "iqa_cache.kernels", "iqa_cache.binning",
+@pytest.mark.parametrize("module", ["iqa_cache.train.config", "iqa_cache.train.kernels", "iqa_cache.binning",
                                     "iqa_cache.device", "iqa_cache.metrics"])
 def test_config_side_modules_import_no_heavy_library(module):
     assert loaded_after(f"import {module}") == []
@@ -33,11 +33,11 @@ def test_config_side_modules_import_no_heavy_library(module):
 
 def test_reading_runs_needs_no_torch():
     # `iqa report` reads runs; torch (1 s of imports) is only for saving and loading heads
-    assert "torch" not in loaded_after("import iqa_cache.runs")
+    assert "torch" not in loaded_after("import iqa_cache.train.runs")
 
 
 def test_kernels_build_windows_with_scipy_on_use():
-    from iqa_cache.kernels import kernel_window, lds_weights
+    from iqa_cache.train.kernels import kernel_window, lds_weights
 
     w = kernel_window("gaussian", 5, 2.0)
     assert w.shape == (5,) and w.max() == 1.0 and w[0] == w[4] < w[1] == w[3] < w[2]
@@ -73,7 +73,7 @@ def test_long_warnings_are_cut_on_stderr_unless_verbose(capsys):
 
 
 def test_half_precision_on_cpu_warns_it_is_slower(caplog):
-    with caplog.at_level(logging.WARNING, logger="iqa_cache.encoder"):
+    with caplog.at_level(logging.WARNING, logger="iqa_cache.embed.encoder"):
         assert warn_cpu_precision("bf16", "cpu") is True
         assert warn_cpu_precision("fp16", "cpu") is True
         assert warn_cpu_precision("fp32", "cpu") is False
@@ -96,13 +96,13 @@ def _run(name: str, **cache):
 
     import pandas as pd
 
-    from iqa_cache.runs import Run
+    from iqa_cache.train.runs import Run
 
     return Run(path=Path(name), name=name, config={"cache": cache}, predictions=pd.DataFrame(), metrics={})
 
 
 def test_report_warnings_about_hundreds_of_runs_stay_short():
-    from iqa_cache.report import run_warnings
+    from iqa_cache.train.provenance import run_warnings
 
     base = {"manifest_sha256": "m", "model": "ViT-B-32", "pretrained_sha256": "p", "resize_mode": "squash",
             "image_size": 224, "precision": "fp32"}

@@ -8,7 +8,7 @@ import torch
 from scipy.ndimage import convolve1d
 
 from iqa_cache.errors import ConfigError
-from iqa_cache.imbalance import (
+from iqa_cache.train.imbalance import (
     FDS,
     Bins,
     FDSConfig,

@@ -187,7 +187,7 @@ def test_import_reads_the_file_a_block_at_a_time_and_writes_the_same_cache(tmp_p
     (an .npz is in memory: picked directly); labels out of range are dropped
     between blocks; every variant writes the same cache and leaves no
     temporary file."""
-    import iqa_cache.importer as importer
+    import iqa_cache.cache.importer as importer
 
     monkeypatch.setattr(importer, "BLOCK_BYTES", 7 * 4 * 5)
     monkeypatch.setattr(importer, "WINDOW_BYTES", 9 * 4 * 5)  # 56 rows kept: 7 windows, the last one short
@@ -227,7 +227,7 @@ def test_import_reads_the_file_a_block_at_a_time_and_writes_the_same_cache(tmp_p
 def test_a_bad_row_anywhere_is_named_before_anything_is_written(tmp_path, monkeypatch):
     """Rows are checked a block at a time: the count covers every block, the
     first bad row is the first in the file, and no cache is left behind."""
-    import iqa_cache.importer as importer
+    import iqa_cache.cache.importer as importer
 
     monkeypatch.setattr(importer, "BLOCK_BYTES", 4 * 4 * 3)  # 4 rows a block
     x = np.ones((12, 3), np.float32)
@@ -262,7 +262,7 @@ def test_sigterm_mid_import_keeps_the_old_cache_and_leaves_no_temporary_files(tm
     before = (out / "c.h5").read_bytes()
     script = f"""
 import os, signal, sys
-import iqa_cache.importer as imp
+import iqa_cache.cache.importer as imp
 imp.BLOCK_BYTES = 5 * 4 * 4  # 5 rows a block
 imp.WINDOW_BYTES = 8 * 4 * 4
 calls, block = [0], imp.FeatureSource.block

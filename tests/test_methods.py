@@ -13,11 +13,12 @@ import torch
 
 from iqa_cache import cache
 from iqa_cache.binning import Bins
-from iqa_cache.config import TrainConfig
 from iqa_cache.errors import ConfigError
-from iqa_cache.head import HeadConfig
-from iqa_cache.methods import METHODS, MethodConfig
-from iqa_cache.priors import (
+from iqa_cache.train.config import TrainConfig
+from iqa_cache.train.fit import OptimConfig
+from iqa_cache.train.head import HeadConfig
+from iqa_cache.train.methods import METHODS, MethodConfig
+from iqa_cache.train.priors import (
     batch_counts,
     bni_prior,
     dense_weights,
@@ -26,8 +27,8 @@ from iqa_cache.priors import (
     label_pdf,
     pseudo_labels,
 )
-from iqa_cache.stacked import plan_stacks, train_stack
-from iqa_cache.stacked.methods import (
+from iqa_cache.train.stacked import plan_stacks, train_stack
+from iqa_cache.train.stacked.methods import (
     BlackboxRanker,
     StackLoss,
     bmc_loss,
@@ -38,7 +39,6 @@ from iqa_cache.stacked.methods import (
     normalised_rank,
     ranksim_loss,
 )
-from iqa_cache.train import OptimConfig
 from tests.reference import (
     RefTrueRanker,
     ref_bmc,
@@ -113,7 +113,7 @@ def test_dist_loss_and_gradient_equal_the_official_formula():
     bins = Bins(0, 100, 1.0)
     pseudo = torch.tensor(pseudo_labels(label_pdf(labels, bins, 0.5), np.arange(100) + 0.5, B)).expand(K, -1)
     weight = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
-    from iqa_cache.stacked.losses import loss_terms
+    from iqa_cache.train.stacked.losses import loss_terms
 
     got = weight * dist_term(pred, pseudo, "l1") + loss_terms(pred, target, "l1").mean(1)
     (g,) = grads(got.sum(), pred)
@@ -358,9 +358,9 @@ def test_methods_that_compose_with_lds_weights_keep_them():
 # ----------------------------------------------------------- the grid key
 
 def test_every_grid_key_has_a_parser_and_method_values_are_checked():
-    from iqa_cache.config import GRID_KEYS
-    from iqa_cache.grid import parse_grid
-    from iqa_cache.grid.spec import PARSERS
+    from iqa_cache.train.config import GRID_KEYS
+    from iqa_cache.train.grid import parse_grid
+    from iqa_cache.train.grid.spec import PARSERS
 
     assert set(PARSERS) == set(GRID_KEYS)
     spec = parse_grid("method=vanilla,lds,bmc,gai,bni,dist,ranksim,denseweight; seed=0..9")
@@ -372,7 +372,7 @@ def test_every_grid_key_has_a_parser_and_method_values_are_checked():
 
 
 def test_a_method_grid_drops_unused_settings_and_skips_meaningless_combinations():
-    from iqa_cache.grid import expand, parse_grid
+    from iqa_cache.train.grid import expand, parse_grid
 
     plan = expand(parse_grid("method=vanilla,bmc,ranksim; lds=on,off; ranksim_gamma=10,100"), BASE, (0.0, 100.0),
                   auto_reweight=True)

@@ -10,7 +10,7 @@ from scipy import stats
 
 from iqa_cache import metrics as M
 from iqa_cache.errors import ConfigError
-from iqa_cache.imbalance import Bins
+from iqa_cache.train.imbalance import Bins
 
 
 def test_mse_rmse_gmean_by_hand():

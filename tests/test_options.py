@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from iqa_cache.cli.app import COMMAND_ORDER
 from iqa_cache.cli.main import app
-from iqa_cache.config import FLAT_DEFAULTS, FLAT_FIELDS, GRID_KEYS, PRESETS, Preset, TrainConfig, run_name
 from iqa_cache.errors import ConfigError
-from iqa_cache.grid import apply_point, expand, parse_grid
+from iqa_cache.train.config import FLAT_DEFAULTS, FLAT_FIELDS, GRID_KEYS, PRESETS, Preset, TrainConfig, run_name
+from iqa_cache.train.grid import apply_point, expand, parse_grid
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,11 +185,11 @@ def test_help_reads_well(command):
 
 def test_cli_choices_are_the_librarys():
     from iqa_cache.cli import common
-    from iqa_cache.datasets import OUT_OF_RANGE_POLICIES
-    from iqa_cache.decode import DECODERS
-    from iqa_cache.embed import PIPELINES
-    from iqa_cache.preprocess import PRECISIONS, RESIZE_MODES
-    from iqa_cache.sources import DATASETS
+    from iqa_cache.embed.decode import DECODERS
+    from iqa_cache.embed.loop import PIPELINES
+    from iqa_cache.embed.preprocess import PRECISIONS, RESIZE_MODES
+    from iqa_cache.sources.datasets import OUT_OF_RANGE_POLICIES
+    from iqa_cache.sources.dispatch import DATASETS
 
     for enum, values in ((common.DatasetName, DATASETS), (common.OutOfRange, OUT_OF_RANGE_POLICIES),
                          (common.Pipeline, PIPELINES), (common.Decoder, DECODERS), (common.Precision, PRECISIONS),

@@ -17,7 +17,7 @@ from iqa_cache import cache
 from iqa_cache.cli.main import app
 from iqa_cache.errors import ConfigError, WeightsUnavailable
 from iqa_cache.predict import run_weights
-from iqa_cache.runs import load_head
+from iqa_cache.train.runs import load_head
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ def tiny_ckpt(tiny_model, tmp_path_factory):
     """A checkpoint file of the tiny OpenCLIP model (seeded random weights)."""
     import open_clip
 
-    from iqa_cache.encoder import resolve_model_name
+    from iqa_cache.embed.encoder import resolve_model_name
 
     name, _ = resolve_model_name(tiny_model)
     torch.manual_seed(7)

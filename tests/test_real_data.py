@@ -208,7 +208,7 @@ def test_real_koniq_like_mos_text_round_trips_to_its_bins(img_root, tmp_path, ti
     from decimal import ROUND_FLOOR, Decimal
 
     from iqa_cache.cache import load
-    from iqa_cache.imbalance import Bins
+    from iqa_cache.train.imbalance import Bins
 
     mos = ["77.3836206897", "68.7285714286", "57.0", "57.5", "56.9999", "70.125", "50.5", "2.0", "99.9999", "1.4"]
     for i in range(len(mos)):

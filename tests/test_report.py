@@ -18,9 +18,9 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from iqa_cache.cli.main import app
-from iqa_cache.imbalance import lds_weights
 from iqa_cache.report import lds_curves
-from iqa_cache.runs import load_run
+from iqa_cache.train.imbalance import lds_weights
+from iqa_cache.train.runs import load_run
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -357,8 +357,8 @@ def test_seed_groups_of_ablate_runs_are_named_by_their_configuration(trained, tm
 
 
 def test_training_labels_say_what_was_trained():
-    from iqa_cache.config import TrainConfig
     from iqa_cache.report import training_label
+    from iqa_cache.train.config import TrainConfig
 
     base = TrainConfig().to_dict()
     assert training_label(base) == "vanilla"

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from iqa_cache import cache
-from iqa_cache.datasets import load_koniq
-from iqa_cache.embed import EmbedConfig, embed
-from iqa_cache.encoder import EncoderConfig
+from iqa_cache.embed.encoder import EncoderConfig
+from iqa_cache.embed.loop import EmbedConfig, embed
+from iqa_cache.sources.datasets import load_koniq
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -232,7 +232,7 @@ def test_create_streams_fill_values_and_allocates_everything(tmp_path):
     at once, so later writes only overwrite raw data."""
     import tracemalloc
 
-    from iqa_cache.datasets import Manifest
+    from iqa_cache.sources.datasets import Manifest
 
     n, d = 50_000, 768
     ids = np.array([f"{i}.jpg" for i in range(n)], dtype=object)

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from iqa_cache import cache
 from iqa_cache.cache import RowReader
 from iqa_cache.cli.main import app
-from iqa_cache.config import TrainConfig
 from iqa_cache.errors import CacheError, ConfigError
-from iqa_cache.order import chunk_order, chunk_windows
-from iqa_cache.stacked import train_many, train_stack
-from iqa_cache.stacked.data import TrainingRows, to_device
+from iqa_cache.train.config import TrainConfig
+from iqa_cache.train.order import chunk_order, chunk_windows
+from iqa_cache.train.stacked import train_many, train_stack
+from iqa_cache.train.stacked.data import TrainingRows, to_device
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -183,8 +183,8 @@ def test_train_head_and_ablate_stream_through_the_cli(problem, tmp_path):
     a, b = (pd.read_csv(tmp_path / s / "predictions.csv") for s in ("--stream", "--no-stream"))
     np.testing.assert_array_equal(a["pred"], b["pred"])
     # the streamed run's head, rebuilt from its directory (as `iqa predict` does), scores as it was trained
-    from iqa_cache.runs import load_head
-    from iqa_cache.train import predict
+    from iqa_cache.train.fit import predict
+    from iqa_cache.train.runs import load_head
 
     head = load_head(tmp_path / "--stream")
     feats = cache.load(path).features[[int(i[3:8]) for i in a["image_id"]]]

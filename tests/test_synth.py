@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from iqa_cache.synth import SynthSpec, make_dataset
+from iqa_cache.sources.synth import SynthSpec, make_dataset
 
 
 def test_balanced_test_split_fills_every_range(tmp_path):

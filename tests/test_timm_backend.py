@@ -16,10 +16,16 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.encoder import EncoderConfig, load_encoder, preprocess_for, resolve_model_name, resolve_weights
+from iqa_cache.embed.encoder import EncoderConfig, load_encoder, preprocess_for, resolve_model_name, resolve_weights
+from iqa_cache.embed.timm_backend import (
+    PACKAGE_TAG,
+    check_same_layout,
+    lite0_package_to_timm,
+    package_file,
+    read_state_dict,
+)
 from iqa_cache.errors import ConfigError
-from iqa_cache.runs import load_head
-from iqa_cache.timm_backend import PACKAGE_TAG, check_same_layout, lite0_package_to_timm, package_file, read_state_dict
+from iqa_cache.train.runs import load_head
 
 runner = CliRunner()
 LITE0 = "timm:efficientnet_lite0"

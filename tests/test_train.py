@@ -12,10 +12,10 @@ import torch
 
 from iqa_cache import cache
 from iqa_cache.errors import ConfigError, RunError, TrainingDiverged
-from iqa_cache.head import HeadConfig
-from iqa_cache.imbalance import FDSConfig, LDSConfig
-from iqa_cache.runs import load_head, load_run, write_run
-from iqa_cache.train import OptimConfig, TrainConfig, get_lr, train_head
+from iqa_cache.train.fit import OptimConfig, TrainConfig, get_lr, train_head
+from iqa_cache.train.head import HeadConfig
+from iqa_cache.train.imbalance import FDSConfig, LDSConfig
+from iqa_cache.train.runs import load_head, load_run, write_run
 
 from .conftest import learnable_problem, write_feature_cache
 
@@ -138,8 +138,8 @@ def test_dropout_acts_after_fds_on_the_final_features():
     the features FDS sees and gathers statistics from carry no dropout; the
     calibrated ones are dropped before the final layer.  The stacked head
     (ablate, train_head) does the same."""
-    from iqa_cache.head import ResidualMLPHead
-    from iqa_cache.stacked import HeadStack
+    from iqa_cache.train.head import ResidualMLPHead
+    from iqa_cache.train.stacked import HeadStack
 
     torch.manual_seed(0)
     head = ResidualMLPHead(HeadConfig(in_dim=8, hidden_dim=16, n_blocks=2, dropout=0.5),

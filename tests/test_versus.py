@@ -12,7 +12,7 @@ import pytest
 from iqa_cache.report.compare import versus_entries
 from iqa_cache.report.render import versus_cells
 from iqa_cache.report.types import Entry
-from iqa_cache.runs import Run
+from iqa_cache.train.runs import Run
 
 LABELS = np.array([5.0, 15.0, 25.0, 35.0, 45.0, 55.0, 65.0, 75.0, 85.0, 95.0] * 4)
 

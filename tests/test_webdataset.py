@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from iqa_cache import cache
 from iqa_cache.cli.main import app
 from iqa_cache.errors import DatasetError
-from iqa_cache.wds import expand_braces, load_webdataset
+from iqa_cache.sources.wds import expand_braces, load_webdataset
 
 from .wdsgen import write_shards
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from iqa_cache.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
 from iqa_cache.errors import TrainingDiverged
+from iqa_cache.train.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
 
 from .app import app
 from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect
@@ -49,9 +49,9 @@ def ablate_command(
     process would leave it.
     """
     from iqa_cache import cache as cache_mod
-    from iqa_cache import distributed as dist
-    from iqa_cache.grid import expand, format_summary, read_grid, run_ablation
-    from iqa_cache.runs import check_out_location
+    from iqa_cache.embed import distributed as dist
+    from iqa_cache.train.grid import expand, format_summary, read_grid, run_ablation
+    from iqa_cache.train.runs import check_out_location
 
     expected = parse_expect(expect)
     base = opts.config(ctx)
@@ -61,7 +61,7 @@ def ablate_command(
     plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
     env = dist.from_env()
     if env is not None and env.world > 1:  # under torchrun: whole stacks per rank, rank 0 writes the summary
-        from iqa_cache.grid import run_ablation_ranks
+        from iqa_cache.train.grid import run_ablation_ranks
 
         with dist.Session(env, base.device) as session:
             result = run_ablation_ranks(data, plan, out, session, overwrite=overwrite, max_stack=max_stack,

@@ -16,10 +16,10 @@ import typer
 from typer.core import TyperCommand
 
 from iqa_cache.binning import parse_decimal
-from iqa_cache.decode import DECODERS
 from iqa_cache.device import Device  # noqa: F401  (the --device choices, from the library)
+from iqa_cache.embed.decode import DECODERS
+from iqa_cache.embed.preprocess import PRECISIONS, RESIZE_MODES
 from iqa_cache.errors import IqaError
-from iqa_cache.preprocess import PRECISIONS, RESIZE_MODES
 
 log = logging.getLogger(__name__)
 

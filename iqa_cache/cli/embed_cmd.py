@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from iqa_cache.device import Device
+from iqa_cache.embed.preprocess import EncoderConfig, PreprocessConfig
 from iqa_cache.errors import ConfigError
-from iqa_cache.preprocess import EncoderConfig, PreprocessConfig
 from iqa_cache.schema import DEFAULT_FEATURE_DTYPE, FeatureDtype
 
 from .app import app
@@ -130,11 +130,11 @@ def embed_command(
     is being written by another process; 130 interrupted (Ctrl-C or SIGTERM;
     rerun to complete).
     """
-    from iqa_cache import distributed as dist
     from iqa_cache.cache import default_cache_path
-    from iqa_cache.embed import EmbedConfig, embed
-    from iqa_cache.encoder import default_pretrained
-    from iqa_cache.sources import load_dataset
+    from iqa_cache.embed import distributed as dist
+    from iqa_cache.embed.encoder import default_pretrained
+    from iqa_cache.embed.loop import EmbedConfig, embed
+    from iqa_cache.sources.dispatch import load_dataset
 
     _allow_pixels(max_pixels)
     if pretrained is None:

@@ -1,5 +1,5 @@
 """`iqa import`: a cache from features made elsewhere (bring your own
-embeddings); the work is in :mod:`iqa_cache.importer`."""
+embeddings); the work is in :mod:`iqa_cache.cache.importer`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -60,7 +60,7 @@ def import_command(
     SHA-256, format and shape; it records no encoder, so `iqa predict`
     cannot score new inputs with runs trained on it.
     """
-    from iqa_cache.importer import import_features
+    from iqa_cache.cache.importer import import_features
 
     cfg = ImportConfig(features=features, labels=labels, out=out, features_key=features_key, ids_key=ids_key,
                        id_col=id_col, label_col=label_col, split_col=split_col,

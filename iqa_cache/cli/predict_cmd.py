@@ -53,7 +53,7 @@ def predict_command(
     are refused.  Images that cannot be read are named on stderr and skipped
     (exit code 3 when some were skipped).
     """
-    from iqa_cache import distributed as dist
+    from iqa_cache.embed import distributed as dist
     from iqa_cache.predict import (
         check_scores_out,
         check_scores_path,
@@ -72,7 +72,7 @@ def predict_command(
         check_scores_path(out)
     reader = starts = None
     if shards is not None:
-        from iqa_cache.wds import load_webdataset
+        from iqa_cache.sources.wds import load_webdataset
 
         m = load_webdataset(shards, require_labels=False)
         paths, reader, starts = list(m.path), m.reader, m.reader.shard_starts

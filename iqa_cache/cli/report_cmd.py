@@ -101,7 +101,7 @@ def report_command(
     report = build_report(loaded, cfg)
     echo_out(format_report(report, format.value))
     if plots is not None:
-        from iqa_cache.plots import write_plots
+        from iqa_cache.report.plots import write_plots
 
         for path in write_plots(report, plots):
             typer.echo(f"wrote {path}", err=True)

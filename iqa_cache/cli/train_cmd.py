@@ -13,7 +13,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from iqa_cache.config import (
+from iqa_cache.device import Device
+from iqa_cache.train.config import (
     FLAT_DEFAULTS,
     FLAT_FIELDS,
     PRESETS,
@@ -28,7 +29,6 @@ from iqa_cache.config import (
     TrainConfig,
     run_name,
 )
-from iqa_cache.device import Device
 
 from .app import app
 from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, parse_range
@@ -207,8 +207,8 @@ def train_head_command(
     """
     from iqa_cache import cache as cache_mod
     from iqa_cache.report import ReportConfig, build_report, format_report
-    from iqa_cache.runs import load_run, prepare_run_target, write_run
-    from iqa_cache.train import train_head
+    from iqa_cache.train.fit import train_head
+    from iqa_cache.train.runs import load_run, prepare_run_target, write_run
 
     expected = parse_expect(expect)
     cfg = opts.config(ctx)

@@ -33,7 +33,6 @@ from .loading import (
     range_edges,
     run_bins,
     run_seed,
-    run_warnings,
     runs_noun,
     seed_group_name,
     seed_key,
@@ -50,6 +49,6 @@ __all__ = [
     "Baseline", "Comparison", "Entry", "Report", "ReportConfig", "Stat", "Table", "TableInput", "Value",
     "build_report", "compare_entries", "comparison_rows", "comparison_to_dict", "data_key", "format_report",
     "format_table", "group_entries", "lds_curves", "load_runs", "make_baselines", "per_bin_table", "range_edges",
-    "report_to_dict", "run_bins", "run_seed", "run_warnings", "runs_noun", "seed_group_name", "seed_key",
+    "report_to_dict", "run_bins", "run_seed", "runs_noun", "seed_group_name", "seed_key",
     "split_arrays", "table_to_dict", "train_labels", "training_label",
 ]

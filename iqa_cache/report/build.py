@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConfigError, RunError
 from ..seeds import check_seed
+from ..train.provenance import run_warnings
 from .compare import compare_entries, versus_entries
-from .loading import group_entries, make_baselines, run_warnings, runs_noun, split_arrays
+from .loading import group_entries, make_baselines, runs_noun, split_arrays
 from .tables import TABLE_BUILDERS, TABLES
 from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput, Versus
 
 if TYPE_CHECKING:
-    from ..runs import Run
+    from ..train.runs import Run
 
 MIN_BOOT = 100  # fewer bootstrap resamples give no usable interval
 

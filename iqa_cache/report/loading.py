@@ -1,10 +1,10 @@
-"""Runs into report rows: loading run directories, warnings about them,
-the data of a split, grouping runs that differ only in seed (and naming
+"""Runs into report rows: loading run directories (their warnings are
+:mod:`iqa_cache.train.provenance`), the data of a split, grouping runs that differ only in seed (and naming
 the groups), the train-mean baselines, and the run and bin helpers that
 tables and plots share.
 
 Kept light at import time (``iqa report`` starts fast): no torch or
-scipy, and :mod:`iqa_cache.runs` (pandas) is imported inside the
+scipy, and :mod:`iqa_cache.train.runs` (pandas) is imported inside the
 functions that need it."""
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..binning import Bins
-from ..config import FDSConfig, LDSConfig, default_reweight
 from ..errors import ConfigError, RunError
-from ..kernels import label_density
-from ..methods import uses
 from ..metrics import default_edges
 from ..schema import DATA_KEYS, FEATURE_KEYS, item_noun
+from ..train.config import FDSConfig, LDSConfig, default_reweight
+from ..train.kernels import label_density
+from ..train.methods import uses
 from .types import Baseline, Entry
 
 if TYPE_CHECKING:
-    from ..runs import Run
+    from ..train.runs import Run
 
 log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger, as before the split
 
@@ -38,7 +38,7 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
     killed run, not a run directory) are returned as (path, reason) and
     logged.  RunError, naming them all, when none is finished; a single
     path fails with its own reason."""
-    from ..runs import load_run
+    from ..train.runs import load_run
 
     runs: list[Run] = []
     skipped: list[tuple[str, str]] = []
@@ -60,60 +60,6 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple
     for p, why in skipped:
         log.warning("skipping %s: %s", p, why)
     return runs, skipped
-
-
-NAMES_SHOWN = 6  # a warning names at most this many runs of a group, then counts the rest
-
-
-def name_list(names: Sequence[str], limit: int = NAMES_SHOWN, *, quote: bool = True) -> str:
-    """``'a', 'b', 'c'`` or, past ``limit`` names, ``'a', 'b', ... and 194 more``:
-    a warning about 200 runs stays one readable line."""
-    shown = [repr(n) if quote else str(n) for n in names[:limit]]
-    more = len(names) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
-
-
-def run_warnings(runs: Sequence[Run]) -> list[str]:
-    """Visible warnings: random-weight encoders, which encoder made the
-    features when the cache names it (timm backends), runs on different
-    caches.  Each names at most :data:`NAMES_SHOWN` runs per group."""
-    notes = []
-    random = [r.name for r in runs if r.cache.get("pretrained_kind") == "none"]
-    if random:
-        if len(random) == 1:
-            who = f"run '{random[0]}' was"
-        elif len(random) == len(runs) and len(runs) > NAMES_SHOWN:
-            who = f"all {len(runs)} runs were"
-        else:
-            who = f"runs {name_list(random)} were"
-        notes.append(f"warning: {who} trained on features of a randomly initialised encoder "
-                     "(--pretrained none): the numbers say nothing about CLIP")
-    described: dict[str, list[str]] = {}
-    for r in runs:
-        if r.cache.get("pretrained_kind") != "none" and r.cache.get("encoder"):
-            described.setdefault(str(r.cache["encoder"]), []).append(r.name)
-    for enc, names in described.items():
-        who = f"run '{names[0]}'" if len(names) == 1 else f"runs {name_list(names)}"
-        notes.append(f"note: {who}: features from {enc}")
-    ident = {}
-    for r in runs:
-        key = tuple(str(r.cache.get(k)) for k in ("manifest_sha256", "model", "pretrained_sha256", "pretrained_kind",
-                                                   "resize_mode", "image_size", "precision"))
-        ident.setdefault(key, []).append(r.name)
-    if len(ident) > 1:
-        groups = "; ".join(name_list(v, quote=False) for v in ident.values())
-        notes.append(f"warning: these runs were trained on different caches (groups: {groups}): "
-                     "differences mix the method with the features or the data")
-    else:
-        contents: dict[str, list[str]] = {}
-        for r in runs:
-            if r.cache.get("content_id"):  # runs of caches made before content ids cannot be told apart
-                contents.setdefault(str(r.cache["content_id"]), []).append(r.name)
-        if len(contents) > 1:
-            groups = "; ".join(f"{name_list(v)} (content {k})" for k, v in contents.items())
-            notes.append(f"warning: these runs were trained on different contents of the same cache (images "
-                         f"re-embedded, or labels/splits updated, in between): {groups}")
-    return notes
 
 
 def runs_noun(runs: Sequence[Run]) -> str:
@@ -168,10 +114,10 @@ def lds_curves(run: Run, lds: dict | None = None) -> dict[str, Any]:
     """Per-bin training-label counts, the values LDS inverts before and
     after smoothing (both normalised to sum 1), and the resulting loss weight
     per bin (1 / smoothed value, scaled so that the weights average 1 over
-    the training images, as :func:`~iqa_cache.kernels.lds_weights`; NaN
+    the training images, as :func:`~iqa_cache.train.kernels.lds_weights`; NaN
     for bins no training image falls in).  ``lds``: the LDS section of a
     train config (default: the run's own); settings it lacks take the
-    defaults of :class:`~iqa_cache.config.LDSConfig`."""
+    defaults of :class:`~iqa_cache.train.config.LDSConfig`."""
     bins = run_bins(run)
     cfg = dict(lds if lds is not None else run.config["train"]["lds"])
     default = LDSConfig()
@@ -259,7 +205,7 @@ def _method(train: dict[str, Any], lds_on: bool) -> str:
 
 def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
     """What a run trained, from the train section of its config.json: the
-    method as :func:`iqa_cache.config.run_tag` names it ('vanilla', 'lds',
+    method as :func:`iqa_cache.train.config.run_tag` names it ('vanilla', 'lds',
     'lds-inverse', 'rw-inverse', 'fds', 'lds+fds', ...) with the smoothing
     settings (ks, sigma; the kernel where it is not the default of
     LDSConfig / FDSConfig), then each other setting in which ``others`` (the

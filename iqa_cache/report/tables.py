@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..metrics import bin_names, discrete_values, group_mae, group_name, iqa_metrics, per_bin_mae, shot_metrics
-from .loading import range_edges, run_bins, run_warnings, runs_noun, split_arrays, train_labels
+from ..train.provenance import run_warnings
+from .loading import range_edges, run_bins, runs_noun, split_arrays, train_labels
 from .types import Baseline, Entry, Stat, Table, TableInput, Value
 
 if TYPE_CHECKING:
-    from ..runs import Run
+    from ..train.runs import Run
 
 
 def per_bin_table(runs: Sequence[Run], edges: Sequence[float] | None = None, split: str = "test") -> Table:

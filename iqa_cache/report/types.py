@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence, Union
 
-if TYPE_CHECKING:  # iqa_cache.runs imports torch: not at run time
+if TYPE_CHECKING:  # iqa_cache.train.runs imports torch: not at run time
     from ..metrics import BootstrapDiff
-    from ..runs import Run
+    from ..train.runs import Run
 
 FORMATS = ("markdown", "csv", "latex", "json")
 SPLITS = ("test", "val", "train")
