@@ -138,6 +138,11 @@ class TrainOptions:
                                                           "bins of 0.04 over 0-4 (100 bins, as m = 100). Options "
                                                           "given explicitly still win.", show_default=False)] = None
 
+    from_config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Start from the settings a run saved (RUN/config.json, or RUN): options given beside it "
+                         "win, then --preset, then the saved ones.", metavar="CONFIG_JSON", show_default=False)
+                           ] = None
+
     @property
     def preset_name(self) -> str:
         return self.preset.value if self.preset is not None else ""
@@ -156,8 +161,12 @@ class TrainOptions:
 
     def config(self, ctx: typer.Context) -> TrainConfig:
         """The TrainConfig these options describe: the options given, over
-        the preset's values, over the library's defaults."""
-        return TrainConfig.from_flat(self.given(ctx), preset=self.preset)
+        the preset's values, over a saved run's (``--config``), over the
+        library's defaults."""
+        from iqa_cache.train.runs import saved_train_config
+
+        base = saved_train_config(self.from_config) if self.from_config is not None else None
+        return TrainConfig.from_flat(self.given(ctx), base=base, preset=self.preset)
 
 
 def with_train_options(fn: Callable) -> Callable:

@@ -36,14 +36,25 @@ log = logging.getLogger(__name__.rpartition(".")[0])  # the package's logger, as
 def load_runs(paths: Sequence[str | os.PathLike]) -> tuple[list[Run], list[tuple[str, str]]]:
     """Load the finished runs among ``paths``; the others (missing files, a
     killed run, not a run directory) are returned as (path, reason) and
-    logged.  RunError, naming them all, when none is finished; a single
+    logged.  An ablation folder (``iqa ablate``'s OUT) stands for its
+    finished runs, and its ``summary.csv`` and ``ablation.json`` are passed
+    over (``runs/grid/*``).  RunError, naming them all, when none is finished; a single
     path fails with its own reason."""
-    from ..train.runs import load_run
+    from ..train.runs import ablation_runs, grid_file, load_run
 
     runs: list[Run] = []
     skipped: list[tuple[str, str]] = []
     seen: set[Path] = set()
-    for p in paths:
+    expanded: list[str | os.PathLike] = []
+    for p in paths:  # an ablation folder stands for its runs; its summary files (from a glob) are no runs
+        inside = ablation_runs(p)
+        if inside:
+            expanded.extend(inside)
+        elif inside is not None:
+            skipped.append((str(p), f"ablation folder {p} holds no finished run yet"))
+        elif not grid_file(p):
+            expanded.append(p)
+    for p in expanded:
         key = Path(p).resolve()
         if key in seen:
             continue

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from ..binning import Bins
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 from ..schema import FEATURE_KEYS
 from .config import HeadConfig, TrainConfig
 
@@ -383,6 +383,69 @@ def is_finished(path: Path) -> bool:
     return marker is None or marker.get("status") == "complete"
 
 
+def saved_train_config(path: str | os.PathLike) -> TrainConfig:
+    """The training configuration a run saved (``RUN/config.json``, or the
+    run directory): what ``--config`` starts from.  RunError naming the
+    file when it is not a run's config."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"--config {path}: no such file") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RunError(f"--config {path}: not a readable JSON file ({e})") from None
+    train = doc.get("train") if isinstance(doc, dict) else None
+    if not isinstance(train, dict):
+        raise RunError(f"--config {path}: not a run's config.json (no 'train' section)")
+    try:
+        return TrainConfig.from_dict(train)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise RunError(f"--config {path}: {e}") from None
+
+
+def ablation_runs(path: str | os.PathLike) -> list[Path] | None:
+    """The finished run directories of an ablation folder (what ``iqa
+    ablate`` writes: its marker of kind ablation, or ``ablation.json``
+    beside runs), sorted by name; None when ``path`` is not one."""
+    from .config import PLAN_FILE
+
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return None
+    marker = read_marker(path)
+    if not (marker is not None and marker["kind"] == "ablation" or marker is None and (path / PLAN_FILE).is_file()):
+        return None
+    try:
+        children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    except OSError:
+        return None
+    return [p for p in children if run_state(p) in ("complete", "legacy")]
+
+
+def grid_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an ablation folder's own summary (``summary.csv``
+    or ``ablation.json``), as a shell glob ``runs/grid/*`` passes them."""
+    from .config import PLAN_FILE, SUMMARY_FILE
+
+    path = Path(path)
+    return path.name in (SUMMARY_FILE, PLAN_FILE) and path.is_file() and ablation_runs(path.parent) is not None
+
+
+def best_by_validation(paths: Sequence[Path]) -> Path:
+    """The run among ``paths`` with the lowest validation MAE (its
+    metrics.json), the first one when none says."""
+    def val_mae(p: Path) -> float:
+        try:
+            m = json.loads((p / "metrics.json").read_text(encoding="utf-8"))
+            v = m.get("best_val_mae", m["val"]["mae"])
+            return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else math.inf
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return math.inf
+    return min(paths, key=val_mae)
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Read a finished run directory; RunError naming what is missing."""
     path = Path(path)
@@ -391,6 +454,9 @@ def load_run(path: str | os.PathLike) -> Run:
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory")
     missing = [f for f in RUN_FILES if not (path / f).is_file()]
+    if missing and (inside := ablation_runs(path)) is not None:
+        raise RunError(f"{path} is an ablation folder (iqa ablate) of {len(inside)} finished runs, not a run: "
+                       f"pass one of them{', e.g. ' + str(best_by_validation(inside)) if inside else ''}")
     if missing:
         raise RunError(f"run {path} is not finished (missing {', '.join(missing)})")
     marker = read_marker(path)

@@ -1,0 +1,102 @@
+"""Issue 33's first-hour paths: a licence and a citation, rerunning from a
+saved run's config, and an ablation folder passed where runs are expected."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from iqa_cache.cli.main import app
+
+from .conftest import learnable_problem, write_feature_cache
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+
+
+def iqa(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory) -> Path:
+    x, y, split = learnable_problem(n=300)
+    return write_feature_cache(tmp_path_factory.mktemp("fc") / "feats.h5", x, y, split)
+
+
+@pytest.fixture(scope="module")
+def grid(feature_cache, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("g") / "grid"
+    r = iqa("ablate", "--cache", feature_cache, "--out", out, "--grid", "lds=on,off; seed=0,1", "--epochs", 3,
+            "--hidden", 16, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_licence_and_citation_agree_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"]["text"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    cff = (ROOT / "CITATION.cff").read_text()
+    assert "cff-version: 1.2.0" in cff and f"version: {project['version']}" in cff
+    assert 'title: "Imbalance Problem in Image Quality Assessment"' in cff and "license: MIT" in cff
+
+
+def test_train_head_config_reruns_a_saved_run_and_options_beside_it_win(feature_cache, tmp_path):
+    first = tmp_path / "first"
+    r = iqa("train-head", "--cache", feature_cache, "--lds", "--lds-sigma", 3, "--lr", 0.003, "--epochs", 2,
+            "--hidden", 16, "--seed", 4, "--out", first, "--device", "cpu", "--no-progress")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((first / "config.json").read_text())["train"]
+    shown = iqa("train-head", "--cache", feature_cache, "--config", first / "config.json", "--show-config")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["train"] == saved  # the same configuration, not the defaults
+    again = iqa("train-head", "--cache", feature_cache, "--config", first, "--epochs", 3, "--seed", 5,
+                "--show-config")
+    cfg = json.loads(again.stdout)["train"]
+    assert cfg["epochs"] == 3 and cfg["seed"] == 5
+    assert cfg["lds"] == saved["lds"] and cfg["lds"]["sigma"] == 3.0 and cfg["optim"]["lr"] == 0.003
+    assert cfg["head"]["hidden_dim"] == 16
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), ("[1, 2]", "not a run's config.json"), ("{oops", "not a readable JSON file"),
+    ('{"train": {"epochs": "many"}}', "--config"),
+])
+def test_a_bad_config_file_is_one_line(feature_cache, tmp_path, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    r = iqa("train-head", "--cache", feature_cache, "--config", path, "--show-config")
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    err = r.output.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and str(path) in err[0], r.output
+
+
+def test_report_reads_an_ablation_folder_as_its_runs(grid):
+    whole = iqa("report", grid, "--format", "csv")
+    assert whole.exit_code == 0, whole.output
+    rows = {ln.split(",")[0].rsplit(" ", 1)[0] for ln in whole.stdout.splitlines() if ln.startswith("lds=")}
+    assert rows == {"lds=off (2 seeds)", "lds=on (2 seeds)"}, whole.stdout
+    # a shell glob passes summary.csv and ablation.json too: they are no runs, and no warning is due
+    globbed = iqa("report", *sorted(p for p in grid.iterdir() if not p.name.startswith(".")), "--format", "csv")
+    assert globbed.exit_code == 0 and globbed.stdout == whole.stdout
+    assert "skipping" not in globbed.stderr
+
+
+def test_predict_on_an_ablation_folder_says_which_run_to_pass(grid, tmp_path):
+    r = iqa("predict", "--run", grid, "--dir", tmp_path, "--out", tmp_path / "s.csv")
+    assert r.exit_code != 0
+    msg = r.output.strip()
+    assert f"{grid} is an ablation folder (iqa ablate) of 4 finished runs, not a run: pass one of them, e.g. " \
+        f"{grid}/" in msg and "\n" not in msg
+    best = min((p for p in grid.iterdir() if (p / "metrics.json").is_file()),
+               key=lambda p: json.loads((p / "metrics.json").read_text())["best_val_mae"])
+    assert msg.endswith(str(best))
