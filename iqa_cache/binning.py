@@ -167,3 +167,45 @@ class Bins:
     def edges(self) -> np.ndarray:
         return equal_edges(self.lo, self.hi, self.size, self.n)
 
+
+
+# ------------------------------------------------------------ label scales
+
+# the scales labels come on (0-1 probabilities, 1-5 and 1-10 MOS, 0-4 and 0-5 ratings, 0-10, KonIQ's 0-100),
+# tried in this order: the first that holds every label is the one a cache records when none is declared
+COMMON_SCALES: tuple[tuple[float, float], ...] = (
+    (0.0, 1.0), (1.0, 5.0), (0.0, 4.0), (0.0, 5.0), (1.0, 10.0), (0.0, 10.0), (0.0, 100.0))
+
+
+def default_label_range(labels) -> tuple[float, float]:
+    """The label range a cache records when the user declares none: the
+    first of :data:`COMMON_SCALES` that holds every (finite) label, so that
+    label ranges and bins fall on round numbers ([0,20) ... [80,100] for
+    labels 4-98 on KonIQ's scale); else the whole numbers around them."""
+    y = np.asarray(labels, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    if len(y) == 0:
+        return COMMON_SCALES[-1]
+    lo, hi = float(y.min()), float(y.max())
+    for a, b in COMMON_SCALES:
+        if a <= lo and hi <= b:
+            return a, b
+    lo, hi = float(math.floor(lo)), float(math.ceil(hi))
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def label_range_note(labels, label_range: Sequence[float], declared: str = "") -> str:
+    """One line saying which scale a cache's labels were put on and why:
+    ``declared`` names who chose it (``--label-range``, a dataset's own
+    scale); else it was :func:`default_label_range`'s choice."""
+    y = np.asarray(labels, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    lo, hi = (float(x) for x in label_range)
+    seen = f"labels {y.min():g}–{y.max():g}" if len(y) else "no labels"
+    if declared:
+        why = declared
+    elif (lo, hi) in COMMON_SCALES:
+        why = "the first common scale that holds them; --label-range LO,HI declares another"
+    else:
+        why = "no common scale holds them: the whole numbers around them; --label-range LO,HI declares the scale"
+    return f"{seen} on the scale {lo:g}–{hi:g} ({why})"

@@ -64,7 +64,7 @@ def test_csv_dataset_defaults_and_columns(tmp_path):
     m = load_csv(tmp_path, tmp_path / "d.csv")
     assert list(m.image_id) == ["imgs/a.jpg", "imgs/b.jpg", "imgs/c.jpg"]
     assert list(m.split) == ["train", "test", "val"]
-    assert m.label_range == (1.0, 4.0)
+    assert m.label_range == (1.0, 5.0)  # labels 1.5-4: the 1-5 MOS scale (binning.default_label_range)
     m2 = load_csv(tmp_path, tmp_path / "d.csv", label_range=(0, 4))
     assert m2.label_range == (0.0, 4.0)
     (tmp_path / "e.csv").write_text("img,q\nimgs/a.jpg,0\nimgs/b.jpg,2\n")

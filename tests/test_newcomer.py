@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -100,3 +101,42 @@ def test_predict_on_an_ablation_folder_says_which_run_to_pass(grid, tmp_path):
     best = min((p for p in grid.iterdir() if (p / "metrics.json").is_file()),
                key=lambda p: json.loads((p / "metrics.json").read_text())["best_val_mae"])
     assert msg.endswith(str(best))
+
+
+def test_quiet_turns_progress_bars_off(feature_cache, tmp_path):
+    args = ["train-head", "--cache", feature_cache, "--epochs", 3, "--hidden", 16, "--device", "cpu"]
+    loud = iqa(*args, "--out", tmp_path / "a")
+    quiet = iqa("-q", *args, "--out", tmp_path / "b")
+    assert loud.exit_code == quiet.exit_code == 0
+    assert "training:" in loud.stderr and "epoch/s" in loud.stderr  # the epoch bar
+    assert quiet.stderr == "" and quiet.stdout.count("\n") == loud.stdout.count("\n")
+
+
+@pytest.mark.parametrize("labels, scale", [
+    ([0.03, 0.5, 0.97], (0.0, 1.0)),  # probabilities
+    ([1.2, 3.3, 4.9], (1.0, 5.0)),  # a 1-5 MOS
+    ([0.0, 1.0, 2.0, 3.0, 4.0], (0.0, 4.0)),  # 0-4 integers (the paper's internal set)
+    ([0.0, 0.2, 2.4, 5.0], (0.0, 5.0)),  # STS-B: 0-5 in steps of 0.2
+    ([1.5, 9.5], (1.0, 10.0)), ([0.5, 9.5], (0.0, 10.0)),
+    ([3.9, 50.0, 88.4], (0.0, 100.0)),  # KonIQ's MOS: ranges [0,20) ... [80,100], not [3.9, ...)
+    ([-3.2, 2.5], (-4.0, 3.0)), ([120.0, 180.5], (120.0, 181.0)),  # no common scale: whole numbers around
+])
+def test_a_cache_without_a_declared_range_gets_a_round_scale(labels, scale):
+    from iqa_cache.binning import default_label_range
+
+    assert default_label_range(np.array(labels + [np.nan])) == scale
+
+
+def test_import_and_embed_say_which_scale_the_labels_are_on(tmp_path):
+    x = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    np.save(tmp_path / "f.npy", x)
+    labels = np.round(np.linspace(4.3, 97.6, 30), 1)
+    (tmp_path / "l.csv").write_text("id,label\n" + "".join(f"{i},{v}\n" for i, v in enumerate(labels)))
+    r = iqa("import", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.csv", "--out", tmp_path / "c.h5",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert f"{tmp_path / 'c.h5'}: labels 4.3–97.6 on the scale 0–100 (the first common scale that holds them; " \
+           "--label-range LO,HI declares another)" in r.stdout
+    r = iqa("import", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.csv", "--out", tmp_path / "d.h5",
+            "--label-range", "4,98", "--no-progress")
+    assert "labels 4.3–97.6 on the scale 4–98 (declared by --label-range)" in r.stdout

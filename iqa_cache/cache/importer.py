@@ -32,6 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import cache as cache_mod
+from ..binning import default_label_range
 from ..errors import CacheError, DatasetError
 from ..schema import IMPORTED, item_noun  # noqa: F401 (re-exported)
 from ..settings import ImportConfig  # noqa: F401  (re-exported: its old place)
@@ -364,8 +365,7 @@ def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSumma
     with open_features(Path(cfg.features), cfg) as (src, feature_ids, info):
         order, matching = _match_rows(feature_ids, csv_ids, src.shape[0], cfg)
         if cfg.label_range is None:
-            lo, hi = float(math.floor(labels.min())), float(math.ceil(labels.max()))
-            label_range = (lo, hi if hi > lo else lo + 1.0)
+            label_range = default_label_range(labels)
         else:
             lo, hi = map(float, cfg.label_range)
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):

@@ -114,7 +114,9 @@ def _global(
                                           help="Print the version of iqa-cache and exit.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output (includes OpenCLIP's).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr (no progress "
+                                                              "bars).")] = False,
 ) -> None:
     STATE.debug = debug or os.environ.get("IQA_DEBUG", "") not in ("", "0")
+    STATE.quiet = quiet
     setup_logging(verbose, quiet)

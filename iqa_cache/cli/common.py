@@ -31,6 +31,7 @@ EXIT_INTERRUPTED = 130
 @dataclass
 class _State:
     debug: bool = False
+    quiet: bool = False  # -q: no progress bars either
 
 
 STATE = _State()
@@ -77,7 +78,14 @@ def _plain_type(text: str) -> str:
 class Command(TyperCommand):
     """Every `iqa` command's help: usage ``RUN...`` rather than
     ``{RUN}...``, arguments by their metavar without a ``<list[Path]>``
-    type, and option types without ``list[...]`` or ``range``."""
+    type, and option types without ``list[...]`` or ``range``.  Under the
+    global ``-q`` a command's progress bars are off, as if ``--no-progress``
+    were given."""
+
+    def invoke(self, ctx: typer.Context):
+        if STATE.quiet and "progress" in ctx.params:
+            ctx.params["progress"] = False
+        return super().invoke(ctx)
 
     def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
         return [re.sub(r"^\{(.*)\}", r"\1", p) for p in super().collect_usage_pieces(ctx)]

@@ -79,8 +79,9 @@ def embed_command(
                                                          "side and center crop.")
                            ] = ResizeMode(PreprocessConfig.resize_mode),
     precision: Annotated[Precision, typer.Option(help="Encoder precision: fp32 (the reference), or bf16/fp16 "
-                                                     "autocast (faster on a GPU; see docs/embedding.md for their "
-                                                     "measured fidelity).")] = Precision(EncoderConfig.precision),
+                                                     "autocast (faster on a GPU; their fidelity to fp32 is "
+                                                     "not measured yet: docs/embedding.md).")
+                         ] = Precision(EncoderConfig.precision),
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device.auto,
     pipeline: Annotated[Pipeline, typer.Option(help="pil: Pillow + OpenCLIP's transform in worker processes "
                                                     "(the reference); tensor: threads read, JPEGs decoded and "
@@ -165,6 +166,14 @@ def embed_command(
                 return  # rank 0 reports the whole run
     for line in s.changes:
         echo_out(f"{s.path}: {line}")
+    from iqa_cache.binning import label_range_note
+
+    if label_range:
+        declared = "declared by --label-range"
+    else:
+        declared = {"koniq": "KonIQ-10k's own scale", "demo": "KonIQ-10k's own scale",
+                    "spaq": "SPAQ's own scale"}.get(dataset.value, "")
+    echo_out(f"{s.path}: " + label_range_note(manifest.label, manifest.label_range, declared))
     if s.already_complete:
         echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")
     else:

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..binning import parse_decimal
+from ..binning import default_label_range, parse_decimal
 from ..errors import DatasetError
 from ..seeds import check_seed
 
@@ -357,8 +357,9 @@ def load_csv(root: str | os.PathLike, csv: str | os.PathLike, *, image_col: str 
     ``image``/``image_name``/``filename``/``path``; label from
     ``label``/``mos``/``score``; split from ``split``/``set`` when present, else
     a seeded random split in KonIQ-10k's proportions.  The label range is
-    ``label_range`` when given, else the smallest whole-number range holding
-    every label."""
+    ``label_range`` when given, else the first common scale holding every
+    label (:func:`~iqa_cache.binning.default_label_range`: 0-1, 1-5, 0-4,
+    0-5, 1-10, 0-10, 0-100), else the whole numbers around them."""
     root = Path(root)
     _require_dir(root, "dataset root")
     csv_path = Path(csv)
@@ -377,9 +378,7 @@ def load_csv(root: str | os.PathLike, csv: str | os.PathLike, *, image_col: str 
         split_source = f"seeded random split, seed {split_seed}, KonIQ-10k proportions 7058/1000/2015"
         log.info("%s has no split column: using a %s", csv_path.name, split_source)
     if label_range is None:
-        label_range = (float(math.floor(labels.min())), float(math.ceil(labels.max())))
-        if label_range[0] == label_range[1]:
-            label_range = (label_range[0], label_range[0] + 1.0)
+        label_range = default_label_range(labels)
     else:
         lo, hi = map(float, label_range)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):

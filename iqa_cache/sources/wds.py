@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..binning import default_label_range
 from ..errors import DatasetError
 from .datasets import SPLIT_ALIASES, Manifest, _apply_range, seeded_split
 
@@ -305,11 +306,7 @@ def load_webdataset(pattern: str | os.PathLike, *, label_key: str | None = None,
         split_source = f"seeded random split, seed {split_seed}, KonIQ-10k proportions 7058/1000/2015"
     known = np.isfinite(labels)
     if label_range is None:
-        if known.any():
-            lo, hi = float(math.floor(labels[known].min())), float(math.ceil(labels[known].max()))
-            label_range = (lo, hi if hi > lo else lo + 1.0)
-        else:
-            label_range = (0.0, 1.0)
+        label_range = default_label_range(labels[known]) if known.any() else (0.0, 1.0)
     ids_arr = np.array(ids, dtype=object)
     notes: tuple[str, ...] = ()
     keep = np.ones(len(ids), dtype=bool)
