@@ -140,3 +140,24 @@ def test_import_and_embed_say_which_scale_the_labels_are_on(tmp_path):
     r = iqa("import", "--features", tmp_path / "f.npy", "--labels", tmp_path / "l.csv", "--out", tmp_path / "d.h5",
             "--label-range", "4,98", "--no-progress")
     assert "labels 4.3–97.6 on the scale 4–98 (declared by --label-range)" in r.stdout
+
+
+def test_runs_on_two_imported_feature_files_are_flagged_as_different_caches(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.linspace(5, 95, 60)
+    (tmp_path / "l.csv").write_text("id,label\n" + "".join(f"{i},{v:.2f}\n" for i, v in enumerate(labels)))
+    runs = []
+    for name in ("a", "b"):  # the same labels and ids, features from two different files
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(60, 8)).astype(np.float32))
+        r = iqa("import", "--features", tmp_path / f"{name}.npy", "--labels", tmp_path / "l.csv",
+                "--out", tmp_path / f"{name}.h5", "--no-progress")
+        assert r.exit_code == 0, r.output
+        out = tmp_path / f"run_{name}"
+        r = iqa("train-head", "--cache", tmp_path / f"{name}.h5", "--epochs", 2, "--hidden", 8, "--out", out,
+                "--no-progress", "--device", "cpu")
+        assert r.exit_code == 0, r.output
+        runs.append(out)
+    r = iqa("report", *runs)
+    assert r.exit_code == 0 and "these runs were trained on different caches" in r.stdout, r.stdout
+    same = iqa("report", runs[0], runs[0].parent / "run_a")
+    assert "different caches" not in same.stdout

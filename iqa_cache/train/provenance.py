@@ -46,7 +46,9 @@ def run_warnings(runs: Sequence[Run]) -> list[str]:
     ident = {}
     for r in runs:
         key = tuple(str(r.cache.get(k)) for k in ("manifest_sha256", "model", "pretrained_sha256", "pretrained_kind",
-                                                   "resize_mode", "image_size", "precision"))
+                                                   "resize_mode", "image_size", "precision",
+                                                   # imported caches: which feature file, which array in it
+                                                   "imported_sha256", "imported_features_key"))
         ident.setdefault(key, []).append(r.name)
     if len(ident) > 1:
         groups = "; ".join(name_list(v, quote=False) for v in ident.values())
