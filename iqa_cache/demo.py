@@ -31,6 +31,7 @@ from .embed.loop import EmbedConfig, embed
 from .embed.timm_backend import PACKAGE_TAG
 from .errors import TrainingDiverged, WeightsUnavailable
 from .report import Report, ReportConfig, build_report, format_report
+from .report.verdicts import verdict_text
 from .settings import DEFAULT_TAG, DemoConfig  # noqa: F401  (re-exported: their old place)
 from .sources.datasets import load_koniq
 from .sources.synth import SynthSpec, ensure_dataset
@@ -134,4 +135,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, progress: bool = True) -> DemoRe
 
 
 def demo_text(result: DemoResult) -> str:
-    return format_report(result.report, "markdown")
+    """The report, then what this run's own intervals show (:mod:`iqa_cache.report.verdicts`)."""
+    text = format_report(result.report, "markdown")
+    if result.report.versus is not None:
+        text += "\n\n" + verdict_text(result.report.versus)
+    return text

@@ -1,0 +1,50 @@
+"""What a ``--versus`` comparison shows, in sentences computed from it: each
+difference whose bootstrap interval excludes 0, with its size, interval and
+seed agreement, and the rest named as within the noise.  Nothing here is a
+fixed claim: the lines follow the numbers of the run they describe (``iqa
+demo`` ends with them)."""
+from __future__ import annotations
+
+from .types import Versus, VersusCell
+
+HEADING = "What this run shows"
+
+
+def _clear(cell: VersusCell) -> bool:
+    d = cell.diff
+    return d.estimate is not None and d.contains_zero is False
+
+
+def _number(x: float, digits: int) -> str:
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
+    """One line per row and label range whose difference to the base stands
+    clear of zero (its interval excludes 0), largest first within a row, then
+    one line per row naming the ranges within the noise.  A range without
+    images, or a row whose every cell is within the noise, says so."""
+    pct = f"{v.confidence:.0%}"
+    lines = []
+    for name, cells in v.rows:
+        clear = [(col, c) for col, c in zip(v.columns, cells) if _clear(c)]
+        noise = [col for col, c in zip(v.columns, cells) if c.diff.estimate is not None and not _clear(c)]
+        empty = [col for col, c in zip(v.columns, cells) if c.diff.estimate is None]
+        for col, c in sorted(clear, key=lambda t: -abs(t[1].diff.estimate)):
+            d = c.diff
+            word = "lower (better)" if d.estimate < 0 else "higher (worse)"
+            lines.append(f"{name} vs {v.base}, {col}: MAE {word} by {abs(d.estimate):.{digits}f} "
+                         f"({pct} interval {_number(d.low, digits)} to {_number(d.high, digits)}; "
+                         f"{c.agree}/{c.seeds} seeds agree, {d.n} test items)")
+        if noise and not clear:
+            lines.append(f"{name} vs {v.base}: within the noise everywhere (every {pct} interval holds 0)")
+        elif noise:
+            lines.append(f"{name} vs {v.base}: within the noise in {', '.join(noise)}")
+        if empty:
+            lines.append(f"{name} vs {v.base}: no test items in {', '.join(empty)}")
+    return lines
+
+
+def verdict_text(v: Versus, *, digits: int = 2) -> str:
+    """The lines under their heading, as markdown."""
+    return "\n".join([f"### {HEADING}", ""] + [f"- {line}" for line in verdict_lines(v, digits=digits)])

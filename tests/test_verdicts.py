@@ -1,0 +1,82 @@
+"""The demo's closing lines ("What this run shows"): computed from the run's
+own `--versus` intervals, on constructed runs with a clear gain, a clear
+loss and noise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from iqa_cache.report.compare import versus_entries
+from iqa_cache.report.types import Entry
+from iqa_cache.report.verdicts import HEADING, verdict_lines, verdict_text
+from iqa_cache.train.runs import Run
+
+RNG = np.random.default_rng(7)
+LABELS = np.repeat([10.0, 30.0, 50.0, 70.0, 90.0], 60) + RNG.uniform(-5, 5, 300)
+
+
+def run(name: str, seed: int, pred: np.ndarray) -> Run:
+    n = len(LABELS)
+    df = pd.DataFrame({"image_id": [f"i{j:03d}" for j in range(n)], "split": ["test"] * n, "label": LABELS,
+                       "pred": pred})
+    cfg = {"train": {"seed": seed, "label_range": [0.0, 100.0]}, "cache": {"label_range": [0.0, 100.0]}}
+    return Run(path=Path(f"/runs/{name}_s{seed}"), name=f"{name}_s{seed}", config=cfg, predictions=df, metrics={})
+
+
+def constructed_versus():
+    seeds = range(5)
+    base = [run("vanilla", s, LABELS + RNG.normal(0, 8, len(LABELS))) for s in seeds]
+    low = LABELS < 20
+    high = LABELS >= 80
+
+    def shifted(name, fn):
+        out = []
+        for s in seeds:
+            p = base[s].predictions["pred"].to_numpy()
+            err = p - LABELS
+            out.append(run(name, s, LABELS + err * fn(s)))
+        return out
+
+    gain = shifted("gain", lambda s: np.where(low, 0.3, 1.0))  # errors in [0,20) cut to 30 %
+    loss = shifted("loss", lambda s: np.where(high, 2.0, 1.0))  # errors in [80,100] doubled
+    noise = [run("noise", s, LABELS + RNG.normal(0, 8, len(LABELS))) for s in seeds]  # another draw, same size
+    entries = [Entry(f"{n} (5 seeds)", rs, "seeds") for n, rs in
+               (("vanilla", base), ("gain", gain), ("loss", loss), ("noise", noise))]
+    return versus_entries(entries, "/runs/vanilla_s0", split="test", n_boot=1000, seed=0)
+
+
+def test_clear_gain_clear_loss_and_noise_are_told_apart():
+    v = constructed_versus()
+    lines = verdict_lines(v)
+    gain = [ln for ln in lines if ln.startswith("gain (5 seeds)")]
+    loss = [ln for ln in lines if ln.startswith("loss (5 seeds)")]
+    noise = [ln for ln in lines if ln.startswith("noise (5 seeds)")]
+    assert gain[0].startswith("gain (5 seeds) vs vanilla (5 seeds), [0,20): MAE lower (better) by ")
+    assert "5/5 seeds agree, 60 test items)" in gain[0]
+    assert gain[-1].startswith("gain (5 seeds) vs vanilla (5 seeds): within the noise in [20,40), [40,60)")
+    assert loss[0].startswith("loss (5 seeds) vs vanilla (5 seeds), [80,100]: MAE higher (worse) by ")
+    assert not any("lower" in ln for ln in loss)
+    assert noise == ["noise (5 seeds) vs vanilla (5 seeds): within the noise everywhere (every 95% interval holds 0)"]
+
+
+def test_the_numbers_in_the_lines_are_the_versus_cells():
+    v = constructed_versus()
+    name, cells = v.rows[0]
+    c = cells[0].diff
+    line = verdict_lines(v, digits=3)[0]
+    assert f"by {abs(c.estimate):.3f} (95% interval {c.low:+.3f} to {c.high:+.3f};".replace("-", "−") in line
+    text = verdict_text(v)
+    assert text.startswith(f"### {HEADING}\n\n- gain (5 seeds)")
+
+
+def test_an_empty_range_is_named():
+    v = constructed_versus()
+    from iqa_cache.metrics import BootstrapDiff
+    from iqa_cache.report.types import VersusCell
+
+    name, cells = v.rows[2]
+    cells[1] = VersusCell(diff=BootstrapDiff(name="[20,40)", n=0, estimate=None, low=None, high=None), agree=0,
+                          seeds=5)
+    assert "noise (5 seeds) vs vanilla (5 seeds): no test items in [20,40)" in verdict_lines(v)
