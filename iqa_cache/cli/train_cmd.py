@@ -80,7 +80,9 @@ class TrainOptions:
                                                 "weights; as --lds), bmc, gai, bni (Balanced MSE with a batch, "
                                                 "Gaussian-mixture or histogram label prior), dist (Dist Loss), "
                                                 "ranksim (RankSim regulariser), denseweight (DenseWeight loss "
-                                                "weights); see docs/method.md.")] = Method(D["method"])
+                                                "weights), ridge (closed-form linear probe, strength chosen on "
+                                                "validation); see docs/method.md, docs/protocol.md.")
+                      ] = Method(D["method"])
     bmse_sigma: Annotated[float, typer.Option(help="Balanced MSE: initial noise sigma (in label units).")
                           ] = D["bmse_sigma"]
     bmse_sigma_lr: Annotated[float, typer.Option(help="Balanced MSE: Adam learning rate of the noise sigma "
@@ -104,6 +106,14 @@ class TrainOptions:
                         ] = D["dw_alpha"]
     dw_eps: Annotated[float, typer.Option(help="DenseWeight: the smallest weight before normalising.")
                       ] = D["dw_eps"]
+    ridge_min: Annotated[float, typer.Option(help="Ridge: the smallest strength tried, times the mean eigenvalue "
+                                                  "of the centred training features' Gram matrix.")
+                         ] = D["ridge_min"]
+    ridge_max: Annotated[float, typer.Option(help="Ridge: the largest strength tried (same unit).")
+                         ] = D["ridge_max"]
+    ridge_steps: Annotated[int, typer.Option(help="Ridge: strengths tried, log-spaced from --ridge-min to "
+                                                  "--ridge-max; the best on validation is kept.")
+                           ] = D["ridge_steps"]
     epochs: Annotated[int, typer.Option(help="Training epochs; the epoch with the best validation MAE is kept.")
                       ] = D["epochs"]
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = D["lr"]

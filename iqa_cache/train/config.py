@@ -20,7 +20,7 @@ from ..binning import Bins
 from ..errors import ConfigError
 from ..seeds import check_seed
 from .kernels import KERNELS, REWEIGHTS, Kernel, Reweight, even_kernel_message, lds_weights
-from .methods import METHODS, Method, MethodConfig, method_conflict
+from .methods import CLOSED_FORM_METHODS, METHODS, Method, MethodConfig, method_conflict
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +276,9 @@ class TrainConfig:
         conflict = method_conflict(self.method.name, self.lds.enabled, self.lds.reweight)
         if conflict:
             raise ConfigError(conflict)
+        if self.fds.enabled and self.method.name in CLOSED_FORM_METHODS:
+            raise ConfigError(f"--method {self.method.name} fits a linear map on the features: it has no hidden "
+                              "layer for FDS; drop --fds")
         if self.fds.enabled and self.fds.start_smooth >= self.epochs:
             log.warning("FDS starts smoothing at epoch %d but training stops after %d epochs: FDS will have "
                         "no effect", self.fds.start_smooth, self.epochs)
@@ -381,6 +384,8 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "dist_bw": ("method", "dist_bw"),
     "ranksim_gamma": ("method", "ranksim_gamma"), "ranksim_lambda": ("method", "ranksim_lambda"),
     "dw_alpha": ("method", "dw_alpha"), "dw_eps": ("method", "dw_eps"),
+    "ridge_min": ("method", "ridge_min"), "ridge_max": ("method", "ridge_max"),
+    "ridge_steps": ("method", "ridge_steps"),
     "shuffle": ("order", "shuffle"), "chunk_rows": ("order", "chunk_rows"), "shuffle_buffer": ("order", "buffer"),
 }
 

@@ -14,6 +14,10 @@ torch-free, part of every :class:`~iqa_cache.train.config.TrainConfig`.
   on the head's last hidden layer.
 * ``denseweight``: DenseWeight (Steininger et al. 2021): loss weights from a
   kernel density estimate of the labels.
+* ``ridge``: the linear probe of the frozen-feature IQA papers (ARNIQA,
+  Re-IQA): closed-form ridge regression on the features, its strength chosen
+  on the validation split over a log grid (:mod:`iqa_cache.train.ridge`); no
+  head, no epochs.
 
 FDS composes with every method; the formulas, defaults and deviations are
 in ``docs/method.md``.
@@ -26,8 +30,8 @@ from enum import Enum
 
 from ..errors import ConfigError
 
-__all__ = ["Method", "METHODS", "BMSE_METHODS", "WEIGHTING_METHODS", "MethodConfig", "method_conflict", "uses",
-           "PARAMETER_METHODS"]
+__all__ = ["Method", "METHODS", "BMSE_METHODS", "WEIGHTING_METHODS", "CLOSED_FORM_METHODS", "MethodConfig",
+           "method_conflict", "uses", "PARAMETER_METHODS"]
 
 
 class Method(str, Enum):
@@ -41,6 +45,7 @@ class Method(str, Enum):
     dist = "dist"
     ranksim = "ranksim"
     denseweight = "denseweight"
+    ridge = "ridge"
 
 
 METHODS = tuple(m.value for m in Method)
@@ -48,6 +53,8 @@ METHODS = tuple(m.value for m in Method)
 BMSE_METHODS = ("bmc", "gai", "bni")
 # The methods that replace the loss weights or the loss: LDS/--reweight weights on top are not meaningful.
 WEIGHTING_METHODS = (*BMSE_METHODS, "denseweight")
+# Closed-form methods: no head, no epochs (the stacked engine hands them to their solver).
+CLOSED_FORM_METHODS = ("ridge",)
 
 _WHY = {
     "bmc": "Balanced MSE already balances the loss by its batch-based label prior",
@@ -71,7 +78,11 @@ class MethodConfig:
     loss, ``dist_bw`` the label KDE's bandwidth as a factor of the labels'
     std (scipy's ``bw_method``).  RankSim: ``ranksim_gamma`` the regulariser's weight,
     ``ranksim_lambda`` the ranker's interpolation strength.  DenseWeight:
-    ``dw_alpha`` the strength, ``dw_eps`` the smallest weight."""
+    ``dw_alpha`` the strength, ``dw_eps`` the smallest weight.  Ridge: the
+    strengths tried are ``ridge_steps`` values from ``ridge_min`` to
+    ``ridge_max``, evenly spaced in log, each times the mean eigenvalue of
+    the centred training features' Gram matrix (so the grid does not depend
+    on the features' scale); the one with the lowest validation MAE is kept."""
 
     name: str = "vanilla"
     bmse_sigma: float = 10.0
@@ -85,6 +96,9 @@ class MethodConfig:
     ranksim_lambda: float = 2.0
     dw_alpha: float = 1.0
     dw_eps: float = 1e-6
+    ridge_min: float = 1e-6
+    ridge_max: float = 1e3
+    ridge_steps: int = 19
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", str(self.name.value if isinstance(self.name, Enum) else self.name))
@@ -103,6 +117,14 @@ class MethodConfig:
                 or self.gai_components < 1:
             raise ConfigError(f"--gai-components must be a positive integer, got {self.gai_components}")
         object.__setattr__(self, "gai_components", int(self.gai_components))
+        for opt, value in (("ridge-min", self.ridge_min), ("ridge-max", self.ridge_max)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"--{opt} must be a positive number, got {value}")
+        if self.ridge_min > self.ridge_max:
+            raise ConfigError(f"--ridge-min {self.ridge_min:g} is above --ridge-max {self.ridge_max:g}")
+        if isinstance(self.ridge_steps, bool) or int(self.ridge_steps) != self.ridge_steps or self.ridge_steps < 1:
+            raise ConfigError(f"--ridge-steps must be a positive integer, got {self.ridge_steps}")
+        object.__setattr__(self, "ridge_steps", int(self.ridge_steps))
 
     @property
     def bmse(self) -> bool:
@@ -115,7 +137,7 @@ PARAMETER_METHODS: dict[str, tuple[str, ...]] = {
     "bmse_sigma": BMSE_METHODS, "bmse_sigma_lr": BMSE_METHODS, "bmse_fix_sigma": BMSE_METHODS,
     "gai_components": ("gai",), "bni_lds": ("bni",), "dist_weight": ("dist",), "dist_bw": ("dist",),
     "ranksim_gamma": ("ranksim",), "ranksim_lambda": ("ranksim",), "dw_alpha": ("denseweight",),
-    "dw_eps": ("denseweight",),
+    "dw_eps": ("denseweight",), "ridge_min": ("ridge",), "ridge_max": ("ridge",), "ridge_steps": ("ridge",),
 }
 
 
@@ -128,6 +150,9 @@ def method_conflict(method: str, lds: bool, reweight: str) -> str | None:
     """Why ``method`` cannot run with these LDS settings (one line), or None."""
     if method == "lds" and not lds:
         return "--method lds trains with LDS loss weights: it needs LDS on (drop --no-lds / lds=off)"
+    if method in CLOSED_FORM_METHODS and (lds or reweight != "none"):
+        used = "--lds" if lds else f"--reweight {reweight}"
+        return f"--method {method} is unweighted closed-form least squares: drop {used}"
     if method in WEIGHTING_METHODS and (lds or reweight != "none"):
         used = "--lds" if lds else f"--reweight {reweight}"
         return f"--method {method} with {used} is not meaningful: {_WHY[method]}; drop {used}"

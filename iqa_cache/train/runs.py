@@ -483,7 +483,8 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualMLPHead":
     """Rebuild a trained head from its run directory (config.json +
-    head.pt, loaded with ``weights_only=True``)."""
+    head.pt, loaded with ``weights_only=True``); a ridge run's is a
+    :class:`~iqa_cache.train.ridge.LinearHead`."""
     import torch
 
     from .head import ResidualMLPHead
@@ -492,7 +493,12 @@ def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualML
     cfg = run.train_config
     b = run.config["bins"]
     bins = Bins(b["lo"], b["hi"], b["size"])
-    head = ResidualMLPHead(HeadConfig(**run.config["train"]["head"]), cfg.fds, bins.n)
+    if cfg.method.name == "ridge":  # a linear map (iqa_cache.train.ridge)
+        from .ridge import LinearHead
+
+        head = LinearHead(cfg.head.in_dim)
+    else:
+        head = ResidualMLPHead(HeadConfig(**run.config["train"]["head"]), cfg.fds, bins.n)
     try:
         state = torch.load(Path(path) / "head.pt", map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors come in many types

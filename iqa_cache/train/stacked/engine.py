@@ -17,6 +17,7 @@ from ...device import resolve_device
 from ...errors import ConfigError, TrainingDiverged
 from ..config import LDSConfig, MethodConfig, TrainConfig
 from ..head import ResidualMLPHead
+from ..methods import CLOSED_FORM_METHODS
 from ..order import chunk_windows
 from ..results import (
     TrainResult,
@@ -42,6 +43,8 @@ def stack_key(cfg: TrainConfig) -> TrainConfig:
     is the stack's one order of rows: equal seeds only."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
     method = MethodConfig(bmse_sigma_lr=cfg.method.bmse_sigma_lr if cfg.method.bmse else MethodConfig.bmse_sigma_lr)
+    if cfg.method.name in CLOSED_FORM_METHODS:  # solved, not trained: never in a stack of heads
+        method = MethodConfig(name=cfg.method.name)
     seed = cfg.seed if cfg.order.chunked else 0
     return replace(cfg, lds=LDSConfig(), seed=seed, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method)
 
@@ -176,6 +179,10 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         check_order(data, c0)
         for c in cfgs:
             check_fds_bins(c, bins)
+    if c0.method.name in CLOSED_FORM_METHODS:
+        from ..ridge import fit_ridge
+
+        return [fit_ridge(data, c, dev, bins) for c in cfgs]
     head_cfg = replace(c0.head, in_dim=data.feature_dim)
     order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)  # equal learning rates side by side
     cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
