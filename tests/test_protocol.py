@@ -72,3 +72,62 @@ def test_ridge_refuses_weights_fds_and_a_cache_without_validation(problem, tmp_p
     nova = write_feature_cache(tmp_path / "nova.h5", x, y, np.where(split == "val", "train", split))
     with pytest.raises(ConfigError, match="no validation rows.*--split-seed"):
         train_head(cache.load(nova), TrainConfig.from_flat({"method": "ridge"}))
+
+
+# ------------------------------------------------------------------ splits
+
+def test_part_sizes_give_every_part_a_row_where_they_can():
+    from iqa_cache.train.splits import part_sizes
+
+    assert part_sizes(100, (0.7, 0.1, 0.2)).tolist() == [70, 10, 20]
+    assert part_sizes(4, (0.7, 0.1, 0.2)).tolist() == [2, 1, 1]
+    assert part_sizes(3, (0.7, 0.1, 0.2)).tolist() == [1, 1, 1]
+    assert part_sizes(2, (0.7, 0.1, 0.2)).sum() == 2
+    assert part_sizes(7, (0.8, 0.0, 0.2)).tolist() == [6, 0, 1]  # 5.6, 1.4: the larger remainder
+
+
+@pytest.mark.parametrize("scale", ["koniq", "mos", "steps", "integers"])
+def test_a_drawn_split_is_stratified_paired_and_seeded(scale):
+    from iqa_cache.metrics import bin_of, default_edges
+    from iqa_cache.train.splits import draw_split
+
+    rng = np.random.default_rng(0)
+    labels, lrange = {
+        "koniq": (np.clip(rng.normal(58, 12, 3000), 0, 100), (0.0, 100.0)),
+        "mos": (np.clip(rng.normal(3.4, 0.6, 800), 1, 5), (1.0, 5.0)),
+        "steps": (np.round(np.clip(rng.normal(3.5, 0.8, 600), 0, 5) / 0.2) * 0.2, (0.0, 5.0)),
+        "integers": (rng.choice([0, 1, 2, 3, 4], 500, p=[0.02, 0.08, 0.5, 0.35, 0.05]).astype(float), (0.0, 4.0)),
+    }[scale]
+    labels = np.concatenate([labels, [np.nan]])  # an unlabelled item
+    a = draw_split(labels, lrange, 3, (0.7, 0.1, 0.2))
+    assert (draw_split(labels, lrange, 3, (0.7, 0.1, 0.2)) == a).all()
+    assert (draw_split(labels, lrange, 4, (0.7, 0.1, 0.2)) != a).any()
+    assert a[-1] == "unlabelled"
+    ranges = bin_of(labels[:-1], default_edges(lrange))
+    checked = 0
+    for r in np.unique(ranges):
+        got = set(a[:-1][ranges == r])
+        if (ranges == r).sum() >= 3:  # a range of one or two items cannot be in three parts (a warning says so)
+            assert got == {"train", "val", "test"}, (r, got)
+            checked += 1
+    assert checked >= 4
+    share = {p: float(np.mean(a[:-1] == p)) for p in ("train", "val", "test")}
+    assert share == pytest.approx({"train": 0.7, "val": 0.1, "test": 0.2}, abs=0.02)
+
+
+def test_two_methods_with_one_split_seed_see_the_same_parts(problem, tmp_path):
+    from iqa_cache.train.stacked import train_many
+
+    x, y, split, data = problem
+    cfgs = [TrainConfig.from_flat({"method": m, "split": s, "epochs": 2, "hidden": 8, "blocks": 0})
+            for s in (3, 4) for m in ("vanilla", "ridge", "bmc")]
+    got = dict(train_many(data, cfgs))
+    parts = [got[i].predictions["split"].to_numpy() for i in range(len(cfgs))]
+    assert (parts[0] == parts[1]).all() and (parts[0] == parts[2]).all()  # seed 3: one split for every method
+    assert (parts[3] == parts[4]).all() and (parts[3] == parts[5]).all()
+    assert (parts[0] != parts[3]).any() and (parts[0] != split).any()  # another seed, not the cache's own
+    assert all(got[i].config.split.seed == cfgs[i].split.seed for i in got)
+    # recorded in the run, read back, and the official split by default
+    out = write_run(tmp_path / "r", got[1], data.attrs, data.path)
+    assert load_run(out).train_config.split.seed == 3
+    assert (train_head(data, TrainConfig.from_flat({"method": "ridge"})).predictions["split"] == split).all()

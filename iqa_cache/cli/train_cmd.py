@@ -137,6 +137,13 @@ class TrainOptions:
     chunk_rows: Annotated[int, typer.Option(help="--shuffle chunks: training rows per chunk.")] = D["chunk_rows"]
     shuffle_buffer: Annotated[int, typer.Option(help="--shuffle chunks: chunks per shuffled window (what "
                                                      "--stream holds in memory at once).")] = D["shuffle_buffer"]
+    split: Annotated[Optional[int], typer.Option(
+        "--split-seed", help="Train on train/val/test parts drawn anew from the cache's labelled items with this "
+                             "seed, by --split-ratios, stratified by label range (every range in every part; the "
+                             "same parts for every method with this seed) [default: the cache's own split].",
+        show_default=False)] = D["split"]
+    split_ratios: Annotated[str, typer.Option(help="--split-seed: the proportions TRAIN,VAL,TEST of the drawn "
+                                                   "parts.", metavar="TRAIN,VAL,TEST")] = D["split_ratios"]
     stream: Annotated[bool, typer.Option(help="Leave the features in the cache file and read them window by "
                                               "window (caches larger than memory; needs --shuffle chunks; bit for "
                                               "bit the results of the same training in memory).")] = False

@@ -107,7 +107,8 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
                                 seed=cfg.boot_seed, confidence=cfg.confidence)
     notes = run_warnings(all_runs) + inp.notes
     if any(e.kind == "seeds" for e in entries):
-        notes.append("note: rows marked '(k seeds)' are runs that differ only in seed: mean ± sample std "
+        notes.append("note: rows marked '(k seeds)' (or '(k seeds × m splits)') are runs that differ only in seed "
+                     "(and split): mean ± sample std "
                      "(ddof 1) over the seeds")
     return Report(config=cfg, entries=entries, baselines=baselines, tables=tables, comparison=comparison,
                   notes=notes, versus=versus)

@@ -163,16 +163,28 @@ def _display_names(runs: Sequence[Run]) -> dict[int, str]:
 
 
 def seed_key(run: Run) -> str:
-    """Runs with equal keys differ at most in their seed: the train section
-    of config.json minus ``seed``, the label bins and the cache identity
+    """Runs with equal keys differ at most in their seed and split: the train section
+    of config.json minus ``seed`` and ``split``, the label bins and the cache identity
     (what its features are and which images, labels and splits it holds)."""
-    train = {k: v for k, v in run.config.get("train", {}).items() if k != "seed"}
+    train = {k: v for k, v in run.config.get("train", {}).items() if k not in ("seed", "split")}
     cache = {k: run.cache.get(k) for k in FEATURE_KEYS + DATA_KEYS}
     return json.dumps({"train": train, "bins": run.config.get("bins"), "cache": cache}, sort_keys=True, default=str)
 
 
 def run_seed(run: Run) -> Any:
     return run.config.get("train", {}).get("seed")
+
+
+def run_split(run: Run) -> Any:
+    """The run's split seed (None: the cache's own split)."""
+    return (run.config.get("train", {}).get("split") or {}).get("seed")
+
+
+def group_size(runs: Sequence[Run]) -> str:
+    """'3 seeds', or '3 seeds × 10 splits' where the runs' splits differ."""
+    seeds = len({str(run_seed(r)) for r in runs})
+    splits = len({str(run_split(r)) for r in runs})
+    return f"{seeds} seed{'s' if seeds != 1 else ''}" + (f" × {splits} splits" if splits > 1 else "")
 
 
 _SEED_PART = r"[_\-.,]?(s|seed)[_\-=]?"
@@ -183,6 +195,7 @@ def seed_group_name(names: list[str], seeds: list[Any]) -> str:
     dropped ('lds_s0', 'lds-seed1', and ablate's 'lds=on,seed=2' all lose
     it), else their common prefix; '' when the names say nothing but the
     seed (ablate's 'seed=0', 'seed=1') or share nothing."""
+    names = [re.sub(r"[_,]?split[=_]?([0-9]+|official)(?=$|[_,])", "", n) for n in names]  # the split part too
     stripped = [re.sub(rf"{_SEED_PART}{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
     if len(set(stripped)) == 1 and stripped[0] and stripped[0] not in names:
         return stripped[0]
@@ -247,8 +260,8 @@ def training_label(train: dict[str, Any], others: Sequence[dict[str, Any]] = ())
     method = _method(train, "lds" in on)
     if method not in ("vanilla", "lds"):  # the method that is not a smoothing leads: 'bmc', 'ranksim+lds ...'
         label = method if label == "vanilla" else f"{method}+{label}"
-    mine = _flat({k: v for k, v in train.items() if k != "seed"})
-    theirs = [(smoothing(o), _flat({k: v for k, v in o.items() if k != "seed"})) for o in others]
+    mine = _flat({k: v for k, v in train.items() if k not in ("seed", "split")})
+    theirs = [(smoothing(o), _flat({k: v for k, v in o.items() if k not in ("seed", "split")})) for o in others]
     short = {}
     for k in mine:
         tail = k.rpartition(".")[2]
@@ -293,19 +306,19 @@ def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[E
         seeds = [run_seed(m) for m in members]
         if len(members) == 1:
             entries.append(Entry(disp[id(r)], members))
-        elif len(set(map(str, seeds))) < len(seeds):
+        elif len({(str(s), str(run_split(m))) for s, m in zip(seeds, members)}) < len(seeds):
             notes.append(f"note: runs {', '.join(disp[id(m)] for m in members)} have the same settings and "
                          "seeds that repeat; shown one by one, not as a seed group")
             entries += [Entry(disp[id(m)], [m]) for m in members]
         else:
             base = seed_group_name([m.name for m in members], seeds)
-            entries.append(Entry(f"{base} ({len(members)} seeds)", members, kind="seeds"))
+            entries.append(Entry(f"{base} ({group_size(members)})", members, kind="seeds"))
             if not base:
-                unnamed.append((entries[-1], len(members)))
+                unnamed.append((entries[-1], group_size(members)))
     trains = [e.runs[0].config.get("train", {}) for e in entries]
     for e, k in unnamed:
         mine = e.runs[0].config.get("train", {})
-        e.name = f"{training_label(mine, [t for t in trains if t is not mine])} ({k} seeds)"
+        e.name = f"{training_label(mine, [t for t in trains if t is not mine])} ({k})"
     names = [e.name for e in entries]
     for e in entries:  # two groups with the same stem
         if names.count(e.name) > 1 and e.kind == "seeds":

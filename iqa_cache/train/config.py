@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConfig", "LDSConfig", "FDSConfig",
            "OptimConfig", "OrderConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES",
            "ACTIVATION_NAMES", "EmptyBins", "Loss", "Schedule", "Shuffle", "SHUFFLES", "FLAT_FIELDS",
-           "FLAT_DEFAULTS", "default_reweight", "run_tag", "run_name", "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE",
+           "FLAT_DEFAULTS", "default_reweight", "run_tag", "SplitConfig", "run_name", "GRID_KEYS", "SUMMARY_FILE",
+           "PLAN_FILE",
            "Method", "METHODS", "MethodConfig"]
 
 
@@ -232,6 +233,45 @@ class OrderConfig:
         return self.shuffle == Shuffle.chunks.value
 
 
+DEFAULT_SPLIT_RATIOS = "0.7,0.1,0.2"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which train/val/test split a run trains on (:mod:`iqa_cache.train.splits`).
+    ``seed`` None: the cache's own split (``split=official``); a number:
+    parts drawn from the cache's labelled rows with that seed, stratified by
+    label range, in the proportions ``ratios`` (train,val,test, e.g.
+    ``0.7,0.1,0.2``; kept as text, as given on the command line)."""
+
+    seed: int | None = None
+    ratios: str = DEFAULT_SPLIT_RATIOS
+
+    def __post_init__(self) -> None:
+        if self.seed is not None:
+            object.__setattr__(self, "seed", check_seed(self.seed, "--split-seed"))
+        text = ",".join(f"{x:g}" for x in self.ratios) if isinstance(self.ratios, (tuple, list)) else str(self.ratios)
+        try:
+            parts = [float(x) for x in text.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 3 or not all(math.isfinite(x) and x >= 0 for x in parts) or parts[0] <= 0 \
+                or parts[1] + parts[2] <= 0:
+            raise ConfigError(f"--split-ratios '{text}' must be three numbers TRAIN,VAL,TEST of 0 or more, train "
+                              f"above 0, e.g. {DEFAULT_SPLIT_RATIOS}")
+        object.__setattr__(self, "ratios", ",".join(f"{x:g}" for x in parts))
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """The ratios as fractions of 1."""
+        parts = [float(x) for x in self.ratios.split(",")]
+        return tuple(x / sum(parts) for x in parts)  # type: ignore[return-value]
+
+    @property
+    def official(self) -> bool:
+        return self.seed is None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a run; saved as ``config.json``.
@@ -244,6 +284,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     order: OrderConfig = field(default_factory=OrderConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     bin_size: float = 1.0
     label_range: tuple[float, float] | None = None
     epochs: int = 200
@@ -293,7 +334,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         sub = {"head": HeadConfig, "lds": LDSConfig, "fds": FDSConfig, "optim": OptimConfig, "method": MethodConfig,
-               "order": OrderConfig}
+               "order": OrderConfig, "split": SplitConfig}
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -387,6 +428,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "ridge_min": ("method", "ridge_min"), "ridge_max": ("method", "ridge_max"),
     "ridge_steps": ("method", "ridge_steps"),
     "shuffle": ("order", "shuffle"), "chunk_rows": ("order", "chunk_rows"), "shuffle_buffer": ("order", "buffer"),
+    "split": ("split", "seed"), "split_ratios": ("split", "ratios"),
 }
 
 
@@ -419,8 +461,10 @@ def run_tag(cfg: TrainConfig) -> str:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """train-head's default run directory name: ``<tag>_s<seed>``."""
-    return f"{run_tag(cfg)}_s{cfg.seed}"
+    """train-head's default run directory name: ``<tag>_s<seed>``, with a
+    drawn split ``<tag>_split<N>_s<seed>``."""
+    split = "" if cfg.split.official else f"_split{cfg.split.seed}"
+    return f"{run_tag(cfg)}{split}_s{cfg.seed}"
 
 
 def reweight_note(cfg: TrainConfig) -> str | None:
@@ -470,7 +514,7 @@ def preset_values(preset: str | None) -> dict[str, Any]:
 # that the CLI declares `iqa ablate` without importing the training engine.
 GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
              "bin_size", "lr", "seed", "method", "bmse_sigma", "bmse_fix_sigma", "gai_components", "bni_lds",
-             "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "dw_alpha")
+             "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "dw_alpha", "split")
 SUMMARY_FILE = "summary.csv"
 PLAN_FILE = "ablation.json"
 assert set(GRID_KEYS) <= set(FLAT_FIELDS) and all(set(p) <= set(FLAT_FIELDS) for p in PRESETS.values())

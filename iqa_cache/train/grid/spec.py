@@ -63,6 +63,16 @@ def _seed(key: str, raw: Any) -> int:
     return value
 
 
+def _split(key: str, raw: Any) -> int | None:
+    """``official`` (the cache's own split: None) or a split seed."""
+    if _text(raw).lower() == "official":
+        return None
+    try:
+        return _seed(key, raw)
+    except ConfigError:
+        raise _bad(key, raw, "use official or a split seed from 0 to 2**63-1, e.g. split=0..9") from None
+
+
 def _kernel_size(key: str, raw: Any) -> int:
     value = _whole(key, raw, " (an odd kernel size)")
     if value < 1:
@@ -99,10 +109,10 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "fds_sigma": _POSITIVE, "bin_size": _POSITIVE, "lr": _POSITIVE, "seed": _seed,
     "method": _choice(METHODS), "bmse_sigma": _POSITIVE, "bmse_fix_sigma": _switch, "gai_components": _count,
     "bni_lds": _switch, "dist_weight": _NON_NEGATIVE, "dist_bw": _POSITIVE, "ranksim_gamma": _NON_NEGATIVE,
-    "ranksim_lambda": _POSITIVE, "dw_alpha": _NON_NEGATIVE,
+    "ranksim_lambda": _POSITIVE, "dw_alpha": _NON_NEGATIVE, "split": _split,
 }
 # Keys whose values may be written as an inclusive range, e.g. seed=0..9.
-RANGE_KEYS = ("seed", "gai_components")
+RANGE_KEYS = ("seed", "gai_components", "split")
 
 
 def parse_value(key: str, raw: Any) -> Any:
@@ -131,6 +141,8 @@ def expand_ranges(key: str, raws: Sequence[Any]) -> list[Any]:
     return out
 
 def format_value(value: Any) -> str:
+    if value is None:  # only split holds None: the cache's own split
+        return "official"
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -61,11 +61,21 @@ class DeviceData:
             self.reader.__exit__(None, None, None)
 
 
-def to_device(data: CacheData, device: str, block_rows: int | None = None) -> DeviceData:
+def to_device(data: CacheData, device: str, block_rows: int | None = None, *,
+              shared: DeviceData | None = None) -> DeviceData:
     """``data``'s labels (and features, unless it is streamed: then a
     :class:`RowReader` opened on its file; :meth:`DeviceData.close` it) on
     ``device``; ``block_rows``: see :class:`DeviceData` (a streamed cache
-    needs one)."""
+    needs one).  ``shared``: the same cache's rows already on ``device``
+    (in memory), whose features and labels are reused: only the split's
+    row indices are new (another split of the same cache)."""
+    if shared is not None and not data.streamed:
+        tr, va = data.subset("train"), data.subset("val")
+        tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)
+        y_tr = shared.y_all[tr_t]
+        return DeviceData(device=device, x_all=shared.x_all, y_all=shared.y_all, tr=tr, va=va,
+                          x_tr=shared.x_all[tr_t], y_tr=y_tr, x_va=shared.x_all[va_t], y_va=shared.y_all[va_t],
+                          y_mean=float(y_tr.mean()) if len(tr) else 0.0, block_rows=block_rows)
     y_all = torch.from_numpy(data.label).to(device)
     tr, va = data.subset("train"), data.subset("val")
     tr_t, va_t = torch.from_numpy(tr).to(device), torch.from_numpy(va).to(device)

@@ -26,6 +26,7 @@ from ..results import (
     nonfinite_predictions_message,
     package_result,
 )
+from ..splits import split_data
 from .data import DeviceData, TrainingRows, check_data, check_fds_bins, check_order, to_device
 from .fds import StackedFDS
 from .heads import HeadStack, init_stack
@@ -160,6 +161,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     its file (``--shuffle chunks`` only): the same training as in memory."""
     if not cfgs:
         return []
+    data = split_data(data, cfgs[0].split)  # the same parts for every configuration of a split (idempotent)
     if dev is None:
         if not checked:
             check_order(data, cfgs[0])
@@ -239,24 +241,28 @@ def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int =
     before anything is trained."""
     stacks = plan_stacks(cfgs, max_stack) if stacks is None else [list(s) for s in stacks]
     checked = set()
+    parts = {c.split: split_data(data, c.split) for c in cfgs}  # each split drawn once: a new split column
     for c in cfgs:
         bins = c.bins(data.label_range)
-        if bins not in checked:  # warnings once per bin grid
-            check_data(data, c, bins)
-            checked.add(bins)
+        if (bins, c.split) not in checked:  # warnings once per bin grid and split
+            check_data(parts[c.split], c, bins)
+            checked.add((bins, c.split))
         check_fds_bins(c, bins)
         check_order(data, c)
-    devices: dict[str, DeviceData] = {}
+    devices: dict[tuple, DeviceData] = {}
     try:
         for s, members in enumerate(stacks):
+            split = cfgs[members[0]].split
             device = resolve_device(cfgs[members[0]].device)
-            where = (device, _block_rows(cfgs[members[0]]))
-            if where not in devices:  # the features on the device once (views for other block sizes)
-                same = next((d for (dv, _), d in devices.items() if dv == device and d.reader is None), None)
-                devices[where] = (replace(same, block_rows=where[1]) if same is not None
-                                  else to_device(data, device, block_rows=where[1]))
+            where = (device, _block_rows(cfgs[members[0]]), split)
+            if where not in devices:  # the features on the device once (views for other block sizes and splits)
+                mine = next((d for (dv, _, sp), d in devices.items() if (dv, sp) == (device, split)
+                             and d.reader is None), None)
+                same = next((d for (dv, _, _), d in devices.items() if dv == device and d.reader is None), None)
+                devices[where] = (replace(mine, block_rows=where[1]) if mine is not None
+                                  else to_device(parts[split], device, block_rows=where[1], shared=same))
             desc = f"stack {s + 1}/{len(stacks)} ({len(members)} config{'s' if len(members) > 1 else ''})"
-            results = train_stack(data, [cfgs[i] for i in members], dev=devices[where], progress=progress,
+            results = train_stack(parts[split], [cfgs[i] for i in members], dev=devices[where], progress=progress,
                                   desc=desc, checked=True)
             yield from zip(members, results)
     finally:
