@@ -131,3 +131,67 @@ def test_two_methods_with_one_split_seed_see_the_same_parts(problem, tmp_path):
     out = write_run(tmp_path / "r", got[1], data.attrs, data.path)
     assert load_run(out).train_config.split.seed == 3
     assert (train_head(data, TrainConfig.from_flat({"method": "ridge"})).predictions["split"] == split).all()
+
+
+# ------------------------------------------------ constructed runs for report
+
+@pytest.fixture(scope="module")
+def base_run(problem, tmp_path_factory):
+    """A real (ridge) run directory, the template of the constructed runs."""
+    _, _, _, data = problem
+    res = train_head(data, TrainConfig.from_flat({"method": "ridge"}))
+    return write_run(tmp_path_factory.mktemp("base") / "ridge_s0", res, data.attrs, data.path)
+
+
+def constructed(base, dst, *, method="vanilla", lr=1e-3, seed=0, split=None, offsets=None, dataset=None):
+    """A copy of ``base`` as a run of ``method`` with these settings whose
+    predictions are label + offset per split (``offsets``: {split: offset})."""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    shutil.copytree(base, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["train"] = TrainConfig.from_flat({"method": method, "lr": lr, "seed": seed, "split": split}).to_dict()
+    if dataset is not None:
+        cfg["evaluation"] = {"dataset": dataset}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    p = pd.read_csv(dst / "predictions.csv")
+    for part, off in (offsets or {}).items():
+        m = p["split"] == part
+        p.loc[m, "pred"] = p.loc[m, "label"] + off
+    p.to_csv(dst / "predictions.csv", index=False)
+    return dst
+
+
+def test_select_val_picks_by_validation_where_test_would_pick_another(base_run, tmp_path):
+    from iqa_cache.report import build_report, format_report, load_runs
+    from iqa_cache.report.build import ReportConfig
+
+    paths = []
+    for split in (0, 1):
+        # lr 0.01: better on validation, worse on test; lr 0.1 the other way round
+        paths.append(constructed(base_run, tmp_path / f"lr=0.01,split={split}", lr=0.01, split=split,
+                                 offsets={"val": 1.0, "test": 5.0 + split}))
+        paths.append(constructed(base_run, tmp_path / f"lr=0.1,split={split}", lr=0.1, split=split,
+                                 offsets={"val": 3.0, "test": 2.0}))
+    paths.append(constructed(base_run, tmp_path / "ridge", method="ridge", offsets={"val": 0.5, "test": 4.0}))
+    runs, _ = load_runs(paths)
+    plain = build_report(runs, ReportConfig(baseline=False))
+    assert any("choosing on test" in n for n in plain.notes)
+    rep = build_report(runs, ReportConfig(select="val", baseline=False))
+    rows = {name: vals for name, vals in rep.tables[0].rows}
+    assert set(rows) == {"vanilla (best on val, 1 seed × 2 splits)", "ridge (best on val: ridge)"}
+    chosen = [e for e in rep.entries if e.name.startswith("vanilla")][0].runs
+    assert sorted(r.name for r in chosen) == ["lr=0.01,split=0", "lr=0.01,split=1"]
+    allcol = rows["vanilla (best on val, 1 seed × 2 splits)"][-1]
+    assert allcol.mean == pytest.approx(5.5) and allcol.n == 2  # the test MAE of the chosen: 5 and 6, not 2
+    assert any("never on test" in n for n in rep.notes)
+    assert any("among 2 runs of vanilla, split 1, seed 0: lr=0.01,split=1" in n for n in rep.notes)
+    # by SRCC, the offsets tie: the first run is kept; by a named key, each lr keeps its own row
+    by_lr = build_report(runs, ReportConfig(select="val", select_by=("method", "lr"), baseline=False))
+    assert len(by_lr.entries) == 3
+    assert "best on val" in format_report(rep, "markdown")
+    with pytest.raises(ConfigError, match="--select-metric 'rmse' is not one of mae, srcc, plcc, few_mae"):
+        ReportConfig(select="val", select_metric="rmse")

@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional, Tuple
 import typer
 
 from iqa_cache.report.build import ReportConfig  # light: the report package imports no engine
+from iqa_cache.report.select import SELECT_METRICS, SELECT_SPLITS
 from iqa_cache.report.types import FORMATS, SPLITS
 
 from .app import app
@@ -14,6 +15,8 @@ from .common import Command, choices, echo_out, handle_errors
 
 ReportFormat = choices("ReportFormat", FORMATS)
 Split = choices("Split", SPLITS)
+SelectSplit = choices("SelectSplit", SELECT_SPLITS)
+SelectMetric = choices("SelectMetric", tuple(SELECT_METRICS))
 _D = ReportConfig()  # the defaults, defined once in the library
 
 
@@ -65,6 +68,16 @@ def report_command(
     format: Annotated[ReportFormat, typer.Option("--format", help="Output format.")
                       ] = ReportFormat(FORMATS[0]),
     split: Annotated[Split, typer.Option(help="The split whose predictions are evaluated.")] = Split(_D.split),
+    select: Annotated[Optional[SelectSplit], typer.Option(
+        help="Choose on validation: per method (or --select-by), within each split and seed, keep only the run "
+             "with the best --select-metric on the validation split, and show the chosen runs' numbers.",
+        show_default=False)] = None,
+    select_metric: Annotated[SelectMetric, typer.Option(help="--select: the validation metric (mae, srcc, plcc, "
+                                                             "few_mae: few-shot MAE).")
+                             ] = SelectMetric(_D.select_metric),
+    select_by: Annotated[str, typer.Option(help="--select: the training options whose values each keep their own "
+                                                "choice, comma-separated (e.g. method,lds).", metavar="KEYS")
+                         ] = ",".join(_D.select_by),
     plots: Annotated[Optional[Path], typer.Option(help="Write PNG plots into this folder.", metavar="DIR")] = None,
 ) -> None:
     """Compare runs: MAE per label range (the paper's Table 1) and per label value (Table 2),
@@ -89,7 +102,10 @@ def report_command(
                        group_seeds=group_seeds, baseline=baseline,
                        compare=(str(compare[0]), str(compare[1])) if compare else None,
                        versus=str(versus) if versus else None, n_boot=n_boot,
-                       boot_seed=boot_seed)  # checks the values (e.g. --few above --many) before runs are read
+                       boot_seed=boot_seed, select=select.value if select else None,
+                       select_metric=select_metric.value,
+                       select_by=tuple(k.strip().replace("-", "_") for k in select_by.split(",") if k.strip())
+                       )  # checks the values (e.g. --few above --many) before runs are read
     paths = list(runs) + [p for p in (*(compare or ()), *((versus,) if versus else ())) if p not in runs]
     loaded, skipped = load_runs(paths)
     if compare:

@@ -10,6 +10,7 @@ from ..seeds import check_seed
 from ..train.provenance import run_warnings
 from .compare import compare_entries, versus_entries
 from .loading import group_entries, make_baselines, runs_noun, split_arrays
+from .select import SELECT_METRICS, SELECT_SPLITS, select_runs, test_choice_note
 from .tables import TABLE_BUILDERS, TABLES
 from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput, Versus
 
@@ -25,7 +26,10 @@ class ReportConfig:
     label value when the labels are discrete (whole numbers, at most 12
     values), else no Table 2 form.  ``compare`` holds two run directories;
     with ``group_seeds`` each stands for its whole seed group.  ``versus``:
-    a run directory whose row every other row is compared with."""
+    a run directory whose row every other row is compared with.  ``select``
+    'val': per ``select_by`` (training option names; ``method`` by
+    default), within each split and seed, only the run with the best
+    validation ``select_metric`` (:mod:`iqa_cache.report.select`)."""
 
     split: str = "test"
     edges: tuple[float, ...] | None = None
@@ -41,9 +45,18 @@ class ReportConfig:
     boot_seed: int = 0
     confidence: float = 0.95
     digits: int = 4
+    select: str | None = None
+    select_metric: str = "mae"
+    select_by: tuple[str, ...] = ("method",)
 
     def __post_init__(self) -> None:
         check_seed(self.boot_seed, "--boot-seed")
+        if self.select is not None and self.select not in SELECT_SPLITS:
+            raise ConfigError(f"--select '{self.select}' is not one of {', '.join(SELECT_SPLITS)}")
+        if self.select_metric not in SELECT_METRICS:
+            raise ConfigError(f"--select-metric '{self.select_metric}' is not one of {', '.join(SELECT_METRICS)}")
+        if not self.select_by:
+            raise ConfigError("--select-by needs at least one training option name, e.g. method")
         if self.split not in SPLITS:
             raise ConfigError(f"--split '{self.split}' is not one of {', '.join(SPLITS)}")
         bad = [t for t in self.tables if t not in TABLES]
@@ -82,7 +95,13 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     if not runs:
         raise RunError("no run to report")
     split = cfg.split
-    entries, notes = group_entries(runs, cfg.group_seeds)
+    if cfg.select is not None:
+        entries, notes = select_runs(runs, cfg.select_metric, cfg.select_by, many=cfg.many, few=cfg.few)
+    else:
+        entries, notes = group_entries(runs, cfg.group_seeds)
+        on_test = test_choice_note(entries, split)
+        if on_test:
+            notes.append(on_test)
     baselines = make_baselines(runs, split) if cfg.baseline else []
     all_runs = [r for e in entries for r in e.runs]
     if not any(len(split_arrays(r, split)[1]) for r in all_runs):
