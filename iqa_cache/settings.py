@@ -5,13 +5,14 @@ re-export them from their old places (:mod:`iqa_cache.demo`,
 :mod:`iqa_cache.predict`, :mod:`iqa_cache.cache.importer`)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
 from .schema import DEFAULT_FEATURE_DTYPE
 
-__all__ = ["DEFAULT_TAG", "DemoConfig", "PredictConfig", "ImportConfig"]
+__all__ = ["DEFAULT_TAG", "DemoConfig", "PredictConfig", "ImportConfig", "EvaluateConfig", "EVALUATE_SPLITS"]
 
 DEFAULT_TAG = "laion2b_s34b_b79k"  # OpenCLIP's LAION-2B weights of ViT-B-32
 
@@ -36,6 +37,31 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be at least 1, got {self.seeds}")
+
+
+EVALUATE_SPLITS = ("all", "train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``iqa evaluate``: ``split`` the other cache's rows scored (``all``
+    of its labelled items by default); ``label_map`` (A, B): its labels
+    mapped onto the training scale as ``A * label + B`` (recorded), so that
+    MAE per range compares."""
+
+    split: str = "all"
+    label_map: tuple[float, float] | None = None
+    device: str = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split not in EVALUATE_SPLITS:
+            raise ConfigError(f"--split '{self.split}' is not one of {', '.join(EVALUATE_SPLITS)}")
+        if self.label_map is not None:
+            a, b = (float(x) for x in self.label_map)
+            if not (math.isfinite(a) and math.isfinite(b) and a != 0):
+                raise ConfigError(f"--label-map {a:g},{b:g} must be two finite numbers A,B with A not 0")
+            object.__setattr__(self, "label_map", (a, b))
 
 
 @dataclass(frozen=True)
@@ -80,3 +106,5 @@ class ImportConfig:
     name: str | None = None
     overwrite: bool = False
     feature_dtype: str = DEFAULT_FEATURE_DTYPE  # how the cache stores the features: float32 or float16
+    # what made the features (e.g. "ViT-B-32/laion2b 224px"), declared by the user: `iqa evaluate` compares it
+    feature_source: str | None = None

@@ -109,7 +109,8 @@ def help_commands(output: str) -> list[str]:
 def test_help_lists_the_commands_in_pipeline_order():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0, r.output
-    assert help_commands(r.stdout) == ["embed", "import", "train-head", "ablate", "report", "predict", "demo"]
+    assert help_commands(r.stdout) == ["embed", "import", "train-head", "ablate", "evaluate", "report", "predict",
+                                       "demo"]
     assert tuple(help_commands(r.stdout)) == COMMAND_ORDER
 
 
@@ -120,7 +121,8 @@ def test_every_command_has_its_place_in_the_order():
 
 def test_the_order_does_not_depend_on_registration():
     demo = typer.Typer(cls=PipelineOrder, add_completion=False, rich_markup_mode=None)
-    for name in ("zz-unknown", "demo", "train-head", "embed", "report", "ablate", "predict", "import", "aa-unknown"):
+    for name in ("zz-unknown", "demo", "train-head", "embed", "report", "ablate", "evaluate", "predict", "import",
+                 "aa-unknown"):
         demo.command(name)(lambda: None)
     group = typer.main.get_command(demo)
     with group.make_context("iqa", []) as ctx:

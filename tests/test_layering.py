@@ -99,9 +99,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "embed": {SHARED, "sources", "cache"},  # never train/
     "train": {SHARED, "cache"},  # never embed/ nor report/
     "report": {SHARED, "train"},  # reads runs (torch-free modules of train/), never a cache
-    TOP: {SHARED, "sources", "cache", "embed", "train", "report"},  # demo, predict, cli/
+    TOP: {SHARED, "sources", "cache", "embed", "train", "report"},  # demo, predict, evaluate, cli/
 }
-TOP_MODULES = {"demo", "predict", "cli", "__main__"}
+TOP_MODULES = {"demo", "predict", "evaluate", "cli", "__main__"}
 WINGS = {"sources", "cache", "embed", "train", "report"}
 
 

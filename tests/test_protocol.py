@@ -195,3 +195,50 @@ def test_select_val_picks_by_validation_where_test_would_pick_another(base_run, 
     assert "best on val" in format_report(rep, "markdown")
     with pytest.raises(ConfigError, match="--select-metric 'rmse' is not one of mae, srcc, plcc, few_mae"):
         ReportConfig(select="val", select_metric="rmse")
+
+
+# ------------------------------------------------------------ evaluate
+
+def test_evaluate_gives_the_heads_own_predictions_on_identical_features(problem, base_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from iqa_cache.cli.main import app
+    from iqa_cache.evaluate import evaluate_run
+
+    x, y, split, data = problem
+    mlp = write_run(tmp_path / "vanilla_s0", train_head(data, TrainConfig.from_flat({"epochs": 3, "hidden": 16})),
+                    data.attrs, data.path)
+    for run in (base_run, mlp):
+        ev = load_run(evaluate_run(run, data.path, tmp_path / "ev"))
+        own = load_run(run).predictions.set_index("image_id")
+        got = ev.predictions[ev.predictions["split"] == "test"].set_index("image_id")
+        assert len(got) == len(x)  # every labelled item by default
+        np.testing.assert_allclose(got["pred"], own.loc[got.index, "pred"], atol=2e-5)
+        assert ev.name == f"{load_run(run).name} on synthetic"
+        assert ev.metrics["test"]["srcc"] > 0.5 and "per_bin" in ev.metrics["test"]
+    r = CliRunner().invoke(app, ["evaluate", str(base_run), "--cache", str(data.path), "--out", str(tmp_path / "cli"),
+                                 "--split", "test", "--label-map", "1,0"])
+    assert r.exit_code == 0, r.output
+    ev = load_run(tmp_path / "cli" / "ridge_s0_on_synthetic")
+    assert (ev.predictions["split"] == "test").sum() == (split == "test").sum()
+    assert ev.config["evaluation"]["label_map"] == [1.0, 0.0]
+
+
+def test_evaluate_refuses_a_cache_of_other_features_naming_the_attribute(problem, base_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from iqa_cache.cli.main import app
+    from iqa_cache.evaluate import provenance_mismatch
+
+    x, y, split, _ = problem
+    other = write_feature_cache(tmp_path / "other.h5", x, y, split, pretrained_kind="none")
+    r = CliRunner().invoke(app, ["evaluate", str(base_run), "--cache", str(other), "--out", str(tmp_path / "ev")])
+    assert r.exit_code != 0
+    assert "pretrained_kind: 'tag' (training cache) vs 'none'" in r.output
+    assert not (tmp_path / "ev").exists()
+    a = {"feature_source": "imported", "feature_dim": 768, "declared_feature_source": "clip-b32"}
+    assert provenance_mismatch(a, dict(a)) is None
+    assert "declared_feature_source: 'clip-b32' (training cache) vs 'dinov2'" in provenance_mismatch(
+        a, {**a, "declared_feature_source": "dinov2"})
+    assert "feature_dim: 768" in provenance_mismatch(a, {**a, "feature_dim": 512})
+    assert "iqa import --feature-source" in provenance_mismatch({**a, "declared_feature_source": None}, a)

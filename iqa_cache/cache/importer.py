@@ -384,7 +384,8 @@ def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSumma
         prov = {"feature_source": IMPORTED, "feature": f"imported from {Path(cfg.features).name}"
                 + (f" ['{info['imported_features_key']}']" if info["imported_features_key"] else ""),
                 "feature_dim": d, **info, "labels_csv": str(csv_path.resolve()), "labels_sha256": _sha256(csv_path),
-                "id_column": icol, "id_matching": matching, "feature_dtype": cfg.feature_dtype}
+                "id_column": icol, "id_matching": matching, "feature_dtype": cfg.feature_dtype,
+                **({"declared_feature_source": cfg.feature_source} if cfg.feature_source else {})}
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.importing-{os.getpid()}")
         with cache_mod.WriterLock(out):

@@ -15,7 +15,7 @@ from .common import STATE
 # commands in the order they were registered, which is the order the command
 # modules happen to be imported in (ablate_cmd imports train_cmd, so
 # train-head came first); this list decides instead.
-COMMAND_ORDER = ("embed", "import", "train-head", "ablate", "report", "predict", "demo")
+COMMAND_ORDER = ("embed", "import", "train-head", "ablate", "evaluate", "report", "predict", "demo")
 
 
 class PipelineOrder(TyperGroup):

@@ -51,6 +51,10 @@ def import_command(
     dtype: Annotated[FeatureDtype, typer.Option("--dtype", help="How the cache stores the features: float32 or "
                                                                 "float16 (half the file).")
                      ] = FeatureDtype(ImportConfig.feature_dtype),
+    feature_source: Annotated[Optional[str], typer.Option(
+        help="What made the features (e.g. 'ViT-B-32 laion2b 224px'), recorded: `iqa evaluate` scores a run only "
+             "on a cache whose declared source and width equal those of its training cache.", metavar="NAME")
+                              ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
 ) -> None:
     """Write a cache from features made elsewhere, for train-head, ablate and report.
@@ -65,7 +69,8 @@ def import_command(
     cfg = ImportConfig(features=features, labels=labels, out=out, features_key=features_key, ids_key=ids_key,
                        id_col=id_col, label_col=label_col, split_col=split_col,
                        label_range=parse_range(label_range), out_of_range=out_of_range.value,
-                       split_seed=split_seed, name=name, overwrite=overwrite, feature_dtype=dtype.value)
+                       split_seed=split_seed, name=name, overwrite=overwrite, feature_dtype=dtype.value,
+                       feature_source=feature_source)
     with sigterm_interrupts():
         s = import_features(cfg, progress=progress)
     c = s.split_counts

@@ -1,7 +1,16 @@
 """Entry point of the `iqa` console script."""
 from __future__ import annotations
 
-from . import ablate_cmd, demo_cmd, embed_cmd, import_cmd, predict_cmd, report_cmd, train_cmd  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    ablate_cmd,
+    demo_cmd,
+    embed_cmd,
+    evaluate_cmd,
+    import_cmd,
+    predict_cmd,
+    report_cmd,
+    train_cmd,
+)
 from .app import app
 
 

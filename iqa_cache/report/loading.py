@@ -168,7 +168,9 @@ def seed_key(run: Run) -> str:
     (what its features are and which images, labels and splits it holds)."""
     train = {k: v for k, v in run.config.get("train", {}).items() if k not in ("seed", "split")}
     cache = {k: run.cache.get(k) for k in FEATURE_KEYS + DATA_KEYS}
-    return json.dumps({"train": train, "bins": run.config.get("bins"), "cache": cache}, sort_keys=True, default=str)
+    evaluated = (run.config.get("evaluation") or {}).get("identity")  # `iqa evaluate`: which dataset it scored
+    return json.dumps({"train": train, "bins": run.config.get("bins"), "cache": cache, "evaluated": evaluated},
+                      sort_keys=True, default=str)
 
 
 def run_seed(run: Run) -> Any:

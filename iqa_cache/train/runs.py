@@ -55,7 +55,7 @@ CACHE_KEYS = FEATURE_KEYS + ("dataset", "dataset_root", "manifest_sha256", "n_im
                              # features imported with `iqa import` (iqa_cache.cache.importer): where they came from
                              "feature_source", "imported_path", "imported_sha256", "imported_format",
                              "imported_features_key", "imported_shape", "labels_csv",
-                             "backend", "encoder")
+                             "backend", "encoder", "declared_feature_source")
 
 
 def _clean(x: Any) -> Any:
@@ -478,7 +478,9 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"run {path}: predictions.csv lacks column(s) {', '.join(sorted(need - set(preds.columns)))}")
     for c in ("label", "pred"):
         preds[c] = pd.to_numeric(preds[c], errors="coerce")
-    return Run(path=path, name=path.name, config=config, predictions=preds, metrics=metrics)
+    ev = config.get("evaluation") if isinstance(config, dict) else None
+    name = f"{ev.get('run_name')} on {ev.get('dataset')}" if isinstance(ev, dict) else path.name  # iqa evaluate
+    return Run(path=path, name=name, config=config, predictions=preds, metrics=metrics)
 
 
 def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualMLPHead":
