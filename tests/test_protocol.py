@@ -242,3 +242,57 @@ def test_evaluate_refuses_a_cache_of_other_features_naming_the_attribute(problem
         a, {**a, "declared_feature_source": "dinov2"})
     assert "feature_dim: 768" in provenance_mismatch(a, {**a, "feature_dim": 512})
     assert "iqa import --feature-source" in provenance_mismatch({**a, "declared_feature_source": None}, a)
+
+
+# ------------------------------------------------------------ benchmark table
+
+def test_the_benchmark_table_on_constructed_runs(base_run, tmp_path):
+    import json
+
+    import pandas as pd
+    from scipy import stats
+
+    from iqa_cache.report import build_report, format_report, load_runs
+    from iqa_cache.report.benchmark import benchmark_rows
+    from iqa_cache.report.build import ReportConfig
+
+    def noisy(dst, method, seed, dataset=None, scale=1.0, agrees=True):
+        d = constructed(base_run, dst, method=method, seed=seed, dataset=dataset)
+        p = pd.read_csv(d / "predictions.csv")
+        rng = np.random.default_rng(seed + 10 * len(method))
+        p["pred"] = p["label"] * scale + rng.normal(0, 5 + seed, len(p))
+        p.to_csv(d / "predictions.csv", index=False)
+        if dataset is not None:
+            cfg = json.loads((d / "config.json").read_text())
+            cfg["evaluation"] = {"dataset": dataset, "run_name": d.name, "label_scale_agrees": agrees,
+                                 "identity": {"dataset": dataset}}
+            (d / "config.json").write_text(json.dumps(cfg))
+        return d
+
+    paths = [noisy(tmp_path / f"{m}_s{s}", m, s) for m in ("vanilla", "ridge") for s in (0, 1)]
+    paths += [noisy(tmp_path / f"{m}_s{s}_spaq", m, s, "spaq", scale=0.05, agrees=False)
+              for m in ("vanilla", "ridge") for s in (0, 1)]
+    runs, _ = load_runs(paths)
+    b = benchmark_rows(runs, "test", digits=3)
+    assert b["datasets"] == ["synthetic", "spaq"] and [m for m, _ in b["rows"]] == ["vanilla", "ridge"]
+    for (m, cells) in b["rows"]:
+        for d, cell in zip(b["datasets"], cells):
+            mine = [r for r in runs if r.config["train"]["method"]["name"] == m
+                    and (r.config.get("evaluation") or {}).get("dataset", "synthetic") == d]
+            assert len(mine) == 2
+            want = []
+            for fn in (stats.pearsonr, stats.spearmanr, stats.kendalltau):
+                v = []
+                for r in mine:
+                    t = r.predictions[r.predictions["split"] == "test"]
+                    v.append(fn(t["pred"], t["label"])[0])
+                want.append(f"{np.mean(v):.3f}±{np.std(v, ddof=1):.3f}")
+            assert cell == "/".join(want), (m, d)
+    # MAE per range only where the scale agrees: synthetic's columns, not spaq's
+    assert all(c.startswith("synthetic: ") for c in b["mae_columns"]) and len(b["mae_columns"]) == 6
+    t = runs[0].predictions[runs[0].predictions["split"] == "test"]
+    t1 = runs[1].predictions[runs[1].predictions["split"] == "test"]
+    want_all = np.mean([np.abs(t["pred"] - t["label"]).mean(), np.abs(t1["pred"] - t1["label"]).mean()])
+    assert b["mae_rows"][0][1][-1].startswith(f"{want_all:.3f}±")
+    text = format_report(build_report(runs, ReportConfig(baseline=False)), "benchmark")
+    assert "| method | synthetic | spaq |" in text and "No MAE for spaq" in text

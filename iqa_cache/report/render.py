@@ -336,8 +336,13 @@ def format_report(report: Report, fmt: str = "markdown") -> str:
     starts the output), each with its caption below, then the comparison and
     the warnings.  csv: the first table exactly as :func:`format_table`, each
     further block after a blank line and a ``# caption`` line, warnings as
-    ``# `` lines.  latex: one booktabs tabular per block.  json: one object."""
+    ``# `` lines.  latex: one booktabs tabular per block.  json: one object.
+    benchmark: :func:`iqa_cache.report.benchmark.format_benchmark`."""
     d = report.config.digits
+    if fmt == "benchmark":  # the field's table (pyiqa's NR benchmark form)
+        from .benchmark import format_benchmark
+
+        return format_benchmark(report)
     if fmt == "json":
         return json.dumps(_jsonable(report_to_dict(report)), indent=2, allow_nan=False) + "\n"
     if fmt not in FORMATS:

@@ -9,7 +9,7 @@ if TYPE_CHECKING:  # iqa_cache.train.runs imports torch: not at run time
     from ..metrics import BootstrapDiff
     from ..train.runs import Run
 
-FORMATS = ("markdown", "csv", "latex", "json")
+FORMATS = ("markdown", "csv", "latex", "json", "benchmark")
 SPLITS = ("test", "val", "train")
 
 
