@@ -1,0 +1,79 @@
+"""The protocol's cost (docs/protocol.md): splits x {vanilla, lds, bmc, ridge}
+x seeds on a 10,073 x 768 KonIQ-shaped cache, as one grid (``split=0..S-1;
+method=...; seed=...``) through the stacked engine (``train_many``, as
+``iqa ablate`` trains it).  Prints the wall time, the time inside the
+training steps (``train_epoch``) and the share spent outside them (split
+draws, loss weights, the features' row selection per split, validation,
+selecting the best epoch, packaging predictions, ridge solves), then one
+JSON line.
+
+    python bench/protocol_bench.py                                  # the issue's size: 10 x 4 x 3 at 80 epochs
+    python bench/protocol_bench.py --splits 2 --seeds 1 --epochs 5  # a fraction, for a shared 2-core CPU
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.head_bench import koniq_like_features, machine, sync  # noqa: E402
+from iqa_cache.device import resolve_device  # noqa: E402
+from iqa_cache.errors import TrainingDiverged  # noqa: E402
+from iqa_cache.train.config import TrainConfig  # noqa: E402
+from iqa_cache.train.stacked import engine  # noqa: E402
+
+METHODS = ("vanilla", "lds", "bmc", "ridge")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--splits", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=80)
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args()
+    device = resolve_device(a.device)
+    data = koniq_like_features(0)
+    cfgs = [TrainConfig.from_flat({"method": m, "split": s, "seed": k, "epochs": a.epochs, "batch_size": 256,
+                                   "device": device})
+            for s in range(a.splits) for m in METHODS for k in range(a.seeds)]
+    inside = [0.0]
+    step = engine.train_epoch
+
+    def timed_epoch(*args, **kw):
+        sync(device)
+        t = time.perf_counter()
+        out = step(*args, **kw)
+        sync(device)
+        inside[0] += time.perf_counter() - t
+        return out
+
+    engine.train_epoch = timed_epoch
+    t0 = time.perf_counter()
+    results = dict(engine.train_many(data, cfgs))
+    sync(device)
+    wall = time.perf_counter() - t0
+    engine.train_epoch = step
+    ridge_s = sum(r.seconds for i, r in results.items() if cfgs[i].method.name == "ridge"
+                  and not isinstance(r, TrainingDiverged))
+    heads = sum(1 for c in cfgs if c.method.name != "ridge")
+    out = {"device": machine(device), "splits": a.splits, "seeds": a.seeds, "epochs": a.epochs,
+           "configurations": len(cfgs), "heads": heads, "ridge_runs": len(cfgs) - heads,
+           "stacks": len(engine.plan_stacks(cfgs, 64)), "wall_s": round(wall, 2),
+           "train_steps_s": round(inside[0], 2), "outside_share": round(1 - inside[0] / wall, 4),
+           "ridge_s": round(ridge_s, 2),
+           "diverged": sum(isinstance(r, TrainingDiverged) for r in results.values())}
+    print(f"{out['configurations']} configurations ({heads} heads, {out['ridge_runs']} ridge) in {out['stacks']} "
+          f"stacks on {out['device']}: wall {wall:.1f} s, training steps {inside[0]:.1f} s, outside them "
+          f"{100 * out['outside_share']:.1f} % (ridge solves {ridge_s:.2f} s)")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
