@@ -296,3 +296,52 @@ def test_the_benchmark_table_on_constructed_runs(base_run, tmp_path):
     assert b["mae_rows"][0][1][-1].startswith(f"{want_all:.3f}±")
     text = format_report(build_report(runs, ReportConfig(baseline=False)), "benchmark")
     assert "| method | synthetic | spaq |" in text and "No MAE for spaq" in text
+
+
+def test_a_grid_of_splits_and_methods_trains_ridge_once_per_split():
+    from iqa_cache.train.grid.expand import expand
+    from iqa_cache.train.grid.spec import parse_grid
+
+    plan = expand(parse_grid("split=official,0..2; method=vanilla,ridge; lr=1e-3,1e-2; seed=0..1"), TrainConfig(),
+                  (0.0, 100.0))
+    ridge = [p for p in plan.points if p.config.method.name == "ridge"]
+    assert [p.name for p in ridge] == ["split=official,method=ridge", "split=0,method=ridge",
+                                       "split=1,method=ridge", "split=2,method=ridge"]
+    assert [p.config.split.seed for p in ridge] == [None, 0, 1, 2]
+    assert len(plan.points) == 4 * 2 * 2 + 4 and plan.duplicates == 4 * 3
+    assert "split=1,method=vanilla,lr=0.01,seed=1" in {p.name for p in plan.points}
+    with pytest.raises(ConfigError, match="grid split='x' is not valid: use official or a split seed"):
+        parse_grid("split=x")
+
+
+def test_the_protocol_end_to_end_through_the_cli(problem, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from iqa_cache.cli.main import app
+
+    runner = CliRunner()
+    _, _, _, data = problem
+    r = runner.invoke(app, ["train-head", "--cache", str(data.path), "--split-seed", "5", "--split-ratios",
+                            "6,2,2", "--method", "ridge", "--show-config"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["train"]["split"] == {"seed": 5, "ratios": "6,2,2"}
+    r = runner.invoke(app, ["train-head", "--cache", str(data.path), "--split-ratios", "0.7,0.1", "--show-config"])
+    assert r.exit_code != 0 and "--split-ratios '0.7,0.1' must be three numbers" in r.output
+    out = tmp_path / "abl"
+    r = runner.invoke(app, ["ablate", "--cache", str(data.path), "--out", str(out), "--grid",
+                            "split=0,1; method=vanilla,ridge; lr=1e-3,1e-2", "--epochs", "2", "--hidden", "8",
+                            "--blocks", "0", "--device", "cpu", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 6
+    r = runner.invoke(app, ["report", *map(str, runs), "--select", "val", "--no-baseline"])
+    assert r.exit_code == 0, r.output
+    assert "vanilla (best on val, 1 seed × 2 splits)" in r.stdout and "ridge (best on val, 1 seed × 2 splits)" in r.stdout
+    assert "never on test" in r.stdout
+    r = runner.invoke(app, ["report", *map(str, runs), "--select", "val", "--format", "benchmark"])
+    assert r.exit_code == 0, r.output
+    assert "| method | synthetic |" in r.stdout and "| ridge |" in r.stdout
+    r = runner.invoke(app, ["report", *map(str, runs), "--no-baseline"])
+    assert "choosing on test" in r.stdout

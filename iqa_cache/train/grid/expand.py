@@ -9,7 +9,7 @@ from typing import Any, Iterator, Sequence
 
 from ...errors import ConfigError
 from ..config import FLAT_FIELDS, GRID_KEYS, TrainConfig, reweight_note
-from ..methods import PARAMETER_METHODS, uses
+from ..methods import CLOSED_FORM_METHODS, PARAMETER_METHODS, uses
 from ..stacked import check_fds_bins
 from .spec import GridSpec, format_value
 
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 # grid keys that act only with LDS (FDS) on: the kernel window's settings
 _LDS_ONLY = tuple(k for k in GRID_KEYS if FLAT_FIELDS[k][0] == "lds" and k not in ("lds", "reweight"))
 _FDS_ONLY = tuple(k for k in GRID_KEYS if FLAT_FIELDS[k][0] == "fds" and k != "fds")
+# grid keys a closed-form method (ridge) does not read: no optimiser, no initialisation or batch order
+_NOT_SOLVED = ("lr", "seed")
 
 @dataclass(frozen=True)
 class GridPoint:
@@ -45,7 +47,8 @@ def _effective(values: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     lds_kernel = cfg.lds.enabled or (m == "bni" and cfg.method.bni_lds)  # BNI may smooth with the LDS kernel
     return {k: v for k, v in values.items()
             if not (k in _LDS_ONLY and not lds_kernel) and not (k in _FDS_ONLY and not cfg.fds.enabled)
-            and not (k == "bin_size" and not uses_bins) and not (k in PARAMETER_METHODS and not uses(m, k))}
+            and not (k == "bin_size" and not uses_bins) and not (k in PARAMETER_METHODS and not uses(m, k))
+            and not (k in _NOT_SOLVED and m in CLOSED_FORM_METHODS)}
 
 
 def apply_point(base: TrainConfig, values: dict[str, Any], *, auto_reweight: bool) -> TrainConfig:
