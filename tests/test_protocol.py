@@ -344,5 +344,8 @@ def test_the_protocol_end_to_end_through_the_cli(problem, tmp_path):
     r = runner.invoke(app, ["report", *map(str, runs), "--select", "val", "--format", "benchmark"])
     assert r.exit_code == 0, r.output
     assert "| method | synthetic |" in r.stdout and "| ridge |" in r.stdout
-    r = runner.invoke(app, ["report", *map(str, runs), "--no-baseline"])
+    r = runner.invoke(app, ["report", *map(str, runs), "--tables", "ranges,iqa"])
+    assert r.exit_code == 0, r.output
     assert "choosing on test" in r.stdout
+    # one train-mean baseline over the two drawn splits, not one per split
+    assert r.stdout.count("| baseline: train mean") == 2 and "(2 splits) |" in r.stdout

@@ -329,17 +329,28 @@ def group_entries(runs: Sequence[Run], group_seeds: bool = True) -> tuple[list[E
 
 
 def make_baselines(runs: Sequence[Run], split: str) -> list[Baseline]:
-    """One train-mean baseline per distinct (training labels, split) data."""
+    """One train-mean baseline per distinct (training labels, split) data;
+    the drawn splits of one cache (``--split-seed``) share one, over them."""
     seen: dict[str, Run] = {}
     for r in runs:
         seen.setdefault(data_key(r, split), r)
-    out = []
-    for r in seen.values():
-        tl = train_labels(r)
-        if not len(tl):
+    families: dict[str, list[Run]] = {}  # the drawn splits of one cache: one baseline row over them
+    for key, r in seen.items():
+        if not len(train_labels(r)):
             continue
-        name = f"baseline: train mean {tl.mean():.4g}"
-        if len(seen) > 1:
+        family = key if run_split(r) is None else json.dumps(
+            {"cache": {k: r.cache.get(k) for k in FEATURE_KEYS + DATA_KEYS},
+             "evaluated": (r.config.get("evaluation") or {}).get("identity"),
+             "ratios": (r.config.get("train", {}).get("split") or {}).get("ratios")}, sort_keys=True, default=str)
+        families.setdefault(family, []).append(r)
+    out = []
+    for members in families.values():
+        r = members[0]
+        means = [float(train_labels(m).mean()) for m in members]
+        name = f"baseline: train mean {np.mean(means):.4g}"
+        if len(members) > 1:
+            name += f" ({len(members)} splits)"
+        if len(families) > 1:
             name += f" ({r.name}'s data)"
-        out.append(Baseline(name, float(tl.mean()), r))
+        out.append(Baseline(name, means[0], r, splits=list(zip(means[1:], members[1:]))))
     return out

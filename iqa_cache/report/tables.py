@@ -85,11 +85,15 @@ def build_table(report_entries: list[Entry], baselines: list[Baseline], split: s
         rows.append((e.name, [aggregate([p[i] for p in per]) for i in range(len(columns))]))
         kinds.append(e.kind)
     for b in baselines:
-        _, lab, _ = split_arrays(b.run, split)
-        vals, c = per_run(b.run, lab, np.full(len(lab), b.mean))
-        rows.append((b.name, [nan_to_none(v) for v in vals]))
+        per = []
+        for mean, run in b.parts:  # one part, or the drawn splits of one cache
+            _, lab, _ = split_arrays(run, split)
+            vals, c = per_run(run, lab, np.full(len(lab), mean))
+            per.append(vals)
+            take(c)
+        rows.append((b.name, [nan_to_none(per[0][i]) if len(per) == 1 else aggregate([p[i] for p in per])
+                              for i in range(len(columns))]))
         kinds.append("baseline")
-        take(c)
     t = Table(title=title, columns=columns, rows=rows, count_label=count_label,
               counts=[] if disagree or counts is None else list(counts), digits=digits, caption=caption, key=key,
               row_kinds=kinds, better=better or [])
@@ -203,9 +207,11 @@ def iqa_table(t: TableInput) -> Table:
                                    "predictions (lower is better).", key="iqa",
                            better=["higher"] * 4 + ["lower"], digits=t.digits)
     for b in t.baselines:  # correlations of a constant are undefined: say so rather than show blanks
-        _, lab, _ = split_arrays(b.run, split)
-        rm = math.sqrt(float(np.mean((lab - b.mean) ** 2))) if len(lab) else None
-        table.rows.append((b.name, [None, None, None, None, rm]))
+        rms = []
+        for mean, run in b.parts:
+            _, lab, _ = split_arrays(run, split)
+            rms.append(math.sqrt(float(np.mean((lab - mean) ** 2))) if len(lab) else None)
+        table.rows.append((b.name, [None, None, None, None, rms[0] if len(rms) == 1 else aggregate(rms)]))
         table.row_kinds.append("baseline")
     if t.baselines:
         table.caption += " The baseline's correlations are undefined (a constant prediction) and left blank."

@@ -62,6 +62,12 @@ class Baseline:
     name: str
     mean: float
     run: Run  # whose data (predictions.csv) it is computed on
+    # the same cache's other drawn splits (--split-seed): (train mean, run) each; the row is their mean ± std
+    splits: list[tuple[float, Run]] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list[tuple[float, Run]]:
+        return [(self.mean, self.run), *self.splits]
 
 
 @dataclass
