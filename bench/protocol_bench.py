@@ -9,6 +9,11 @@ JSON line.
 
     python bench/protocol_bench.py                                  # the issue's size: 10 x 4 x 3 at 80 epochs
     python bench/protocol_bench.py --splits 2 --seeds 1 --epochs 5  # a fraction, for a shared 2-core CPU
+    python bench/protocol_bench.py --splits 2 --seeds 1 --epochs 3 --per-split   # + the same heads, a stack per split
+
+``--per-split`` then trains the same heads again with one stack per split
+(as before drawn splits could share a stack) and prints the ratio of the two
+wall times, side by side in this process.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--per-split", action="store_true", help="also train the heads with one stack per split")
     a = ap.parse_args()
     device = resolve_device(a.device)
     data = koniq_like_features(0)
@@ -72,6 +78,25 @@ def main() -> None:
     print(f"{out['configurations']} configurations ({heads} heads, {out['ridge_runs']} ridge) in {out['stacks']} "
           f"stacks on {out['device']}: wall {wall:.1f} s, training steps {inside[0]:.1f} s, outside them "
           f"{100 * out['outside_share']:.1f} % (ridge solves {ridge_s:.2f} s)")
+    if a.per_split:
+        heads_idx = [i for i, c in enumerate(cfgs) if c.method.name != "ridge"]
+        shared = engine.plan_stacks([cfgs[i] for i in heads_idx], 64)
+        per_split: dict = {}
+        for j in range(len(heads_idx)):
+            c = cfgs[heads_idx[j]]
+            per_split.setdefault((engine.stack_key(c), c.split), []).append(j)
+        times = {}
+        for name, stacks in (("shared", shared), ("per_split", list(per_split.values()))):
+            sync(device)
+            t = time.perf_counter()
+            list(engine.train_many(data, [cfgs[i] for i in heads_idx], stacks=stacks))
+            sync(device)
+            times[name] = time.perf_counter() - t
+            out[f"heads_{name}_s"] = round(times[name], 2)
+            out[f"heads_{name}_stacks"] = len(stacks)
+        out["per_split_over_shared"] = round(times["per_split"] / times["shared"], 3)
+        print(f"heads only: splits sharing stacks {times['shared']:.1f} s ({len(shared)} stacks), a stack per "
+              f"split {times['per_split']:.1f} s ({len(per_split)} stacks): ratio {out['per_split_over_shared']:.2f}")
     print(json.dumps(out))
 
 

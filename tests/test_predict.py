@@ -83,6 +83,21 @@ def test_scores_equal_the_head_on_cached_features(file_run, koniq_root, tmp_path
     np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=0, atol=1e-5)
 
 
+def test_a_ridge_run_scores_like_its_linear_head(file_run, koniq_root, tmp_path):
+    h5, _ = file_run
+    run = tmp_path / "ridge"
+    r = iqa("train-head", "--cache", h5, "--method", "ridge", "--split-seed", 1, "--out", run, "--no-progress")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "scores.csv"
+    r = iqa("predict", "--run", run, "--dir", koniq_root / "512x384", "--out", out, "--device", "cpu",
+            "--no-progress")
+    assert r.exit_code == 0, r.output
+    want = head_on_cache(h5, run)
+    got = {p.split("/")[-1]: s for p, s in pd.read_csv(out).itertuples(index=False)}
+    assert np.std(list(want.values())) > 1e-3
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), rtol=0, atol=1e-4)
+
+
 def test_image_arguments_and_unreadable_images_are_skipped(file_run, koniq_root, tmp_path):
     h5, run = file_run
     imgs = sorted((koniq_root / "512x384").glob("*.jpg"))[:3]

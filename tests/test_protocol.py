@@ -296,6 +296,7 @@ def test_the_benchmark_table_on_constructed_runs(base_run, tmp_path):
     assert b["mae_rows"][0][1][-1].startswith(f"{want_all:.3f}±")
     text = format_report(build_report(runs, ReportConfig(baseline=False)), "benchmark")
     assert "| method | synthetic | spaq |" in text and "No MAE for spaq" in text
+    assert "warning: vanilla_s0_spaq on spaq, " in text and "on spaq: labels on another scale" in text
 
 
 def test_a_grid_of_splits_and_methods_trains_ridge_once_per_split():
@@ -349,3 +350,29 @@ def test_the_protocol_end_to_end_through_the_cli(problem, tmp_path):
     assert "choosing on test" in r.stdout
     # one train-mean baseline over the two drawn splits, not one per split
     assert r.stdout.count("| baseline: train mean") == 2 and "(2 splits) |" in r.stdout
+
+
+def test_heads_of_different_splits_train_in_one_stack_as_one_by_one(problem):
+    from iqa_cache.train.stacked import plan_stacks, train_stack
+
+    _, _, _, data = problem
+    base = {"epochs": 2, "hidden": 8, "blocks": 1, "batch_size": 128}
+    cfgs = [TrainConfig.from_flat({**base, "split": 0}), TrainConfig.from_flat({**base, "split": 1, "seed": 1}),
+            TrainConfig.from_flat({**base, "split": 2, "method": "bmc", "lr": 3e-3}),
+            TrainConfig.from_flat({**base, "split": 1, "method": "ranksim", "ranksim_gamma": 10.0}),
+            TrainConfig.from_flat({**base, "split": 0, "lds": True})]
+    assert plan_stacks(cfgs, 64) == [[0, 1, 2, 3, 4]]  # one stack over three splits
+    # not with FDS, the prior-fitting methods, or the cache's own split next to a drawn one
+    assert len(plan_stacks([cfgs[0], TrainConfig.from_flat({**base, "split": 1, "fds": True}),
+                            TrainConfig.from_flat({**base, "split": 2, "fds": True})], 64)) == 3
+    assert len(plan_stacks([cfgs[0], TrainConfig.from_flat({**base, "split": 1, "method": "gai"})], 64)) == 2
+    assert len(plan_stacks([cfgs[0], TrainConfig.from_flat(base)], 64)) == 2
+    together = train_stack(data, cfgs)
+    for cfg, res in zip(cfgs, together):
+        alone = train_stack(data, [cfg])[0]
+        assert (res.predictions["split"] == alone.predictions["split"]).all()
+        assert res.best_epoch == alone.best_epoch
+        assert [h["val_mae"] for h in res.history] == pytest.approx([h["val_mae"] for h in alone.history],
+                                                                   rel=1e-4)
+        np.testing.assert_allclose(res.predictions["pred"], alone.predictions["pred"], rtol=1e-4, atol=1e-3)
+    assert len({round(r.best_val_mae, 4) for r in together}) == len(cfgs)

@@ -125,6 +125,10 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
         versus = versus_entries(entries, cfg.versus, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
                                 seed=cfg.boot_seed, confidence=cfg.confidence)
     notes = run_warnings(all_runs) + inp.notes
+    off_scale = [r.name for r in all_runs if (r.config.get("evaluation") or {}).get("label_scale_agrees") is False]
+    if off_scale:
+        notes.append(f"warning: {', '.join(off_scale)}: labels on another scale than the training labels; their "
+                     "MAE compares nothing (iqa evaluate --label-map A,B maps them); the correlations do")
     if any(e.kind == "seeds" for e in entries):
         notes.append("note: rows marked '(k seeds)' (or '(k seeds × m splits)') are runs that differ only in seed "
                      "(and split): mean ± sample std "

@@ -32,7 +32,7 @@ from torch import nn
 from ..binning import Bins
 from ..cache import CacheData
 from ..errors import ConfigError
-from .config import TrainConfig
+from .config import HeadConfig, TrainConfig
 from .results import TrainResult, package_result
 
 if TYPE_CHECKING:
@@ -44,12 +44,14 @@ __all__ = ["LinearHead", "ridge_strengths", "solve_ridge", "fit_ridge"]
 
 
 class LinearHead(nn.Module):
-    """``x (D) → Linear(D, 1)``: a ridge run's head (same call signature as
-    :class:`~iqa_cache.train.head.ResidualMLPHead`)."""
+    """``x (D) → Linear(D, 1)``: a ridge run's head (the call signature and
+    ``cfg`` of :class:`~iqa_cache.train.head.ResidualMLPHead`; only
+    ``cfg.in_dim`` is read)."""
 
-    def __init__(self, in_dim: int):
+    def __init__(self, cfg: HeadConfig):
         super().__init__()
-        self.fc = nn.Linear(in_dim, 1)
+        self.cfg = cfg
+        self.fc = nn.Linear(cfg.in_dim, 1)
 
     def forward(self, x: torch.Tensor, bins: torch.Tensor | None = None, epoch: int | None = None) -> torch.Tensor:
         return self.fc(x).squeeze(-1)
@@ -125,14 +127,14 @@ def fit_ridge(data: CacheData, cfg: TrainConfig, dev: "DeviceData", bins: Bins) 
     if best in (0, len(factors) - 1) and len(factors) > 1:
         log.warning("ridge: the best validation strength (%g) is at the end of the grid [%g, %g]; widen "
                     "--ridge-min/--ridge-max", factors[best], factors[0], factors[-1])
-    head = LinearHead(data.feature_dim)
+    cfg = replace(cfg, head=replace(cfg.head, in_dim=data.feature_dim), device=dev.device)
+    head = LinearHead(cfg.head)
     with torch.no_grad():
         head.fc.weight.copy_(torch.from_numpy(w[:, best]).float()[None, :])
         head.fc.bias.fill_(float(b[best]))
     head = head.to(dev.device).eval()
     with torch.no_grad():
         pred = torch.cat([head(x) for _, x in dev.blocks("all")]).cpu().numpy().astype(np.float64)
-    cfg = replace(cfg, head=replace(cfg.head, in_dim=data.feature_dim), device=dev.device)
     history = [{"strength": float(f), "lambda": float(lam), "val_mae": float(v)}
                for f, lam, v in zip(factors, lambdas.tolist(), val)]
     result = package_result(data, cfg, bins, head.cpu(), pred, best_epoch=0, best_val_mae=float(val[best]),

@@ -498,7 +498,7 @@ def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualML
     if cfg.method.name == "ridge":  # a linear map (iqa_cache.train.ridge)
         from .ridge import LinearHead
 
-        head = LinearHead(cfg.head.in_dim)
+        head = LinearHead(cfg.head)
     else:
         head = ResidualMLPHead(HeadConfig(**run.config["train"]["head"]), cfg.fds, bins.n)
     try:

@@ -133,10 +133,16 @@ class TrainingRows:
     count: torch.Tensor | None
     batch_size: int
     dev: DeviceData | None = None  # where streamed features come from (x None)
+    # drawn splits of several seeds in one stack: each configuration's training rows [K, N] (x, y, bins: all rows)
+    rows_of: torch.Tensor | None = None
 
     @classmethod
     def of(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins, *,
-           need_bins: bool = False) -> "TrainingRows":
+           need_bins: bool = False, parts: Sequence[CacheData] | None = None) -> "TrainingRows":
+        """``parts``: each configuration's drawn split, when they differ
+        (their training rows are of equal counts)."""
+        if parts is not None:
+            return cls._of_parts(data, dev, cfgs, bins, need_bins, parts)
         labels = data.label[dev.tr]
         computed: dict = {}  # equal weights once (a stack of seeds of one setting)
         for c in cfgs:
@@ -151,8 +157,25 @@ class TrainingRows:
             count = torch.bincount(b_tr, minlength=bins.n).float()
         return cls(dev.x_tr, dev.y_tr, weights, b_tr, count, cfgs[0].batch_size, dev)
 
+    @classmethod
+    def _of_parts(cls, data: CacheData, dev: DeviceData, cfgs: Sequence[TrainConfig], bins: Bins,
+                  need_bins: bool, parts: Sequence[CacheData]) -> "TrainingRows":
+        trs = [p.subset("train") for p in parts]
+        if len({len(t) for t in trs}) > 1 or cfgs[0].fds.enabled or dev.x_all is None:
+            raise ValueError("drawn splits share a stack only in memory, without FDS, with equal part sizes")
+        computed: dict = {}
+        weights = []
+        for c, p, tr in zip(cfgs, parts, trs):
+            key = (c.method.name, c.method.dw_alpha, c.method.dw_eps, c.lds, c.split)
+            if key not in computed:
+                computed[key] = loss_weights(c, p.label[tr], bins)
+            weights.append(computed[key])
+        b_all = torch.from_numpy(bins.index(data.label)).to(dev.device) if need_bins else None
+        return cls(dev.x_all, dev.y_all, torch.from_numpy(np.stack(weights)).to(dev.device), b_all, None,
+                   cfgs[0].batch_size, dev, rows_of=torch.from_numpy(np.stack(trs)).to(dev.device))
+
     def __len__(self) -> int:
-        return len(self.y)
+        return int(self.rows_of.shape[1]) if self.rows_of is not None else len(self.y)
 
     def batches(self, perm: torch.Tensor | list[np.ndarray]) -> Iterator[tuple]:
         """``(x, y, weights, bins, n_rows)`` per batch, each configuration's
@@ -162,6 +185,13 @@ class TrainingRows:
         n, bs = len(self), self.batch_size
         if not isinstance(perm, torch.Tensor):
             yield from self._ordered_batches(perm)
+            return
+        if self.rows_of is not None:  # each configuration's own rows: positions → rows of the cache
+            for i in range(0, n, bs):
+                idx = perm[:, i:i + bs]
+                rows = self.rows_of.gather(1, idx)
+                yield (self.x[rows], self.y[rows], self.weights.gather(1, idx),
+                       self.bins[rows] if self.bins is not None else None, idx.shape[1])
             return
         for i in range(0, n, bs):
             if bs >= n:  # the order of one full batch does not matter: no gather

@@ -29,25 +29,43 @@ from ..results import (
 from ..splits import split_data
 from .data import DeviceData, TrainingRows, check_data, check_fds_bins, check_order, to_device
 from .fds import StackedFDS
-from .heads import HeadStack, init_stack
+from .heads import EVAL_BUDGET, HeadStack, init_stack
 from .methods import StackLoss
 from .optim import GroupedAdam
 
 log = logging.getLogger(__name__)
 
 
+# methods whose label priors are fitted once per stack on the training labels (StackLoss): one split per stack
+_PRIOR_METHODS = ("gai", "bni", "dist")
+
+
+def splits_share(cfg: TrainConfig) -> bool:
+    """Whether ``cfg``'s stack may hold drawn splits of other seeds: each
+    configuration then gathers its own training and validation rows (of
+    equal counts: a drawn split's part sizes depend only on the labels and
+    the ratios).  Not with FDS (its statistics run over one set of
+    training rows), a chunked order, the methods whose priors are fitted
+    on the stack's training labels, or a closed-form method."""
+    return (not cfg.split.official and not cfg.fds.enabled and not cfg.order.chunked
+            and cfg.method.name not in _PRIOR_METHODS + CLOSED_FORM_METHODS)
+
+
 def stack_key(cfg: TrainConfig) -> TrainConfig:
     """Configurations with equal keys can share a stack: they may differ only
     in LDS settings, seed, learning rate, FDS window (kernel, size, sigma)
     and method (with its settings; all Balanced MSE ones of a stack share
-    the noise sigma's learning rate).  Under ``--shuffle chunks`` the seed
+    the noise sigma's learning rate), and in their drawn split where
+    :func:`splits_share`.  Under ``--shuffle chunks`` the seed
     is the stack's one order of rows: equal seeds only."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
     method = MethodConfig(bmse_sigma_lr=cfg.method.bmse_sigma_lr if cfg.method.bmse else MethodConfig.bmse_sigma_lr)
     if cfg.method.name in CLOSED_FORM_METHODS:  # solved, not trained: never in a stack of heads
         method = MethodConfig(name=cfg.method.name)
     seed = cfg.seed if cfg.order.chunked else 0
-    return replace(cfg, lds=LDSConfig(), seed=seed, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method)
+    split = replace(cfg.split, seed=0) if splits_share(cfg) else cfg.split
+    return replace(cfg, lds=LDSConfig(), seed=seed, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method,
+                   split=split)
 
 
 def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
@@ -75,10 +93,36 @@ def predict_rows(stack: HeadStack, dev: DeviceData, which: str, params=None) -> 
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
-def validation_mae(stack: HeadStack, dev: DeviceData) -> list[float]:
+def validation_mae(stack: HeadStack, dev: DeviceData, own: "SplitRows | None" = None) -> list[float]:
+    """Each configuration's validation MAE (``own``: each its own split's rows)."""
+    if own is not None:
+        return own.validation_mae(stack)
     if len(dev.va):
         return (predict_rows(stack, dev, "val") - dev.y_va).abs().mean(dim=1).tolist()
     return [math.nan] * stack.k
+
+
+class SplitRows:
+    """The validation rows of a stack whose configurations train on drawn
+    splits of different seeds (:func:`splits_share`): each configuration's
+    own rows ``[K, n_val]``, gathered once from the features on the device."""
+
+    def __init__(self, parts: Sequence[CacheData], dev: DeviceData):
+        va = [p.subset("val") for p in parts]
+        if len({len(v) for v in va}) > 1:
+            raise ValueError("drawn splits of one stack must have equal part sizes")
+        idx = torch.from_numpy(np.stack(va)).to(dev.device)
+        self.x = dev.x_all[idx]  # [K, n_val, D]
+        self.y = dev.y_all[idx]  # [K, n_val]
+
+    def validation_mae(self, stack: HeadStack) -> list[float]:
+        if not self.y.shape[1]:
+            return [math.nan] * stack.k
+        with torch.no_grad():
+            step = max(1, EVAL_BUDGET // (stack.k * max(stack.cfg.hidden_dim, stack.cfg.in_dim)))
+            pred = torch.cat([stack.output(stack.features(self.x[:, a:a + step])) for a in
+                              range(0, self.x.shape[1], step)], 1)
+        return (pred - self.y).abs().mean(dim=1).tolist()
 
 
 class BestEpochs:
@@ -161,7 +205,8 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     its file (``--shuffle chunks`` only): the same training as in memory."""
     if not cfgs:
         return []
-    data = split_data(data, cfgs[0].split)  # the same parts for every configuration of a split (idempotent)
+    drawn = {c.split: split_data(data, c.split) for c in cfgs}  # the same parts for every configuration of a split
+    data = drawn[cfgs[0].split]
     if dev is None:
         if not checked:
             check_order(data, cfgs[0])
@@ -177,7 +222,8 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     device = dev.device
     bins = c0.bins(data.label_range)
     if not checked:
-        check_data(data, c0, bins)
+        for part in drawn.values():
+            check_data(part, c0, bins)
         check_order(data, c0)
         for c in cfgs:
             check_fds_bins(c, bins)
@@ -188,13 +234,17 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     head_cfg = replace(c0.head, in_dim=data.feature_dim)
     order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)  # equal learning rates side by side
     cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
+    parts = [drawn[c.split] for c in cfgs]
+    own = SplitRows(parts, dev) if len(drawn) > 1 else None  # drawn splits of several seeds: rows per config
 
-    stack = init_stack(cfgs, head_cfg, dev.y_mean, device)
+    y_means = [float(p.label[p.subset("train")].mean()) for p in parts] if own is not None else dev.y_mean
+    stack = init_stack(cfgs, head_cfg, y_means, device)
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
-    labels = data.label[dev.tr]
+    labels = data.label[dev.tr]  # the priors' labels: one split per stack (splits_share)
     loss = StackLoss(cfgs, labels, bins, device)
     opt = GroupedAdam(stack, cfgs, loss.sigma if loss.bmse else None)
-    rows = TrainingRows.of(data, dev, cfgs, bins, need_bins=loss.needs_bins)
+    rows = TrainingRows.of(data, dev, cfgs, bins, need_bins=loss.needs_bins,
+                           parts=parts if own is not None else None)
     fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
     best = BestEpochs(stack, cfgs, has_val=len(dev.va) > 0)
     for epoch in _epochs(c0.epochs, progress, desc):
@@ -210,12 +260,12 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
                 fds.update_blocks(stack, dev.blocks("train"), rows.bins, rows.count)
             else:
                 fds.update(stack, rows.x, rows.bins, rows.count)
-        best.record(epoch, lrs, train_loss, validation_mae(stack, dev), fds,
+        best.record(epoch, lrs, train_loss, validation_mae(stack, dev, own), fds,
                     loss.sigma.detach().tolist() if loss.bmse else None)
 
     pred_all = predict_rows(stack, dev, "all", best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)
-    results = [best.outcome(k, data, bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]
+    results = [best.outcome(k, parts[k], bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]
     return [results[order.index(i)] for i in range(len(cfgs))]
 
 

@@ -91,14 +91,16 @@ class HeadStack:
         return torch.cat([self.output(self.features(x[i:i + chunk], p), p) for i in range(0, len(x), chunk)], 1)
 
 
-def init_stack(cfgs: Sequence[TrainConfig], head_cfg: HeadConfig, y_mean: float, device: str) -> HeadStack:
+def init_stack(cfgs: Sequence[TrainConfig], head_cfg: HeadConfig, y_mean: float | Sequence[float],
+               device: str) -> HeadStack:
     """Each configuration's head initialised for its seed, its output bias at
-    the mean training label, stacked."""
+    the mean training label (one, or each configuration's own), stacked."""
     heads = []
-    for c in cfgs:
+    means = [float(y_mean)] * len(cfgs) if isinstance(y_mean, (int, float)) else list(y_mean)
+    for c, mean in zip(cfgs, means):
         torch.manual_seed(c.seed)  # the same draws as the plain loop: init, then dropout
         h = ResidualMLPHead(head_cfg)
         with torch.no_grad():
-            h.fc.bias.fill_(y_mean)
+            h.fc.bias.fill_(mean)
         heads.append(h)
     return HeadStack.from_heads(heads, device)
