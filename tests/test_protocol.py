@@ -193,6 +193,31 @@ def test_select_val_picks_by_validation_where_test_would_pick_another(base_run, 
     by_lr = build_report(runs, ReportConfig(select="val", select_by=("method", "lr"), baseline=False))
     assert len(by_lr.entries) == 3
     assert "best on val" in format_report(rep, "markdown")
+    # by SRCC: a run off by a constant ranks perfectly and beats a closer but noisier one that MAE prefers
+    shifted = constructed(base_run, tmp_path / "shifted", method="bmc", offsets={"val": 10.0, "test": 10.0})
+    noisy = constructed(base_run, tmp_path / "noisy", method="bmc", lr=0.01)
+    import pandas as pd
+
+    p = pd.read_csv(noisy / "predictions.csv")
+    p["pred"] = p["label"] + np.random.default_rng(0).normal(0, 3, len(p))
+    p.to_csv(noisy / "predictions.csv", index=False)
+    pair, _ = load_runs([shifted, noisy])
+    pick = {m: build_report(pair, ReportConfig(select="val", select_metric=m)).entries[0].runs[0].name
+            for m in ("mae", "srcc", "plcc")}
+    assert pick == {"mae": "noisy", "srcc": "shifted", "plcc": "shifted"}
+    # few-shot MAE: the validation rows whose label bin holds fewer than --few training labels
+    from iqa_cache.report.loading import run_bins, train_labels
+    from iqa_cache.report.select import validation_score
+
+    r = pair[1]
+    v = r.predictions[r.predictions["split"] == "val"]
+    bins = run_bins(r)
+    few = bins.counts(train_labels(r))[bins.index(v["label"].to_numpy())] < 5
+    assert 0 < few.sum() < len(v)
+    assert validation_score(r, "few_mae", many=10, few=5) == pytest.approx(
+        np.abs(v["pred"] - v["label"]).to_numpy()[few].mean())
+    with pytest.raises(ConfigError, match="--select-by 'nope' is not a training option"):
+        build_report(pair, ReportConfig(select="val", select_by=("nope",)))
     with pytest.raises(ConfigError, match="--select-metric 'rmse' is not one of mae, srcc, plcc, few_mae"):
         ReportConfig(select="val", select_metric="rmse")
 
