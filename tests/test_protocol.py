@@ -370,6 +370,11 @@ def test_the_protocol_end_to_end_through_the_cli(problem, tmp_path):
     r = runner.invoke(app, ["report", *map(str, runs), "--select", "val", "--format", "benchmark"])
     assert r.exit_code == 0, r.output
     assert "| method | synthetic |" in r.stdout and "| ridge |" in r.stdout
+    r = runner.invoke(app, ["evaluate", str(out), "--cache", str(data.path), "--out", str(tmp_path / "ev"),
+                            "--split", "test"])  # an ablation folder stands for its runs
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "ev").iterdir())) == 6
+    assert "| method=ridge on synthetic (1 seed × 2 splits) |" in r.stdout
     r = runner.invoke(app, ["report", *map(str, runs), "--tables", "ranges,iqa"])
     assert r.exit_code == 0, r.output
     assert "choosing on test" in r.stdout
@@ -401,3 +406,12 @@ def test_heads_of_different_splits_train_in_one_stack_as_one_by_one(problem):
                                                                    rel=1e-4)
         np.testing.assert_allclose(res.predictions["pred"], alone.predictions["pred"], rtol=1e-4, atol=1e-3)
     assert len({round(r.best_val_mae, 4) for r in together}) == len(cfgs)
+
+
+def test_seed_and_split_groups_are_named_without_their_seed_and_split():
+    from iqa_cache.report.loading import seed_group_name
+
+    assert seed_group_name(["vanilla_split3_s0", "vanilla_split4_s1"], [0, 1]) == "vanilla"
+    assert seed_group_name(["split=0,method=lds,seed=0", "split=1,method=lds,seed=1"], [0, 1]) == "method=lds"
+    assert seed_group_name(["method=lds,split=0,seed=0", "method=lds,split=1,seed=0"], [0, 0]) == "method=lds"
+    assert seed_group_name(["split=0,seed=0", "split=1,seed=0"], [0, 0]) == ""  # named by what it trained

@@ -32,8 +32,8 @@ def parse_label_map(text: str | None) -> tuple[float, float] | None:
 @app.command("evaluate", cls=Command)
 @handle_errors
 def evaluate_command(
-    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` or `iqa ablate`.",
-                                               metavar="RUN")],
+    runs: Annotated[List[Path], typer.Argument(help="Run directories written by `iqa train-head` or `iqa ablate` "
+                                                    "(an ablation folder stands for its runs).", metavar="RUN")],
     cache: CacheFile,
     out: Annotated[Path, typer.Option(help="Folder for the evaluations, one directory <run>_on_<dataset> each "
                                            "(`iqa report` reads them like runs).")],
@@ -57,8 +57,9 @@ def evaluate_command(
 
     cfg = EvaluateConfig(split=split.value, label_map=parse_label_map(label_map), device=device.value,
                          overwrite=overwrite)
+    trained, _ = load_runs(runs)  # an ablation folder stands for its runs; unfinished ones are named and skipped
     data = cache_mod.load(cache)
-    written = [evaluate_run(r, cache, out, cfg, data=data) for r in runs]
+    written = [evaluate_run(r.path, cache, out, cfg, data=data) for r in trained]
     for w in written:
         echo_out(f"wrote {w}")
     loaded, _ = load_runs(written)

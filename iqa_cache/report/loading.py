@@ -197,7 +197,8 @@ def seed_group_name(names: list[str], seeds: list[Any]) -> str:
     dropped ('lds_s0', 'lds-seed1', and ablate's 'lds=on,seed=2' all lose
     it), else their common prefix; '' when the names say nothing but the
     seed (ablate's 'seed=0', 'seed=1') or share nothing."""
-    names = [re.sub(r"[_,]?split[=_]?([0-9]+|official)(?=$|[_,])", "", n) for n in names]  # the split part too
+    names = [re.sub(r"(^|[_,])split[=_]?([0-9]+|official)(?=$|[_, ])", "", n).lstrip("_,")
+             for n in names]  # the split part too
     stripped = [re.sub(rf"{_SEED_PART}{re.escape(str(s))}$", "", n) for n, s in zip(names, seeds)]
     if len(set(stripped)) == 1 and stripped[0] and stripped[0] not in names:
         return stripped[0]
