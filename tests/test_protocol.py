@@ -415,3 +415,19 @@ def test_seed_and_split_groups_are_named_without_their_seed_and_split():
     assert seed_group_name(["split=0,method=lds,seed=0", "split=1,method=lds,seed=1"], [0, 1]) == "method=lds"
     assert seed_group_name(["method=lds,split=0,seed=0", "method=lds,split=1,seed=0"], [0, 0]) == "method=lds"
     assert seed_group_name(["split=0,seed=0", "split=1,seed=0"], [0, 0]) == ""  # named by what it trained
+
+
+def test_evaluate_maps_labels_onto_the_training_scale_or_reports_correlations_only(problem, base_run, tmp_path):
+    from iqa_cache.evaluate import EvaluateConfig, evaluate_run
+
+    x, y, split, _ = problem
+    mos = write_feature_cache(tmp_path / "mos.h5", x, 1 + y / 25, split, label_range=(1.0, 5.0), dataset="mos")
+    plain = load_run(evaluate_run(base_run, mos, tmp_path / "ev"))
+    assert plain.config["evaluation"]["label_scale_agrees"] is False
+    assert "mae" not in plain.metrics["test"] and plain.metrics["test"]["srcc"] > 0.5
+    mapped = load_run(evaluate_run(base_run, mos, tmp_path / "ev2", EvaluateConfig(label_map=(25.0, -25.0))))
+    test = mapped.predictions[mapped.predictions["split"] == "test"]
+    np.testing.assert_allclose(test["label"], y, atol=1e-3)  # back on the 0-100 scale
+    assert mapped.config["evaluation"]["label_map"] == [25.0, -25.0]
+    assert mapped.metrics["test"]["mae"] == pytest.approx(np.abs(test["pred"] - test["label"]).mean(), rel=1e-6)
+    assert plain.metrics["test"]["srcc"] == pytest.approx(mapped.metrics["test"]["srcc"])

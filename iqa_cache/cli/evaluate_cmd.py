@@ -36,12 +36,12 @@ def evaluate_command(
                                                     "(an ablation folder stands for its runs).", metavar="RUN")],
     cache: CacheFile,
     out: Annotated[Path, typer.Option(help="Folder for the evaluations, one directory <run>_on_<dataset> each "
-                                           "(`iqa report` reads them like runs).")],
+                                           "(`iqa report` reads them like runs).", metavar="DIR")],
     split: Annotated[EvalSplit, typer.Option(help="The other cache's items to score (all: every labelled item).")
                      ] = EvalSplit(_D.split),
     label_map: Annotated[Optional[str], typer.Option(
         help="Map the other cache's labels onto the training scale as A*label+B (recorded), so that MAE per "
-             "range compares, e.g. 20,-20 for 1-5 MOS onto 0-100.", metavar="A,B")] = None,
+             "range compares, e.g. 25,-25 for 1-5 MOS onto 0-100.", metavar="A,B")] = None,
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(_D.device),
     overwrite: Annotated[bool, typer.Option(help="Replace existing evaluation directories written by iqa.")
                          ] = _D.overwrite,
