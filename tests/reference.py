@@ -524,24 +524,6 @@ class RefTrueRanker(torch.autograd.Function):
         return -(rank - rank_prime) / (ctx.lambda_val + 1e-8), None
 
 
-def ref_ranksim(features: torch.Tensor, targets: torch.Tensor, bins, lambda_val: float) -> torch.Tensor:
-    """batchwise_ranking_regularizer with one sample per label bin (the first
-    in batch order) where the official code takes one per unique label."""
-    chosen = {}
-    for i, b in enumerate(bins.tolist()):
-        chosen.setdefault(b, i)
-    idx = sorted(chosen.values())
-    x, y = features[idx], targets[idx].view(-1, 1)
-    xn = F.normalize(x.view(x.size(0), -1))
-    xxt = torch.matmul(xn, xn.permute(1, 0))
-    loss = 0
-    for i in range(len(y)):
-        label_ranks = ref_rank_normalised(-torch.abs(y[i] - y).transpose(0, 1))
-        feature_ranks = RefTrueRanker.apply(xxt[i].unsqueeze(dim=0), lambda_val)
-        loss += F.mse_loss(feature_ranks, label_ranks)
-    return loss
-
-
 def ref_dense_weights(labels, alpha: float, eps: float, grid: int = 4096) -> np.ndarray:
     """DenseWeight: the Gaussian KDE with bandwidth 1.06 std n^-1/5 summed
     label by label, min-max scaled over the autogrid, 1 - alpha p' floored at
@@ -554,7 +536,12 @@ def ref_dense_weights(labels, alpha: float, eps: float, grid: int = 4096) -> np.
     def density(t: float) -> float:
         return sum(math.exp(-0.5 * ((t - v) / h) ** 2) for v in y) / (n * h * math.sqrt(2 * math.pi))
 
-    width = max(0.05 * (max(y) - min(y)), 3.9 * h)
+    # KDEpy's practical support: where the kernel's density falls to 1e-4, by brentq to 1e-3, plus 1e-3
+    from scipy.optimize import brentq
+
+    support = brentq(lambda x: math.exp(-0.5 * (x / h) ** 2) / (h * math.sqrt(2 * math.pi)) - 1e-4, 0, 8 * h,
+                     xtol=1e-3) + 1e-3
+    width = max(0.05 * (max(y) - min(y)), support)
     points = np.linspace(min(y) - width, max(y) + width, grid)
     on_grid = [density(float(t)) for t in points]
     lo, hi = min(on_grid), max(on_grid)

@@ -136,8 +136,8 @@ PAPER_FDS = {"enabled": True, "kernel": "gaussian", "ks": 5, "sigma": 2.0, "mome
              "start_smooth": 1, "clip_min": 0.1, "clip_max": 10.0, "empty_bins": "fill"}
 # LDS on the plain loss is the method 'lds'; the other methods' settings at their defaults
 PAPER_METHOD = {"name": "lds", "bmse_sigma": 10.0, "bmse_sigma_lr": 0.01, "bmse_fix_sigma": False, "gai_components": 8,
-                "bni_lds": False, "dist_weight": 1.0, "dist_bw": 0.5, "ranksim_gamma": 100.0, "ranksim_lambda": 2.0,
-                "dw_alpha": 1.0, "dw_eps": 1e-6}
+                "bni_lds": False, "bni_sigma": 1.0, "dist_weight": 1.0, "dist_bw": 0.5, "ranksim_gamma": 100.0,
+                "ranksim_lambda": 2.0, "ranksim_rows": "label", "dw_alpha": 1.0, "dw_eps": 1e-6}
 
 
 @pytest.mark.parametrize("preset,lr,bin_size,label_range", [

@@ -29,6 +29,7 @@ from iqa_cache.train.config import (
     TrainConfig,
     run_name,
 )
+from iqa_cache.train.methods import RankSimRows
 
 from .app import app
 from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, parse_range
@@ -93,7 +94,10 @@ class TrainOptions:
     gai_components: Annotated[int, typer.Option(help="GAI: components of the Gaussian mixture fitted to the "
                                                      "training labels.")] = D["gai_components"]
     bni_lds: Annotated[bool, typer.Option("--bni-lds/--no-bni-lds", help="BNI: smooth the label histogram with "
-                                                                          "the LDS kernel.")] = D["bni_lds"]
+                                                                          "the LDS kernel and size and "
+                                                                          "--bni-sigma.")] = D["bni_lds"]
+    bni_sigma: Annotated[float, typer.Option(help="BNI: sigma of the --bni-lds smoothing window, in grid "
+                                                  "points.")] = D["bni_sigma"]
     dist_weight: Annotated[float, typer.Option(help="Dist Loss: weight of the distribution term next to the "
                                                     "plain loss.")] = D["dist_weight"]
     dist_bw: Annotated[float, typer.Option(help="Dist Loss: bandwidth of the label KDE, times the labels' std.")
@@ -102,6 +106,9 @@ class TrainOptions:
                              ] = D["ranksim_gamma"]
     ranksim_lambda: Annotated[float, typer.Option(help="RankSim: interpolation strength of the ranker's "
                                                        "blackbox gradient.")] = D["ranksim_lambda"]
+    ranksim_rows: Annotated[RankSimRows, typer.Option(help="RankSim: keep one row per distinct label (label, "
+                                                           "official) or per label bin (bin).")
+                            ] = RankSimRows(D["ranksim_rows"])
     dw_alpha: Annotated[float, typer.Option(help="DenseWeight: strength alpha (0: equal weights).")
                         ] = D["dw_alpha"]
     dw_eps: Annotated[float, typer.Option(help="DenseWeight: the smallest weight before normalising.")

@@ -421,9 +421,10 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "seed": ("", "seed"), "device": ("", "device"),
     "method": ("method", "name"), "bmse_sigma": ("method", "bmse_sigma"), "bmse_sigma_lr": ("method", "bmse_sigma_lr"),
     "bmse_fix_sigma": ("method", "bmse_fix_sigma"), "gai_components": ("method", "gai_components"),
-    "bni_lds": ("method", "bni_lds"), "dist_weight": ("method", "dist_weight"),
+    "bni_lds": ("method", "bni_lds"), "bni_sigma": ("method", "bni_sigma"), "dist_weight": ("method", "dist_weight"),
     "dist_bw": ("method", "dist_bw"),
     "ranksim_gamma": ("method", "ranksim_gamma"), "ranksim_lambda": ("method", "ranksim_lambda"),
+    "ranksim_rows": ("method", "ranksim_rows"),
     "dw_alpha": ("method", "dw_alpha"), "dw_eps": ("method", "dw_eps"),
     "ridge_min": ("method", "ridge_min"), "ridge_max": ("method", "ridge_max"),
     "ridge_steps": ("method", "ridge_steps"),
@@ -514,7 +515,8 @@ def preset_values(preset: str | None) -> dict[str, Any]:
 # that the CLI declares `iqa ablate` without importing the training engine.
 GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
              "bin_size", "lr", "seed", "method", "bmse_sigma", "bmse_fix_sigma", "gai_components", "bni_lds",
-             "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "dw_alpha", "split")
+             "bni_sigma", "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "ranksim_rows", "dw_alpha",
+             "split")
 SUMMARY_FILE = "summary.csv"
 PLAN_FILE = "ablation.json"
 assert set(GRID_KEYS) <= set(FLAT_FIELDS) and all(set(p) <= set(FLAT_FIELDS) for p in PRESETS.values())

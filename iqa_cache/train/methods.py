@@ -30,8 +30,8 @@ from enum import Enum
 
 from ..errors import ConfigError
 
-__all__ = ["Method", "METHODS", "BMSE_METHODS", "WEIGHTING_METHODS", "CLOSED_FORM_METHODS", "MethodConfig",
-           "method_conflict", "uses", "PARAMETER_METHODS"]
+__all__ = ["Method", "METHODS", "RankSimRows", "RANKSIM_ROWS", "BMSE_METHODS", "WEIGHTING_METHODS",
+           "CLOSED_FORM_METHODS", "MethodConfig", "method_conflict", "uses", "PARAMETER_METHODS"]
 
 
 class Method(str, Enum):
@@ -49,6 +49,17 @@ class Method(str, Enum):
 
 
 METHODS = tuple(m.value for m in Method)
+
+
+class RankSimRows(str, Enum):
+    """Which rows of a batch RankSim keeps: one per distinct label (the
+    official code) or one per label bin."""
+
+    label = "label"
+    bin = "bin"
+
+
+RANKSIM_ROWS = tuple(r.value for r in RankSimRows)
 # Balanced MSE: the loss itself corrects for the label distribution (noise sigma learnt per head).
 BMSE_METHODS = ("bmc", "gai", "bni")
 # The methods that replace the loss weights or the loss: LDS/--reweight weights on top are not meaningful.
@@ -73,11 +84,13 @@ class MethodConfig:
     a scale like KonIQ's 0-100; scale it with your labels), learnt with Adam at the constant
     ``bmse_sigma_lr`` unless ``bmse_fix_sigma``; ``gai_components`` the
     Gaussian mixture's size; ``bni_lds`` smooths the label histogram with the
-    LDS kernel (``--lds-kernel/--lds-ks/--lds-sigma``).  Dist Loss:
+    LDS kernel and size (``--lds-kernel/--lds-ks``) and ``bni_sigma`` (the
+    official default 1).  Dist Loss:
     ``dist_weight`` the weight of the distribution term next to the plain
     loss, ``dist_bw`` the label KDE's bandwidth as a factor of the labels'
     std (scipy's ``bw_method``).  RankSim: ``ranksim_gamma`` the regulariser's weight,
-    ``ranksim_lambda`` the ranker's interpolation strength.  DenseWeight:
+    ``ranksim_lambda`` the ranker's interpolation strength, ``ranksim_rows``
+    one row per distinct label (``label``, official) or per label bin.  DenseWeight:
     ``dw_alpha`` the strength, ``dw_eps`` the smallest weight.  Ridge: the
     strengths tried are ``ridge_steps`` values from ``ridge_min`` to
     ``ridge_max``, evenly spaced in log, each times the mean eigenvalue of
@@ -90,10 +103,12 @@ class MethodConfig:
     bmse_fix_sigma: bool = False
     gai_components: int = 8
     bni_lds: bool = False
+    bni_sigma: float = 1.0
     dist_weight: float = 1.0
     dist_bw: float = 0.5
     ranksim_gamma: float = 100.0
     ranksim_lambda: float = 2.0
+    ranksim_rows: str = "label"
     dw_alpha: float = 1.0
     dw_eps: float = 1e-6
     ridge_min: float = 1e-6
@@ -106,7 +121,7 @@ class MethodConfig:
             raise ConfigError(f"--method '{self.name}' is not one of {', '.join(METHODS)}")
         for opt, value, low in (("bmse-sigma", self.bmse_sigma, 0.0), ("bmse-sigma-lr", self.bmse_sigma_lr, 0.0),
                                 ("ranksim-lambda", self.ranksim_lambda, 0.0), ("dw-eps", self.dw_eps, 0.0),
-                                ("dist-bw", self.dist_bw, 0.0)):
+                                ("dist-bw", self.dist_bw, 0.0), ("bni-sigma", self.bni_sigma, 0.0)):
             if not (math.isfinite(value) and value > low):
                 raise ConfigError(f"--{opt} must be a positive number, got {value}")
         for opt, value in (("dist-weight", self.dist_weight), ("ranksim-gamma", self.ranksim_gamma),
@@ -125,6 +140,10 @@ class MethodConfig:
         if isinstance(self.ridge_steps, bool) or int(self.ridge_steps) != self.ridge_steps or self.ridge_steps < 1:
             raise ConfigError(f"--ridge-steps must be a positive integer, got {self.ridge_steps}")
         object.__setattr__(self, "ridge_steps", int(self.ridge_steps))
+        rows = str(self.ranksim_rows.value if isinstance(self.ranksim_rows, Enum) else self.ranksim_rows)
+        if rows not in RANKSIM_ROWS:
+            raise ConfigError(f"--ranksim-rows '{rows}' is not one of {', '.join(RANKSIM_ROWS)}")
+        object.__setattr__(self, "ranksim_rows", rows)
 
     @property
     def bmse(self) -> bool:
@@ -135,9 +154,10 @@ class MethodConfig:
 # Which methods read each hyper-parameter of MethodConfig.
 PARAMETER_METHODS: dict[str, tuple[str, ...]] = {
     "bmse_sigma": BMSE_METHODS, "bmse_sigma_lr": BMSE_METHODS, "bmse_fix_sigma": BMSE_METHODS,
-    "gai_components": ("gai",), "bni_lds": ("bni",), "dist_weight": ("dist",), "dist_bw": ("dist",),
-    "ranksim_gamma": ("ranksim",), "ranksim_lambda": ("ranksim",), "dw_alpha": ("denseweight",),
-    "dw_eps": ("denseweight",), "ridge_min": ("ridge",), "ridge_max": ("ridge",), "ridge_steps": ("ridge",),
+    "gai_components": ("gai",), "bni_lds": ("bni",), "bni_sigma": ("bni",), "dist_weight": ("dist",),
+    "dist_bw": ("dist",), "ranksim_gamma": ("ranksim",), "ranksim_lambda": ("ranksim",), "ranksim_rows": ("ranksim",),
+    "dw_alpha": ("denseweight",), "dw_eps": ("denseweight",), "ridge_min": ("ridge",), "ridge_max": ("ridge",),
+    "ridge_steps": ("ridge",),
 }
 
 

@@ -7,20 +7,22 @@ Formulas and the differences from the official code: ``docs/method.md``.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from scipy.ndimage import convolve1d
 
-from ..binning import Bins
+from ..binning import Bins, snap
 from .kernels import kernel_window
 
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["GaussianMixture", "fit_gmm", "bni_prior", "kde_density", "dense_weights", "loss_weights",
-           "label_pdf", "pseudo_labels", "batch_counts",
-           "bin_centres"]
+__all__ = ["GaussianMixture", "fit_gmm", "label_grid", "grid_index", "bni_prior", "kde_density",
+           "practical_support", "dense_weights", "loss_weights", "label_pdf", "pseudo_labels", "batch_counts"]
 
 
 # ------------------------------------------------------------------- GAI
@@ -34,47 +36,58 @@ class GaussianMixture:
     weights: np.ndarray
 
 
-def fit_gmm(labels, k: int, *, iters: int = 500, tol: float = 1e-10, reg: float = 1e-6) -> GaussianMixture:
-    """Fit ``k`` Gaussians to ``labels`` by EM (deterministic: started from
-    ``k`` equal-count slices of the sorted labels; ``reg`` is added to each
-    variance, as scikit-learn's ``reg_covar``).  Stops when the mean
-    log-likelihood improves by less than ``tol``."""
-    y = np.sort(np.asarray(labels, dtype=np.float64))
+def fit_gmm(labels, k: int) -> GaussianMixture:
+    """GAI's label prior as the official ``preprocess_gmm.py`` fits it:
+    scikit-learn's ``GaussianMixture(n_components=k, random_state=0)`` on
+    the training labels (k-means start, ``reg_covar`` 1e-6 in each
+    variance); ``k`` at most the number of labels.  Float labels are fitted
+    in their own precision (float32 from a cache, as the official loader
+    gives them: scikit-learn's fit differs between float32 and float64)."""
+    from sklearn.mixture import GaussianMixture as SkMixture
+
+    y = np.asarray(labels)
+    y = (y if np.issubdtype(y.dtype, np.floating) else y.astype(np.float64)).reshape(-1, 1)
     k = max(1, min(int(k), len(y)))
-    parts = np.array_split(y, k)
-    mu = np.array([p.mean() for p in parts])
-    var = np.array([p.var() for p in parts]) + reg
-    var = np.where(var > reg, var, max(y.var(), 1.0) / k ** 2 + reg)  # a slice of equal labels
-    w = np.array([len(p) for p in parts], dtype=np.float64) / len(y)
-    last = -np.inf
-    for _ in range(iters):
-        log_p = np.log(w) - 0.5 * np.log(2 * np.pi * var) - 0.5 * (y[:, None] - mu) ** 2 / var  # [n, k]
-        top = log_p.max(axis=1, keepdims=True)
-        log_norm = top + np.log(np.exp(log_p - top).sum(axis=1, keepdims=True))
-        ll = float(log_norm.mean())
-        resp = np.exp(log_p - log_norm)
-        nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
-        w = nk / len(y)
-        mu = (resp * y[:, None]).sum(axis=0) / nk
-        var = (resp * (y[:, None] - mu) ** 2).sum(axis=0) / nk + reg
-        if ll - last < tol:
-            break
-        last = ll
-    return GaussianMixture(mu, var, w)
+    with warnings.catch_warnings():  # fewer distinct labels than components: sklearn warns, the fit stands
+        warnings.simplefilter("ignore", category=UserWarning)
+        gmm = SkMixture(n_components=k, random_state=0).fit(y)
+    return GaussianMixture(gmm.means_.reshape(-1).astype(np.float64), gmm.covariances_.reshape(-1).astype(np.float64),
+                           gmm.weights_.reshape(-1).astype(np.float64))
+
+
+# ---------------------------------------------------------- the label grid
+
+def label_grid(bins: Bins) -> np.ndarray:
+    """The label grid of BNI and Dist Loss: ``lo, lo + size, ..., hi``
+    (the bins' n + 1 edges), as the official codes' ``range(max_target)``
+    and ``np.arange(min_label, max_label + step, step)``."""
+    return bins.edges()
+
+
+def grid_index(labels, bins: Bins) -> np.ndarray:
+    """Each label's grid point: the one at or below it (the official
+    ``int(label)`` on integer grids), by the label's decimal value
+    (:func:`~iqa_cache.binning.bin_index`); ``hi`` is the last point, labels
+    outside go to the end points."""
+    y = np.asarray(labels, dtype=np.float64)
+    idx = bins.index(y)
+    idx[snap(y, (bins.lo, bins.hi)) >= bins.hi] = bins.n
+    return idx
 
 
 # ------------------------------------------------------------------- BNI
 
 def bni_prior(labels, bins: Bins, *, window: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """BNI's buckets: the bin centres and the training labels' share of each
-    bin (summing to 1), smoothed across bins by ``window`` first when given
-    (LDS-style, zeros beyond the ends).  Empty bins get weight 0."""
-    counts = bins.counts(labels).astype(np.float64)
+    """BNI's buckets as the official ``get_bucket_info``: the label grid
+    (:func:`label_grid`) and the training labels' share of each point
+    (:func:`grid_index`), summing to 1.  With ``window`` the integer counts
+    are smoothed first (``convolve1d``, zeros beyond the ends) into integers,
+    truncated, as the official code does.  Buckets with no (smoothed) count
+    get weight 0, the same as the official code dropping them."""
+    counts = np.bincount(grid_index(labels, bins), minlength=bins.n + 1)
     if window is not None:
-        from scipy.ndimage import convolve1d
-
-        counts = convolve1d(counts, weights=window, mode="constant")
-    return bin_centres(bins), counts / counts.sum()
+        counts = convolve1d(counts, weights=window, mode="constant")  # an integer array: truncated
+    return label_grid(bins), counts / counts.sum()
 
 
 # ----------------------------------------------------------- DenseWeight
@@ -115,19 +128,39 @@ def kde_density(labels, at, bandwidth: float, *, grid: int = 4096, exact_pairs: 
     return np.interp(at, lo + step * np.arange(grid), dens)
 
 
+def practical_support(bandwidth: float, atol: float = 1e-4) -> float:
+    """How far out KDEpy's autogrid reaches for a Gaussian kernel of
+    standard deviation ``bandwidth`` (``Kernel.practical_support``): where
+    the kernel's density falls to ``atol``, found by ``brentq`` on [0, 8
+    bandwidths] to 1e-3, plus 1e-3.  Not a fixed multiple of the
+    bandwidth: 4.07 bandwidths at 1, 3.90 at 2, 4.77 at 0.05.  0 where the
+    kernel's peak is below ``atol`` (KDEpy raises there)."""
+    from scipy.optimize import brentq
+
+    h = float(bandwidth)
+
+    def above(x: float) -> float:
+        return math.exp(-0.5 * (x / h) ** 2) / (h * math.sqrt(2 * math.pi)) - atol
+
+    if above(0.0) <= 0:
+        return 0.0
+    return brentq(above, 0.0, 8 * h, xtol=1e-3) + 1e-3
+
+
 def dense_weights(labels, alpha: float, eps: float, *, grid: int = 4096) -> np.ndarray:
     """DenseWeight (Steininger et al. 2021) of each label: ``max(1 - alpha *
     p'(y), eps)`` divided by the weights' mean (float32, mean 1).  ``p`` is
     the Gaussian KDE of the labels with the package's bandwidth ``1.06 std
     n^-1/5`` (population std); ``p'`` is ``p`` min-max scaled over the
     package's grid (``grid`` points over the labels' range widened by
-    ``max(5 % of it, 3.9 bandwidths)``, KDEpy's autogrid), evaluated at the
-    labels themselves (the package looks up the grid point left of each)."""
+    ``max(5 % of it, practical_support(bandwidth))``, KDEpy's autogrid),
+    evaluated at the labels themselves (the package looks up the grid point
+    left of each)."""
     y = np.asarray(labels, dtype=np.float64)
     h = 1.06 * y.std() * len(y) ** -0.2
     if not h > 0:  # all labels equal: all weights equal
         return np.ones(len(y), dtype=np.float32)
-    width = max(0.05 * (y.max() - y.min()), 3.9 * h)
+    width = max(0.05 * (y.max() - y.min()), practical_support(h))
     on_grid = kde_density(y, np.linspace(y.min() - width, y.max() + width, grid), h)
     lo, span = on_grid.min(), on_grid.max() - on_grid.min()
     scaled = (kde_density(y, y, h) - lo) / span
@@ -145,34 +178,39 @@ def loss_weights(cfg: "TrainConfig", labels, bins: Bins) -> np.ndarray:
 
 # ------------------------------------------------------------- Dist Loss
 
-def bin_centres(bins: Bins) -> np.ndarray:
-    edges = bins.edges()
-    return (edges[:-1] + edges[1:]) / 2
-
-
 def label_pdf(labels, bins: Bins, bw_factor: float) -> np.ndarray:
-    """Dist Loss's label density: the Gaussian KDE of the labels with
-    bandwidth ``bw_factor`` times their (sample) std, as
-    ``scipy.stats.gaussian_kde(labels, bw_method=bw_factor)``, at the bin
-    centres, normalised to sum 1."""
-    y = np.asarray(labels, dtype=np.float64)
+    """Dist Loss's label density as the official ``get_label_distribution``:
+    the training labels inside [lo, hi], their Gaussian KDE with bandwidth
+    ``bw_factor`` times their (sample) std (``scipy.stats.gaussian_kde(labels,
+    bw_method=bw_factor)``), at the label grid (:func:`label_grid`),
+    normalised to sum 1.  Where the KDE is degenerate (one label value)
+    all the mass is on that value's grid point."""
+    y = snap(np.asarray(labels, dtype=np.float64), (bins.lo, bins.hi))
+    y = y[(y >= bins.lo) & (y <= bins.hi)]
     h = bw_factor * (y.std(ddof=1) if len(y) > 1 else 0.0)
-    centres = bin_centres(bins)
+    points = label_grid(bins)
     if not h > 0:
-        dens = (bins.index(centres) == bins.index(y[:1])[0]).astype(np.float64)
+        dens = np.zeros(len(points))
+        dens[grid_index(y[:1] if len(y) else [bins.lo], bins)[0]] = 1.0
     else:
-        dens = kde_density(y, centres, h)
+        dens = kde_density(y, points, h)
     return dens / dens.sum()
 
 
 def batch_counts(pdf: np.ndarray, n: int, region: float = 0.5) -> np.ndarray:
-    """How many of ``n`` pseudo-labels fall in each bin, as Dist Loss's
-    ``get_batch_label_distribution`` counts them: each tail up to the first
-    full label lumped into its end bin, the bins between rounded, and the
-    rounding residual spread over bins around the mode (within ``region``
-    of the bins).  Where that official rule would go wrong (a batch too
-    small for two tails, a window past the ends, counts below 0) the counts
-    are the largest-remainder rounding of ``pdf * n`` instead."""
+    """How many of ``n`` pseudo-labels fall on each grid point, as Dist
+    Loss's ``get_batch_label_distribution`` counts them: each tail up to the
+    first whole label lumped into its end point, the points between rounded,
+    and the rounding residual spread over the points around the mode (within
+    ``region`` of them).  Two departures, where the official rule goes
+    wrong: a residual window that would reach past an end is moved inside
+    (the official slice, with a negative start, is empty, or is cut short at
+    the end, and its counts then miss ``n``); and where the rule cannot
+    apply (a batch too small for two tails, counts below 0) the counts are
+    the largest-remainder rounding of ``pdf * n``.  (The official branch for
+    a residual wider than the region is not reached in practice: each
+    rounded point is off by at most 1/2, so the residual is at most half the
+    points.)"""
     num = pdf * n
     m_bins = len(num)
     fallback = np.floor(num).astype(np.int64)
@@ -206,11 +244,13 @@ def batch_counts(pdf: np.ndarray, n: int, region: float = 0.5) -> np.ndarray:
 
 
 def pseudo_labels(pdf: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """``n`` pseudo-labels, ascending: each bin's value ``values[i]``
-    repeated :func:`batch_counts` times."""
+    """``n`` pseudo-labels, ascending: each grid point's value ``values[i]``
+    repeated :func:`batch_counts` times (the official
+    ``get_batch_theoretical_labels``)."""
     return np.repeat(values, batch_counts(pdf, n)).astype(np.float64)
 
 
 def kernel_of(cfg: "TrainConfig") -> np.ndarray:
-    """The LDS kernel window of ``cfg`` (BNI smooths with it)."""
-    return kernel_window(cfg.lds.kernel, cfg.lds.ks, cfg.lds.sigma)
+    """BNI's smoothing window: the LDS kernel and size of ``cfg`` with
+    BNI's own sigma (``bni_sigma``; the official default 1)."""
+    return kernel_window(cfg.lds.kernel, cfg.lds.ks, cfg.method.bni_sigma)

@@ -44,9 +44,13 @@ def _effective(values: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
     """The grid values that change what ``cfg`` trains."""
     m = cfg.method.name
     uses_bins = cfg.lds.reweight != "none" or cfg.fds.enabled or m in ("bni", "dist", "ranksim")
-    lds_kernel = cfg.lds.enabled or (m == "bni" and cfg.method.bni_lds)  # BNI may smooth with the LDS kernel
+    lds_kernel = cfg.lds.enabled or (m == "bni" and cfg.method.bni_lds)  # BNI may smooth with the LDS kernel ...
+    unused = {"lds_sigma"} if not cfg.lds.enabled else set()  # ... and size, with its own sigma
+    if not (m == "bni" and cfg.method.bni_lds):
+        unused.add("bni_sigma")
     return {k: v for k, v in values.items()
             if not (k in _LDS_ONLY and not lds_kernel) and not (k in _FDS_ONLY and not cfg.fds.enabled)
+            and k not in unused
             and not (k == "bin_size" and not uses_bins) and not (k in PARAMETER_METHODS and not uses(m, k))
             and not (k in _NOT_SOLVED and m in CLOSED_FORM_METHODS)}
 

@@ -14,7 +14,7 @@ from ...errors import ConfigError
 from ...seeds import SEED_MAX
 from ..config import GRID_KEYS
 from ..kernels import KERNELS, REWEIGHTS, even_kernel_message
-from ..methods import METHODS
+from ..methods import METHODS, RANKSIM_ROWS
 
 _ON, _OFF = ("on", "true", "yes", "1"), ("off", "false", "no", "0")
 
@@ -108,8 +108,9 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "fds_kernel": _choice(KERNELS), "lds_ks": _kernel_size, "fds_ks": _kernel_size, "lds_sigma": _POSITIVE,
     "fds_sigma": _POSITIVE, "bin_size": _POSITIVE, "lr": _POSITIVE, "seed": _seed,
     "method": _choice(METHODS), "bmse_sigma": _POSITIVE, "bmse_fix_sigma": _switch, "gai_components": _count,
-    "bni_lds": _switch, "dist_weight": _NON_NEGATIVE, "dist_bw": _POSITIVE, "ranksim_gamma": _NON_NEGATIVE,
-    "ranksim_lambda": _POSITIVE, "dw_alpha": _NON_NEGATIVE, "split": _split,
+    "bni_lds": _switch, "bni_sigma": _POSITIVE, "dist_weight": _NON_NEGATIVE, "dist_bw": _POSITIVE,
+    "ranksim_gamma": _NON_NEGATIVE, "ranksim_lambda": _POSITIVE, "ranksim_rows": _choice(RANKSIM_ROWS),
+    "dw_alpha": _NON_NEGATIVE, "split": _split,
 }
 # Keys whose values may be written as an inclusive range, e.g. seed=0..9.
 RANGE_KEYS = ("seed", "gai_components", "split")

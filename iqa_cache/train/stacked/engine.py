@@ -79,7 +79,7 @@ def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: to
         z = fds.calibrate(h, bb) if fds is not None else h
         loss_k = loss(stack.output(z, train=True), yb, wb, h, bb)
         if loss.bmse:
-            *grads, g_sigma = torch.autograd.grad(loss_k.sum(), [*stack.params, loss.sigma])
+            *grads, g_sigma = torch.autograd.grad(loss_k.sum(), [*stack.params, loss.log_sigma])
             opt.step(grads, loss.sigma_grad(g_sigma))
         else:
             opt.step(torch.autograd.grad(loss_k.sum(), stack.params))
@@ -242,7 +242,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     labels = data.label[dev.tr]  # the priors' labels: one split per stack (splits_share)
     loss = StackLoss(cfgs, labels, bins, device)
-    opt = GroupedAdam(stack, cfgs, loss.sigma if loss.bmse else None)
+    opt = GroupedAdam(stack, cfgs, loss.log_sigma if loss.bmse else None)
     rows = TrainingRows.of(data, dev, cfgs, bins, need_bins=loss.needs_bins,
                            parts=parts if own is not None else None)
     fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
@@ -261,7 +261,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
             else:
                 fds.update(stack, rows.x, rows.bins, rows.count)
         best.record(epoch, lrs, train_loss, validation_mae(stack, dev, own), fds,
-                    loss.sigma.detach().tolist() if loss.bmse else None)
+                    loss.sigma.tolist() if loss.bmse else None)
 
     pred_all = predict_rows(stack, dev, "all", best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...binning import Bins
 from ..config import TrainConfig
-from ..priors import bin_centres, bni_prior, fit_gmm, kernel_of, label_pdf, pseudo_labels
+from ..priors import bni_prior, fit_gmm, kernel_of, label_grid, label_pdf, pseudo_labels
 from .losses import loss_terms
 
 # ---------------------------------------------------------- Balanced MSE
@@ -68,20 +68,31 @@ def dist_term(pred: torch.Tensor, pseudo: torch.Tensor, kind: str) -> torch.Tens
 
 # --------------------------------------------------------------- RankSim
 
-def first_per_bin(bins: torch.Tensor) -> torch.Tensor:
-    """Mask [K, B]: the first row of each label bin in each configuration's
-    batch order (the batch order is random, so this is a random member)."""
-    sorted_bins, order = torch.sort(bins, dim=1, stable=True)
-    first = torch.ones_like(sorted_bins, dtype=torch.bool)
-    first[:, 1:] = sorted_bins[:, 1:] != sorted_bins[:, :-1]
-    return torch.zeros_like(first).scatter_(1, order, first)
+def pick_rows(group: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RankSim's rows, as the official ``batchwise_ranking_regularizer``
+    picks them, per configuration: when ``group`` [K, B] (the labels, or
+    their bins) repeats, one row per distinct value, the row with the
+    smallest ``keys`` [K, B] (uniform random numbers: a uniformly random
+    member, as ``random.choice``), in ascending order of the value (as
+    ``torch.unique``); when it does not repeat, every row in batch order.
+    Returns the order ``perm`` [K, B] to gather the rows in and the mask of
+    the kept ones ``sel`` [K, B] (in that order)."""
+    by_key = torch.argsort(keys, dim=1)
+    order = by_key.gather(1, torch.argsort(group.gather(1, by_key), dim=1, stable=True))
+    ordered = group.gather(1, order)
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    repeats = ~first.all(dim=1, keepdim=True)
+    batch_order = torch.arange(group.shape[1], device=group.device).expand_as(order)
+    return torch.where(repeats, order, batch_order), first | ~repeats
 
 
 def normalised_rank(seq: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """Ranks along the last axis, largest first, as ``(rank + 1) / n`` (``n``
     [K] the selected entries per configuration; unselected entries hold
-    -inf and rank last).  Ties keep the official code's order (a stable
-    ascending sort, flipped)."""
+    -inf and rank last).  Ties rank as the official ``argsort`` ranks them
+    on the CPU (an ascending sort that keeps ties in place, flipped: of two
+    equal entries the later one ranks first)."""
     order = torch.argsort(seq, dim=-1, stable=True).flip(-1)
     rank = torch.argsort(order, dim=-1)
     return (rank + 1).to(seq.dtype) / n.view(-1, 1, 1).to(seq.dtype)
@@ -106,12 +117,16 @@ class BlackboxRanker(torch.autograd.Function):
         return -(rank - moved) / (lam + 1e-8), None, None
 
 
-def ranksim_loss(z: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """RankSim: with one row per label bin of the batch, for every anchor the
-    squared difference between the ranks of its feature similarities (cosine,
+def ranksim_loss(z: torch.Tensor, target: torch.Tensor, group: torch.Tensor, lam: torch.Tensor,
+                 keys: torch.Tensor) -> torch.Tensor:
+    """RankSim: with the rows :func:`pick_rows` keeps (one per distinct
+    ``group`` value, picked by ``keys``), for every anchor the squared
+    difference between the ranks of its feature similarities (cosine,
     through the blackbox ranker) and of its label similarities ``-|y_i -
     y_j|``, averaged over the rows and summed over the anchors."""
-    sel = first_per_bin(bins)  # [K, B]
+    perm, sel = pick_rows(group, keys)
+    z = z.gather(1, perm.unsqueeze(2).expand_as(z))
+    target = target.gather(1, perm)
     n = sel.sum(dim=1)
     pair = sel.unsqueeze(1) & sel.unsqueeze(2)
     col = sel.unsqueeze(1).expand_as(pair)
@@ -126,14 +141,23 @@ def ranksim_loss(z: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, lam:
 
 # ------------------------------------------------------------ the stack
 
+def ranksim_seed(seed: int) -> int:
+    """The seed of a configuration's RankSim pick: its own stream, apart
+    from the one that shuffles its rows."""
+    return int(np.random.SeedSequence([int(seed), 29]).generate_state(1)[0])
+
+
 class StackLoss:
     """Each configuration's training loss: its method's loss (Balanced MSE),
     or the plain per-sample loss with its loss weights plus its method's
     terms (Dist Loss, RankSim), computed for the rows of each method only.
 
-    ``sigma`` [K] is the Balanced MSE noise sigma of every configuration
-    (a leaf tensor trained by the optimiser; rows of other methods never get
-    a gradient), ``sigma_learnt`` [K] which of them learn."""
+    ``log_sigma`` [K] is the log of the Balanced MSE noise sigma of every
+    configuration (a leaf tensor trained by the optimiser, so sigma stays
+    positive; rows of other methods never get a gradient), ``sigma_learnt``
+    [K] which of them learn.  RankSim draws its random pick per step from
+    one generator per configuration (seeded by the configuration's seed),
+    so a configuration trains the same in any stack."""
 
     def __init__(self, cfgs: Sequence[TrainConfig], labels: np.ndarray, bins: Bins, device: str):
         self.kind = cfgs[0].loss
@@ -151,7 +175,8 @@ class StackLoss:
                 out[i, :len(v)] = v
             return torch.tensor(out, dtype=torch.float32, device=device)
 
-        self.sigma = torch.tensor([float(c.method.bmse_sigma) for c in cfgs], device=device, requires_grad=True)
+        self.log_sigma = torch.tensor([math.log(c.method.bmse_sigma) for c in cfgs], device=device,
+                                      requires_grad=True)
         self.sigma_learnt = torch.tensor([c.method.bmse and not c.method.bmse_fix_sigma for c in cfgs],
                                          device=device)
         self.bmc, self.gai, self.bni = rows("bmc"), rows("gai"), rows("bni")
@@ -170,18 +195,28 @@ class StackLoss:
             with np.errstate(divide="ignore"):
                 self.bni_logw = table([np.log(p[1]) for p in priors], -math.inf)
         if self.dist is not None:
-            self._values = bin_centres(bins)
+            self._values = label_grid(bins)
             self._pdfs = [label_pdf(labels, bins, cfgs[i].method.dist_bw) for i in self.dist.tolist()]
             self._pseudo: dict[int, torch.Tensor] = {}
             self.dist_weight = torch.tensor([cfgs[i].method.dist_weight for i in self.dist.tolist()], device=device)
         if self.ranksim is not None:
             self.gamma = torch.tensor([cfgs[i].method.ranksim_gamma for i in self.ranksim.tolist()], device=device)
             self.lam = torch.tensor([cfgs[i].method.ranksim_lambda for i in self.ranksim.tolist()], device=device)
+            self.by_bin = torch.tensor([cfgs[i].method.ranksim_rows == "bin" for i in self.ranksim.tolist()],
+                                       device=device)
+            self._pickers = [torch.Generator(device=device).manual_seed(ranksim_seed(cfgs[i].seed))
+                             for i in self.ranksim.tolist()]
 
     @property
     def needs_bins(self) -> bool:
-        """RankSim takes one row per label bin: the batches carry their bins."""
-        return self.ranksim is not None
+        """RankSim with ``ranksim_rows`` bin takes one row per label bin: the
+        batches carry their bins."""
+        return self.ranksim is not None and bool(self.by_bin.any())
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """The noise sigmas [K] (detached)."""
+        return self.log_sigma.detach().exp()
 
     def pseudo(self, n: int) -> torch.Tensor:
         """The Dist Loss pseudo-labels of a batch of ``n`` rows, per dist row."""
@@ -193,7 +228,7 @@ class StackLoss:
     def __call__(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor,
                  z: torch.Tensor, bins: torch.Tensor | None) -> torch.Tensor:
         loss = (loss_terms(pred, target, self.kind) * weights).mean(dim=-1)
-        var = self.sigma ** 2
+        var = torch.exp(2 * self.log_sigma)
         if self.bmc is not None:
             r = self.bmc
             loss = loss.index_copy(0, r, bmc_loss(pred[r], target[r], var[r]))
@@ -210,9 +245,13 @@ class StackLoss:
             loss = loss.index_add(0, r, extra)
         if self.ranksim is not None:
             r = self.ranksim
-            loss = loss.index_add(0, r, self.gamma * ranksim_loss(z[r], target[r], bins[r], self.lam))
+            group = target[r] if bins is None else torch.where(self.by_bin.unsqueeze(1), bins[r].to(target.dtype),
+                                                                 target[r])
+            keys = torch.stack([torch.rand(target.shape[1], generator=g, device=target.device)
+                                for g in self._pickers])
+            loss = loss.index_add(0, r, self.gamma * ranksim_loss(z[r], target[r], group, self.lam, keys))
         return loss
 
     def sigma_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        """The noise sigma's gradient with the fixed ones' zeroed."""
+        """The log noise sigma's gradient with the fixed ones' zeroed."""
         return torch.where(self.sigma_learnt, grad, torch.zeros_like(grad))

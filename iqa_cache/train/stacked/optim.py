@@ -47,8 +47,8 @@ class GroupedAdam:
     rate: a parameter group per run of equal rates, over row slices of the
     stacked tensors; each configuration follows its own schedule.
 
-    ``sigma``: the Balanced MSE noise sigmas [K] of the stack, when it has
-    any, in one more group at the constant ``bmse_sigma_lr`` and without
+    ``sigma``: the logs of the Balanced MSE noise sigmas [K] of the stack,
+    when it has any, in one more group at the constant ``bmse_sigma_lr`` and without
     weight decay (the official code leaves that group out of its schedule)."""
 
     def __init__(self, stack: HeadStack, cfgs: Sequence[TrainConfig], sigma: torch.Tensor | None = None):
