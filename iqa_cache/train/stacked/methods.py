@@ -125,8 +125,12 @@ def ranksim_loss(z: torch.Tensor, target: torch.Tensor, group: torch.Tensor, lam
     through the blackbox ranker) and of its label similarities ``-|y_i -
     y_j|``, averaged over the rows and summed over the anchors."""
     perm, sel = pick_rows(group, keys)
-    z = z.gather(1, perm.unsqueeze(2).expand_as(z))
-    target = target.gather(1, perm)
+    return ranksim_kept(z.gather(1, perm.unsqueeze(2).expand_as(z)), target.gather(1, perm), sel, lam)
+
+
+def ranksim_kept(z: torch.Tensor, target: torch.Tensor, sel: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """The RankSim regulariser over the rows ``sel`` [K, B] (the others are
+    masked out), in the rows' order (which breaks ties)."""
     n = sel.sum(dim=1)
     pair = sel.unsqueeze(1) & sel.unsqueeze(2)
     col = sel.unsqueeze(1).expand_as(pair)
