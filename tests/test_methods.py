@@ -373,3 +373,45 @@ def test_train_head_method_through_the_cli(data, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
     r = iqa("train-head", *common, "--method", "nope", "--out", tmp_path / "n")
     assert r.exit_code == 2 and "nope" in r.output
+
+
+# ------------------------------------------------- the deviations' docs
+
+def test_every_deviation_test_is_named_in_method_md_under_the_section_it_names():
+    """docs/method.md's "what differs" lists match the tests that show each
+    deviation: every test_deviation_* of tests/test_official_*.py is named
+    there, after the heading its module's SECTION points to."""
+    import importlib
+    from pathlib import Path
+
+    from .test_first_look import anchors
+
+    root = Path(__file__).resolve().parents[1]
+    doc = root / "docs" / "method.md"
+    text = doc.read_text()
+    names = []
+    for path in sorted((root / "tests").glob("test_official_*.py")):
+        mod = importlib.import_module(f"tests.{path.stem}")
+        file, _, anchor = mod.SECTION.partition("#")
+        assert file == "docs/method.md" and anchor in anchors(doc), mod.SECTION
+        heading = next(line for line in text.splitlines() if line.startswith("### ")
+                       and anchor in anchors_of(line))
+        section = text[text.index(heading):]
+        section = section[:section.find("\n### ", 1) if "\n### " in section[1:] else len(section)]
+        for name in dir(mod):
+            if name.startswith("test_deviation_"):
+                names.append(name)
+                assert name in section, f"{name} is not named in {mod.SECTION}"
+    assert len(names) >= 8
+
+
+def anchors_of(heading: str) -> set[str]:
+    import tempfile
+    from pathlib import Path
+
+    from .test_first_look import anchors
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "h.md"
+        p.write_text(heading + "\n")
+        return anchors(p)
