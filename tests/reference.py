@@ -451,10 +451,11 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
 
 
 # ------------------------------------------------- imbalance methods
-# Literal, loop-based re-implementations of the official formulas (read from
-# jiawei-ren/BalancedMSE, Ngk03/DIR-Dist-Loss, BorealisAI/ranksim-imbalanced-
-# regression, SteiMi/denseweight), one sample or one anchor at a time, for a
-# single configuration.  pred and target are [B] tensors here.
+# Literal, loop-based re-implementations of the formulas (Balanced MSE, Dist
+# Loss, DenseWeight), one sample at a time, for a single configuration: the
+# batched losses are tested against them.  pred and target are [B] tensors
+# here.  The official code itself, as written, is transcribed in
+# tests/test_official_*.py.
 
 def ref_bmc(pred: torch.Tensor, target: torch.Tensor, noise_var: torch.Tensor) -> torch.Tensor:
     """bmc_loss: row i's logits -(pred_i - target_j)^2 / (2 var) over j, the
@@ -494,34 +495,10 @@ def ref_bni(pred, target, noise_var, centres, weights) -> torch.Tensor:
 def ref_dist(pred, target, pseudo, weight: float) -> torch.Tensor:
     """DistLoss with loss_fn L1, no per-sample weights: mean of weight *
     |sorted_b - pseudo_b| + |pred_b - target_b| (the soft sort is the hard
-    sort while neighbouring predictions lie within 1/regularization_strength)."""
+    sort while neighbouring sorted predictions are less than 1/regularization_strength apart)."""
     sorted_pred = torch.sort(pred).values
     terms = [weight * (sorted_pred[b] - pseudo[b]).abs() + (pred[b] - target[b]).abs() for b in range(len(pred))]
     return torch.stack(terms).mean()
-
-
-def ref_rank(seq: torch.Tensor) -> torch.Tensor:
-    return torch.argsort(torch.argsort(seq, stable=True).flip(1), stable=True)
-
-
-def ref_rank_normalised(seq: torch.Tensor) -> torch.Tensor:
-    return (ref_rank(seq) + 1).float() / seq.size()[1]
-
-
-class RefTrueRanker(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, sequence, lambda_val):
-        rank = ref_rank_normalised(sequence)
-        ctx.lambda_val = lambda_val
-        ctx.save_for_backward(sequence, rank)
-        return rank
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        sequence, rank = ctx.saved_tensors
-        sequence_prime = sequence + ctx.lambda_val * grad_output
-        rank_prime = ref_rank_normalised(sequence_prime)
-        return -(rank - rank_prime) / (ctx.lambda_val + 1e-8), None
 
 
 def ref_dense_weights(labels, alpha: float, eps: float, grid: int = 4096) -> np.ndarray:
