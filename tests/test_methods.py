@@ -307,6 +307,8 @@ def test_method_lds_turns_lds_on_and_the_others_off():
     ({"method": "magic"}, "--method 'magic' is not one of vanilla, lds, bmc"),
     ({"method": "gai", "gai_components": 0}, "--gai-components must be a positive integer"),
     ({"method": "bmc", "bmse_sigma": 0.0}, "--bmse-sigma must be a positive number"),
+    ({"method": "bni", "bni_sigma": -1.0}, "--bni-sigma must be a positive number"),
+    ({"method": "ranksim", "ranksim_rows": "batch"}, "--ranksim-rows 'batch' is not one of label, bin"),
 ])
 def test_meaningless_or_bad_method_settings_are_refused_in_one_line(flat, match):
     with pytest.raises(ConfigError, match=match) as e:
@@ -336,6 +338,23 @@ def test_every_grid_key_has_a_parser_and_method_values_are_checked():
         parse_grid("method=magic")
     with pytest.raises(ConfigError, match="a range A..B is for seed"):
         parse_grid("lr=1..3")
+
+
+def test_bni_sigma_and_ranksim_rows_are_grid_keys_used_only_where_they_act():
+    from iqa_cache.train.grid import expand, parse_grid
+
+    plan = expand(parse_grid("method=bni,ranksim; bni_lds=on,off; bni_sigma=1,2; lds_sigma=2,5; "
+                             "ranksim_rows=label,bin"), BASE, (0.0, 100.0), auto_reweight=True)
+    names = sorted(p.name for p in plan.points)
+    # BNI smooths with --bni-sigma (not --lds-sigma), only with --bni-lds; the rows key only for RankSim
+    assert names == sorted(["method=bni,bni_lds=on,bni_sigma=1", "method=bni,bni_lds=on,bni_sigma=2",
+                            "method=bni,bni_lds=off", "method=ranksim,ranksim_rows=label",
+                            "method=ranksim,ranksim_rows=bin"])
+    cfg = next(p.config for p in plan.points if p.name == "method=ranksim,ranksim_rows=bin")
+    assert cfg.method.ranksim_rows == "bin" and StackLoss([cfg], np.arange(10.0), Bins(0, 10, 1.0), "cpu").needs_bins
+    assert not StackLoss([method_cfg("ranksim")], np.arange(10.0), Bins(0, 10, 1.0), "cpu").needs_bins
+    with pytest.raises(ConfigError, match="grid ranksim_rows='batch' is not valid: use one of label, bin"):
+        parse_grid("ranksim_rows=batch")
 
 
 def test_a_method_grid_drops_unused_settings_and_skips_meaningless_combinations():
@@ -373,6 +392,10 @@ def test_train_head_method_through_the_cli(data, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "b").exists()
     r = iqa("train-head", *common, "--method", "nope", "--out", tmp_path / "n")
     assert r.exit_code == 2 and "nope" in r.output
+    r = iqa("train-head", *common, "--method", "ranksim", "--ranksim-rows", "batch", "--out", tmp_path / "r")
+    assert r.exit_code == 2 and "batch" in r.output and "label" in r.output and "bin" in r.output
+    r = iqa("train-head", *common, "--method", "ranksim", "--ranksim-rows", "bin", "--show-config")
+    assert r.exit_code == 0 and '"ranksim_rows": "bin"' in r.output, r.output
 
 
 # ------------------------------------------------- the deviations' docs
