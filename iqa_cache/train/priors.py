@@ -1,12 +1,14 @@
 """What the imbalance methods compute from the training labels, once per
-run, in numpy: the Gaussian mixture of GAI, the label histogram of BNI, the
-DenseWeight loss weights and the Dist Loss pseudo-labels; and each method's
-per-sample loss weights (:func:`loss_weights`).
+run, in numpy: the Gaussian mixture of GAI (scikit-learn's), the label
+histogram of BNI and the Dist Loss pseudo-labels on the label grid, the
+DenseWeight loss weights; and each method's per-sample loss weights
+(:func:`loss_weights`).
 
 Formulas and the differences from the official code: ``docs/method.md``.
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from .kernels import kernel_window
 
 if TYPE_CHECKING:
     from .config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GaussianMixture", "fit_gmm", "label_grid", "grid_index", "bni_prior", "kde_density",
            "practical_support", "dense_weights", "loss_weights", "label_pdf", "pseudo_labels", "batch_counts"]
@@ -48,9 +52,11 @@ def fit_gmm(labels, k: int) -> GaussianMixture:
     y = np.asarray(labels)
     y = (y if np.issubdtype(y.dtype, np.floating) else y.astype(np.float64)).reshape(-1, 1)
     k = max(1, min(int(k), len(y)))
-    with warnings.catch_warnings():  # fewer distinct labels than components: sklearn warns, the fit stands
-        warnings.simplefilter("ignore", category=UserWarning)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. fewer distinct labels than components
+        warnings.simplefilter("always")
         gmm = SkMixture(n_components=k, random_state=0).fit(y)
+    for w in caught:  # the fit stands, as in the official code; said once, in the log
+        log.info("GAI's mixture (K = %d): %s", k, w.message)
     return GaussianMixture(gmm.means_.reshape(-1).astype(np.float64), gmm.covariances_.reshape(-1).astype(np.float64),
                            gmm.weights_.reshape(-1).astype(np.float64))
 
