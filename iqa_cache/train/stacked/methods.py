@@ -90,9 +90,10 @@ def pick_rows(group: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, to
 def normalised_rank(seq: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """Ranks along the last axis, largest first, as ``(rank + 1) / n`` (``n``
     [K] the selected entries per configuration; unselected entries hold
-    -inf and rank last).  Ties rank as the official ``argsort`` ranks them
-    on the CPU (an ascending sort that keeps ties in place, flipped: of two
-    equal entries the later one ranks first)."""
+    -inf and rank last).  Ties rank by position (a stable ascending sort,
+    flipped: of two equal entries the later one ranks first), as the
+    official unstable ``argsort`` does on the CPU for up to 16 entries
+    (docs/method.md, RankSim)."""
     order = torch.argsort(seq, dim=-1, stable=True).flip(-1)
     rank = torch.argsort(order, dim=-1)
     return (rank + 1).to(seq.dtype) / n.view(-1, 1, 1).to(seq.dtype)
