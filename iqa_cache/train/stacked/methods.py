@@ -126,6 +126,8 @@ def ranksim_loss(z: torch.Tensor, target: torch.Tensor, group: torch.Tensor, lam
     through the blackbox ranker) and of its label similarities ``-|y_i -
     y_j|``, averaged over the rows and summed over the anchors."""
     perm, sel = pick_rows(group, keys)
+    if bool(sel.all()):  # no batch repeats a value (continuous labels): every row, in batch order
+        return ranksim_kept(z, target, sel, lam)
     return ranksim_kept(z.gather(1, perm.unsqueeze(2).expand_as(z)), target.gather(1, perm), sel, lam)
 
 
