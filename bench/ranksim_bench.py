@@ -3,7 +3,8 @@ regulariser over rows already picked, side by side in one process: one
 forward and backward of a stack of K configurations at batch 256 (the
 head's 512-d last hidden layer), labels continuous (KonIQ-like MOS: every
 row kept) and discrete (0-4 integers: five rows kept).  The pick adds two
-sorts of [K, B], a gather and K draws of B random numbers per step.  Also
+sorts of [K, B] and K draws of B random numbers per step, and a gather of
+the features where a batch repeats a label.  Also
 times GAI's mixture fit (scikit-learn, once per run) on 7,058 labels.
 
     python bench/ranksim_bench.py            # K = 10, 30 steps each

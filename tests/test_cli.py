@@ -137,7 +137,8 @@ PAPER_FDS = {"enabled": True, "kernel": "gaussian", "ks": 5, "sigma": 2.0, "mome
 # LDS on the plain loss is the method 'lds'; the other methods' settings at their defaults
 PAPER_METHOD = {"name": "lds", "bmse_sigma": 10.0, "bmse_sigma_lr": 0.01, "bmse_fix_sigma": False, "gai_components": 8,
                 "bni_lds": False, "bni_sigma": 1.0, "dist_weight": 1.0, "dist_bw": 0.5, "ranksim_gamma": 100.0,
-                "ranksim_lambda": 2.0, "ranksim_rows": "label", "dw_alpha": 1.0, "dw_eps": 1e-6}
+                "ranksim_lambda": 2.0, "ranksim_rows": "label", "dw_alpha": 1.0, "dw_eps": 1e-6, "ridge_min": 1e-6,
+                "ridge_max": 1e3, "ridge_steps": 19}
 
 
 @pytest.mark.parametrize("preset,lr,bin_size,label_range", [
@@ -155,6 +156,7 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
         "head": PAPER_HEAD, "lds": PAPER_LDS, "fds": PAPER_FDS,
         "optim": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant"},
         "method": PAPER_METHOD, "order": {"shuffle": "rows", "chunk_rows": 4096, "buffer": 8},
+        "split": {"seed": None, "ratios": "0.7,0.1,0.2"},
         "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
         "seed": 0, "device": "auto"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset
