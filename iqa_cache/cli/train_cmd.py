@@ -86,8 +86,9 @@ class TrainOptions:
                       ] = Method(D["method"])
     bmse_sigma: Annotated[float, typer.Option(help="Balanced MSE: initial noise sigma (in label units).")
                           ] = D["bmse_sigma"]
-    bmse_sigma_lr: Annotated[float, typer.Option(help="Balanced MSE: Adam learning rate of the noise sigma "
-                                                      "(constant).")] = D["bmse_sigma_lr"]
+    bmse_sigma_lr: Annotated[float, typer.Option(help="Balanced MSE: Adam learning rate of log "
+                                                      "sigma (constant; a step moves sigma by up to about "
+                                                      "this fraction of itself).")] = D["bmse_sigma_lr"]
     bmse_fix_sigma: Annotated[bool, typer.Option("--bmse-fix-sigma/--bmse-learn-sigma",
                                                  help="Balanced MSE: keep the noise sigma fixed.")
                               ] = D["bmse_fix_sigma"]

@@ -81,8 +81,9 @@ class MethodConfig:
 
     Balanced MSE (``bmc``, ``gai``, ``bni``): ``bmse_sigma`` the initial
     noise sigma in label units (10, as the official IMDB-WIKI runs on ages,
-    a scale like KonIQ's 0-100; scale it with your labels), learnt with Adam at the constant
-    ``bmse_sigma_lr`` unless ``bmse_fix_sigma``; ``gai_components`` the
+    a scale like KonIQ's 0-100; scale it with your labels), learnt in log
+    space (it stays positive) with Adam at the constant ``bmse_sigma_lr``
+    unless ``bmse_fix_sigma``; ``gai_components`` the
     Gaussian mixture's size; ``bni_lds`` smooths the label histogram with the
     LDS kernel and size (``--lds-kernel/--lds-ks``) and ``bni_sigma`` (the
     official default 1).  Dist Loss:
