@@ -124,14 +124,15 @@ def test_new_labels_splits_and_range_update_in_place(data, made, tmp_path, tiny_
     df.loc[4:5, "split"] = ["test", "train"] if list(df.split[4:6]) != ["test", "train"] else ["val", "val"]
     csv = tmp_path / "new.csv"
     df.to_csv(csv, index=False)
-    r = embed(data, made, tiny_model, "--label-range", "0,100", csv=csv)
+    # a range other than the one the cache chose (the common 0-100 scale of these labels)
+    r = embed(data, made, tiny_model, "--label-range", "0,200", csv=csv)
     assert r.exit_code == 0, r.output
     assert "labels or splits of 6 images updated (no re-embedding)" in r.stdout and processed(r) == 0
     assert "label range updated" in r.stdout
     d = cache.load(made)
     np.testing.assert_array_equal(d.label, df.label.to_numpy(np.float32))
     assert list(d.split) == list(df.split)
-    assert d.label_range == (0.0, 100.0)
+    assert d.label_range == (0.0, 200.0)
     for k, v in before.items():
         np.testing.assert_array_equal(feats(made)[k], v)
     a1 = cache.read_attrs(made)
