@@ -7,6 +7,17 @@ exit code.  Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+MAX_SHOWN = 200  # characters of a value echoed in an error message
+
+
+def clip(value: object, limit: int = MAX_SHOWN) -> str:
+    """``value`` as text, cut to ``limit`` characters (saying how many more
+    were left out): a value echoed in a one-line error never makes it long."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit:,} more characters)"
+
 
 class IqaError(Exception):
     """Base class for user-facing errors (one-line message, exit code 2)."""

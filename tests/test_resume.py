@@ -216,7 +216,9 @@ def test_temporaries_of_a_killed_writer_are_removed(koniq_root, tiny_model, tmp_
     embed(m, _cfg(tiny_model), out, progress=False)
     with h5py.File(out, "r+") as f:  # killed inside finalize: every row done, not marked complete
         cache._write_state(f, f.filename, {"complete": False}, sync=False)
-    stale = [tmp_path / ".c.h5.final-4242", tmp_path / ".c.h5.creating-77"]
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])  # their writer no longer runs
+    ended.wait()
+    stale = [tmp_path / f".c.h5.final-{ended.pid}", tmp_path / f".c.h5.creating-{ended.pid}"]
     for p in stale:
         p.write_bytes(b"half a copy")
     keep = tmp_path / ".c.h5.notes"

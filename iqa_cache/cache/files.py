@@ -11,6 +11,7 @@ import glob
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -122,23 +123,51 @@ def next_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.next")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) still runs; this process's own
+    pid counts as gone (what it left under that pid is from an earlier life)."""
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+_STALE = r"(creating|final|importing)-(\d+)(\.windows)?"
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files that a writer killed while creating or
-    finalising ``path`` left beside it.  Call only while holding the
+    """Delete the temporaries that a writer killed while creating, importing
+    or finalising ``path`` left beside it (``.<name>.creating-PID``,
+    ``.<name>.importing-PID`` and its ``.windows`` folder...), only those of
+    processes that no longer run, and say so.  Call only while holding the
     :class:`WriterLock`.  Returns what was removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
-    for p in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        if re.fullmatch(re.escape(f".{path.name}.") + r"(creating|final)-\d+", p.name):
-            try:
+    for p in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
+        m = re.fullmatch(re.escape(f".{path.name}.") + _STALE, p.name)
+        if m is None or p.is_symlink() or process_alive(int(m.group(2))):
+            continue
+        try:
+            if m.group(3):
+                if not p.is_dir():
+                    continue
+                shutil.rmtree(p)
+            elif p.is_file():
                 p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
+            else:
+                continue
+            removed.append(p)
+        except FileNotFoundError:
+            pass
     if removed:
-        log.info("removed %d temporary file(s) left by an interrupted writer: %s", len(removed),
+        log.info("removed %d temporary file(s) left by an interrupted writer that no longer runs: %s", len(removed),
                  ", ".join(p.name for p in removed))
     return removed
 
@@ -158,13 +187,31 @@ def replace_with(new: Path, path: Path) -> None:
 
 
 class WriterLock:
-    """An exclusive, advisory lock next to the cache (``<cache>.lock``), held
-    by the one process allowed to write it.  The kernel releases it when the
+    """An exclusive, advisory lock next to what one process at a time may
+    write (``<cache>.lock`` beside a cache; ``lock_path`` for others), held
+    by that process.  The lock file says who holds it (pid and command), so
+    that the one refused can be told; the kernel releases the lock when the
     process dies, however it dies."""
 
-    def __init__(self, path: Path):
-        self.lock_path = path.with_name(path.name + ".lock")
+    def __init__(self, path: Path, command: str = "iqa embed", *, lock_path: Path | None = None,
+                 what: str = "cache"):
+        path = Path(path)
+        self.target = path
+        self.lock_path = lock_path if lock_path is not None else path.with_name(path.name + ".lock")
+        self.command = command
+        self.what = what
         self.fd: int | None = None
+
+    def _refuse(self, fd: int) -> CacheError:
+        try:
+            holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            holder = ""
+        pid, _, command = holder.partition(" ")
+        who = f"`{command}`" if command.startswith("iqa ") else "process"
+        pid = pid if pid.isdigit() else "?"
+        return CacheError(f"{self.what} {self.target} is being written by another {who} (pid {pid}); wait for it "
+                          "to finish, or write to another --out")
 
     def __enter__(self) -> "WriterLock":
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,14 +223,9 @@ class WriterLock:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise
-                try:
-                    holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-                except OSError:
-                    holder = "?"
+                err = self._refuse(fd)
                 os.close(fd)
-                raise CacheError(f"cache {self.lock_path.with_suffix('')} is being written by another "
-                                 f"`iqa embed` (pid {holder or '?'}); wait for it to finish, or write to "
-                                 "another --out") from None
+                raise err from None
             # the lock file may have been replaced between open and flock
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.lock_path).st_ino
@@ -191,7 +233,7 @@ class WriterLock:
                 same = False
             if same:
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                os.pwrite(fd, f"{os.getpid()} {self.command}".encode(), 0)
                 self.fd = fd
                 return self
             os.close(fd)

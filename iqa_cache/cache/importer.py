@@ -351,16 +351,20 @@ def _match_rows(feature_ids: np.ndarray | None, csv_ids: np.ndarray, n_rows: int
     return np.asarray([pos[x] for x in csv_ids], dtype=np.int64), "by id"
 
 
+def _check_out(out: Path, cfg: ImportConfig) -> None:
+    if os.path.lexists(out):
+        if not cfg.overwrite:
+            raise CacheError(f"--out {out} already exists; pass --overwrite to replace it, or another --out")
+        if not cache_mod.is_iqa_cache(out):  # replace only an iqa-cache file, never anything else
+            raise CacheError(f"--out {out} exists and is not an iqa cache; refusing to replace it")
+
+
 def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSummary:
     """Write the cache ``cfg.out`` from imported features and labels, checked
     first and written atomically (complete or absent), a block of rows at a
     time (see :class:`FeatureSource` for what is held in memory)."""
     out = Path(cfg.out)
-    if out.exists():
-        if not cfg.overwrite:
-            raise CacheError(f"--out {out} already exists; pass --overwrite to replace it, or another --out")
-        if not cache_mod.is_iqa_cache(out):  # replace only an iqa-cache file, never anything else
-            raise CacheError(f"--out {out} exists and is not an iqa cache; refusing to replace it")
+    _check_out(out, cfg)  # early, before reading anything; again once the lock is held
     csv_path, icol, lcol, csv_ids, labels, split, split_source = _labels_table(cfg)
     with open_features(Path(cfg.features), cfg) as (src, feature_ids, info):
         order, matching = _match_rows(feature_ids, csv_ids, src.shape[0], cfg)
@@ -388,7 +392,9 @@ def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSumma
                 **({"declared_feature_source": cfg.feature_source} if cfg.feature_source else {})}
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.importing-{os.getpid()}")
-        with cache_mod.WriterLock(out):
+        with cache_mod.WriterLock(out, "iqa import"):
+            _check_out(out, cfg)  # another writer may have made it since the first check
+            cache_mod.remove_stale_temporaries(out)
             try:
                 cache_mod.create(tmp, manifest, prov, batch_size=max(1, n))
                 with cache_mod.CacheWriter(tmp, sync=False) as w:
