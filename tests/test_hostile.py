@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from iqa_cache import cache
 from iqa_cache.cli.main import app
 
+from .conftest import learnable_problem, write_feature_cache
+
 runner = CliRunner()
 FAST = ("--epochs", 1, "--hidden", 8, "--blocks", 0, "--no-progress", "--device", "cpu")
 
@@ -52,6 +54,16 @@ def small_import(tmp_path):
     rows = "".join(f"i{i},{1 + i % 5},{('train', 'train', 'val', 'test')[i % 4]}\n" for i in range(12))
     (tmp_path / "labels.csv").write_text("id,label,split\n" + rows)
     return tmp_path / "x.npy", tmp_path / "labels.csv"
+
+
+@pytest.fixture(scope="module")
+def feats(tmp_path_factory) -> Path:
+    x, y, split = learnable_problem(n=160, d=8)
+    return write_feature_cache(tmp_path_factory.mktemp("fc") / "feats.h5", x, y, split)
+
+
+def cli_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def do_import(feats, labels, out, *extra):
@@ -89,6 +101,66 @@ def test_the_lock_message_names_the_command_that_holds_it(small_import, tmp_path
                              f"`iqa import` (pid {os.getpid()})")
     assert "iqa embed" not in err
     assert not out.exists() and not (tmp_path / "out.h5.lock").exists()
+
+
+# ------------------------------------------------------- 2. one writer per ablation folder (and run directory)
+
+def test_a_second_ablate_into_one_out_is_refused_naming_the_holder(feats, tmp_path):
+    from iqa_cache.train.grid.run import ablation_lock
+
+    out = tmp_path / "abl"
+    with ablation_lock(out):  # a first `iqa ablate` into OUT still runs
+        one_line_error(iqa("ablate", "--cache", feats, "--grid", "lds=on,off", "--out", out, *FAST),
+                       f"ablation folder {out} is being written by another `iqa ablate` (pid {os.getpid()})",
+                       "another --out")
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    r = iqa("ablate", "--cache", feats, "--grid", "lds=on,off", "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abl"]
+
+
+def test_a_second_train_head_into_one_run_directory_is_refused(feats, tmp_path):
+    from iqa_cache.train.runs import output_lock
+
+    out = tmp_path / "run"
+    with output_lock(out, "iqa train-head", "run directory"):
+        one_line_error(iqa("train-head", "--cache", feats, "--out", out, *FAST),
+                       f"run directory {out} is being written by another `iqa train-head` (pid {os.getpid()})")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_two_ablates_at_once_leave_one_grid(feats, tmp_path):
+    """A real race: the first ablate holds OUT while it trains; the second,
+    with another grid, is refused; OUT ends with the first grid's runs."""
+    out, ready, go = tmp_path / "abl", tmp_path / "ready", tmp_path / "go"
+    code = ("import os, pathlib, sys, time, iqa_cache.train.grid.run as r\n"
+            "real = r.train_and_write\n"
+            "def waiting(*a, **k):\n"
+            f"    pathlib.Path({str(ready)!r}).touch()\n"
+            f"    while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.05)\n"
+            "    return real(*a, **k)\n"
+            "r.train_and_write = waiting\n"
+            "from iqa_cache.cli.main import main; sys.argv[0] = 'iqa'; main()")
+    first = subprocess.Popen([sys.executable, "-c", code, "ablate", "--cache", str(feats), "--grid", "lds=on,off",
+                              "--out", str(out), *map(str, FAST)], env=cli_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):
+            if ready.exists() or first.poll() is not None:
+                break
+            import time
+            time.sleep(0.05)
+        assert ready.exists(), first.communicate()
+        one_line_error(iqa("ablate", "--cache", feats, "--grid", "fds=on,off", "--out", out, *FAST),
+                       f"is being written by another `iqa ablate` (pid {first.pid})")
+    finally:
+        go.touch()
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "ablation.json", "lds=off", "lds=on", "summary.csv"]
 
 
 # ------------------------------------------------------- 3. leftovers of killed writers
@@ -135,7 +207,7 @@ def test_kill_9_during_import_leaves_nothing_after_the_next_one(tmp_path):
     code = ("import os, signal, sys, iqa_cache.cache as c\n"
             "c.disk_guard = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
             "from iqa_cache.cli.main import main; sys.argv[0] = 'iqa'; main()")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = cli_env()
     p = subprocess.run([sys.executable, "-c", code, "import", "--features", str(h5), "--labels",
                         str(tmp_path / "labels.csv"), "--out", str(out), "--no-progress"],
                        capture_output=True, text=True, env=env)

@@ -300,14 +300,31 @@ def _swap(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_run(out: str | os.PathLike, result: "TrainResult", cache_attrs: dict[str, Any], cache_path: str | os.PathLike,
-              *, overwrite: bool = False, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``result`` as a run directory at ``out``: complete, then
-    swapped into place.  On a write error (a full disk) RunError naming the
-    file; ``out`` is left as it was."""
-    from .. import __version__
+def output_lock(out: str | os.PathLike, command: str, what: str):
+    """The writer lock of the output folder ``out`` (``.NAME.lock`` beside
+    it): a second writer is refused in one line naming ``command`` and the
+    pid holding it."""
+    from ..cache.files import WriterLock  # h5py: not for `iqa report`, which only reads runs
 
     out = Path(out)
+    return WriterLock(out, command, lock_path=out.with_name(f".{out.name}.lock"), what=what)
+
+
+def write_run(out: str | os.PathLike, result: "TrainResult", cache_attrs: dict[str, Any], cache_path: str | os.PathLike,
+              *, overwrite: bool = False, extra: dict[str, Any] | None = None, command: str = "iqa train-head"
+              ) -> Path:
+    """Write ``result`` as a run directory at ``out``: complete, then
+    swapped into place, under ``out``'s writer lock (what is at ``out`` is
+    checked once the lock is held).  On a write error (a full disk) RunError
+    naming the file; ``out`` is left as it was."""
+    with output_lock(out, command, "run directory"):
+        return _write_run(Path(out), result, cache_attrs, cache_path, overwrite=overwrite, extra=extra)
+
+
+def _write_run(out: Path, result: "TrainResult", cache_attrs: dict[str, Any], cache_path: str | os.PathLike,
+               *, overwrite: bool, extra: dict[str, Any] | None) -> Path:
+    from .. import __version__
+
     prepare_run_target(out, overwrite=overwrite, protect={str(cache_path): "the cache being trained on"})
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     config = {

@@ -7,6 +7,7 @@ the single process's bit for bit.  A killed rank is resumed by rerunning
 the command, with any number of ranks: the finished runs are kept."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -14,13 +15,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ...cache import CacheData
-from ...errors import ConfigError, RunError
+from ...errors import ConfigError, IqaError, RunError
 from ..runs import load_run
 from ..stacked import plan_stacks
 from .expand import GridPlan
 from .outcomes import AblationResult, Outcome
 from .outdir import AblationDir
-from .run import finish_ablation, kept_outcomes, start_ablation, train_and_write
+from .run import ablation_lock, finish_ablation, kept_outcomes, start_ablation, train_and_write
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,21 @@ def run_ablation_ranks(data: CacheData, plan: GridPlan, out_dir: str | os.PathLi
     (:class:`iqa_cache.embed.distributed.Session`, entered); the result on rank 0,
     None on the others.  An error on any rank is raised on every rank after
     the others finished their stacks (no rank waits forever)."""
+    with contextlib.ExitStack() as held:  # rank 0 holds OUT's lock from the check to the summary
+        return _run_ranks(data, plan, Path(out_dir), session, held, overwrite=overwrite, max_stack=max_stack,
+                          progress=progress)
+
+
+def _run_ranks(data: CacheData, plan: GridPlan, out_dir: Path, session, held: contextlib.ExitStack, *,
+               overwrite: bool, max_stack: int, progress: bool) -> AblationResult | None:
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     existing: AblationDir | None = None
     error = None
     if session.rank == 0:
         try:
+            held.enter_context(ablation_lock(out_dir))
             existing = start_ablation(data, plan, out_dir, overwrite=overwrite)
-        except (RunError, ConfigError) as e:
+        except IqaError as e:
             error = str(e)
     error, todo = session.broadcast((error, existing.to_train(plan) if existing is not None else None))
     if error:

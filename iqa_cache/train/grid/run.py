@@ -13,7 +13,7 @@ from ...cache import CacheData
 from ...errors import RunError, TrainingDiverged
 from ...schema import item_noun
 from ..config import PLAN_FILE, SUMMARY_FILE
-from ..runs import json_bytes, load_run, run_state, write_atomic, write_marker, write_run
+from ..runs import json_bytes, load_run, output_lock, run_state, write_atomic, write_marker, write_run
 from ..stacked import plan_stacks, train_many
 from .expand import GridPlan
 from .outcomes import AblationResult, Outcome
@@ -35,11 +35,19 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
     once the new ones are complete.  A configuration that diverges gets no
     run directory and does not stop the others."""
     t0 = time.perf_counter()
-    existing = start_ablation(data, plan, out_dir, overwrite=overwrite, existing=existing)
-    todo = existing.to_train(plan)
-    stacks = plan_stacks([plan.points[i].config for i in todo], max_stack) if todo else []
-    outcomes = train_and_write(data, plan, existing, todo, stacks, progress=progress)
-    return finish_ablation(data, plan, existing, outcomes, n_stacks=len(stacks), t0=t0)
+    with ablation_lock(out_dir):
+        existing = start_ablation(data, plan, out_dir, overwrite=overwrite, existing=existing)
+        todo = existing.to_train(plan)
+        stacks = plan_stacks([plan.points[i].config for i in todo], max_stack) if todo else []
+        outcomes = train_and_write(data, plan, existing, todo, stacks, progress=progress)
+        return finish_ablation(data, plan, existing, outcomes, n_stacks=len(stacks), t0=t0)
+
+
+def ablation_lock(out_dir: str | os.PathLike):
+    """OUT's writer lock, held from the check of what OUT holds to the
+    summary: a second ablate into the same OUT is refused in one line
+    naming the pid holding it, so one OUT never mixes two grids."""
+    return output_lock(out_dir, "iqa ablate", "ablation folder")
 
 
 def start_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *, overwrite: bool = False,
@@ -84,7 +92,7 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
                     shutil.rmtree(target)
                     log.warning("removed the old run directory %s: this configuration diverged", target)
             else:
-                write_run(target, res, data.attrs, data.path, overwrite=True,
+                write_run(target, res, data.attrs, data.path, overwrite=True, command="iqa ablate",
                           extra={"ablation": {"name": point.name, "grid": point.values,
                                               "grid_source": plan.spec.source}})
                 outcomes[i] = Outcome(point, "ok", result=res, run_dir=target, run=load_run(target))
