@@ -220,3 +220,34 @@ def test_kill_9_during_import_leaves_nothing_after_the_next_one(tmp_path):
     assert "removed 2 temporary file(s)" in r.stderr and left[0] in r.stderr
     assert sorted(q.name for q in tmp_path.iterdir()) == ["f.h5", "labels.csv", "out.h5"]
     np.testing.assert_array_equal(cache.load(out).features, x)
+
+
+# ------------------------------------------------------- 4. HDF5 files that point at other files
+
+@pytest.mark.parametrize("kind", ["external raw storage", "virtual dataset", "external link"])
+def test_hdf5_features_that_point_at_another_file_are_refused(small_import, tmp_path, kind):
+    _, labels = small_import
+    secret = tmp_path / "secret.bin"  # any file: /etc/passwd in the report
+    secret.write_bytes(np.arange(36, dtype=np.float32).tobytes())
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["features"] = np.ones((12, 3), np.float32)
+    feats = tmp_path / "stub.h5"
+    with h5py.File(feats, "w") as f:
+        if kind == "external raw storage":
+            f.create_dataset("features", shape=(12, 3), dtype="f4", external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        elif kind == "virtual dataset":
+            layout = h5py.VirtualLayout(shape=(12, 3), dtype="f4")
+            layout[:] = h5py.VirtualSource(str(other), "features", shape=(12, 3))
+            f.create_virtual_dataset("features", layout)
+        else:
+            f["group/features"] = np.zeros((12, 3), np.float32)
+            f["features"] = h5py.ExternalLink(str(other), "features")
+    want = {"external raw storage": "dataset 'features' stores its data in another file (external raw storage)",
+            "virtual dataset": "dataset 'features' is a virtual dataset",
+            "external link": f"'features' is an external link to {other}:features"}[kind]
+    out = tmp_path / "out.h5"
+    for extra in ((), ("--features-key", "features")):
+        one_line_error(do_import(feats, labels, out, *extra), f"--features {feats}: {want}",
+                       "reads only what the named file itself holds")
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import cache as cache_mod
 from ..binning import default_label_range
-from ..errors import CacheError, DatasetError
+from ..errors import CacheError, DatasetError, clip
 from ..schema import IMPORTED, item_noun  # noqa: F401 (re-exported)
 from ..settings import ImportConfig  # noqa: F401  (re-exported: its old place)
 from ..sources.datasets import (
@@ -219,6 +219,7 @@ def open_features(path: Path, cfg: ImportConfig) -> Iterator[tuple[FeatureSource
                 import h5py
 
                 f = stack.enter_context(h5py.File(path, "r"))
+                _refuse_outside_data(f, path)
                 names = []
                 f.visit(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
 
@@ -251,6 +252,38 @@ def open_features(path: Path, cfg: ImportConfig) -> Iterator[tuple[FeatureSource
                 "imported_features_key": fkey, "imported_ids_key": ikey, "imported_shape": list(raw.shape),
                 "imported_dtype": str(raw.dtype)}
         yield src, ids, info
+
+
+def _refuse_outside_data(f, path: Path) -> None:
+    """Refuse an HDF5 file that takes data from other files: an external
+    link, a virtual dataset, or a dataset whose raw data is stored in
+    another file.  Reading one would pull that file's bytes (any file: e.g.
+    /etc/passwd) into the cache while the recorded SHA-256 covers only
+    ``path``; the import reads only what the named file itself holds."""
+    import h5py
+
+    found: list[str] = []
+
+    def look(name: str, link) -> None:
+        if found:
+            return
+        if isinstance(link, h5py.ExternalLink):
+            found.append(f"'{clip(name)}' is an external link to {clip(link.filename)}:{clip(link.path)}")
+            return
+        if not isinstance(link, h5py.HardLink):
+            return
+        obj = f.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            return
+        if obj.is_virtual:
+            found.append(f"dataset '{clip(name)}' is a virtual dataset (its data is in other files)")
+        elif obj.id.get_create_plist().get_external_count() > 0:
+            found.append(f"dataset '{clip(name)}' stores its data in another file (external raw storage)")
+
+    f.visititems_links(look)
+    if found:
+        raise DatasetError(f"--features {path}: {found[0]}; iqa import reads only what the named file itself holds: "
+                           "copy the data into it (h5repack, or h5py) and import that file")
 
 
 def _check_finite(src: FeatureSource, ids: np.ndarray | None) -> None:
