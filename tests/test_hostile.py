@@ -251,3 +251,69 @@ def test_hdf5_features_that_point_at_another_file_are_refused(small_import, tmp_
         one_line_error(do_import(feats, labels, out, *extra), f"--features {feats}: {want}",
                        "reads only what the named file itself holds")
         assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+# ------------------------------------------------------- 5. a FIFO listed as an image
+
+@pytest.mark.parametrize("pipeline", ["pil", "tensor"])
+def test_a_fifo_listed_as_an_image_is_a_failed_item_not_a_hang(tmp_path, tiny_model, pipeline):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(root / f"a{i}.jpg")
+    os.mkfifo(root / "pipe.jpg")  # opening it for reading waits for a writer that never comes
+    (tmp_path / "l.csv").write_text("image,label\na0.jpg,1\npipe.jpg,2\na1.jpg,3\na2.jpg,4\n")
+    out = tmp_path / "c.h5"
+    p = subprocess.run([sys.executable, "-m", "iqa_cache.cli", "embed", "--dataset", "csv", "--root", str(root),
+                        "--csv", str(tmp_path / "l.csv"), "--model", tiny_model, "--pretrained", "none",
+                        "--device", "cpu", "--workers", "1", "--pipeline", pipeline, "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, env=cli_env(), timeout=180)
+    assert p.returncode == 3, p.stderr
+    assert "Traceback" not in p.stderr
+    assert cache.failures(out) == [("pipe.jpg", "a FIFO (named pipe), not a regular file")]
+    assert "pipe.jpg: a FIFO (named pipe), not a regular file" in p.stdout + p.stderr
+    data = cache.load(out)
+    assert len(data) == 3 and "pipe.jpg" not in list(data.image_id)
+
+
+# ------------------------------------------------------- 7. shard patterns and labels CSVs are bounded
+
+def test_a_shard_pattern_naming_too_many_shards_is_refused_before_it_is_expanded(tmp_path):
+    import tracemalloc
+
+    from iqa_cache.sources.wds import MAX_SHARDS
+
+    pattern = f"{tmp_path}/x{{0..9999}}{{0..9999}}.tar"  # 10^8 names
+    tracemalloc.start()
+    r = iqa("embed", "--dataset", "webdataset", "--root", pattern, "--pretrained", "none", "--out",
+            tmp_path / "c.h5", "--no-progress")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_line_error(r, f"--root {pattern} names more than {MAX_SHARDS:,} shards (the limit, MAX_SHARDS)")
+    assert peak < 200 << 20  # about MAX_SHARDS names at most, never 10^8
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_labels_csv_over_the_limit_is_refused_unread(small_import, tmp_path):
+    from iqa_cache.sources.datasets import MAX_CSV_BYTES
+
+    feats, _ = small_import
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:  # sparse: no disk used, but 2 GiB of zeros for a reader
+        f.write(b"id,label\n")
+        f.truncate(MAX_CSV_BYTES + 1)
+    out = tmp_path / "out.h5"
+    one_line_error(do_import(feats, big, out), f"CSV file {big} is {MAX_CSV_BYTES + 1:,} bytes, over the limit of "
+                   f"{MAX_CSV_BYTES:,} bytes")
+    assert not out.exists()
+
+
+def test_a_fifo_as_labels_is_named_as_such(small_import, tmp_path):
+    feats, _ = small_import
+    fifo = tmp_path / "labels.fifo"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.h5"
+    err = one_line_error(do_import(feats, fifo, out), f"CSV file {fifo} is a FIFO (named pipe), not a regular file")
+    assert "does not exist" not in err and not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ def file_identity(path: Path, *, with_hash: bool = True) -> tuple[int, int, byte
         st = os.stat(path)
     except (OSError, ValueError):
         return -1, -1, b""
-    if not with_hash:
+    if not with_hash or not stat.S_ISREG(st.st_mode):  # a FIFO or a device is never read: it may block
         return int(st.st_size), int(st.st_mtime_ns), b""
     h = hashlib.blake2b(digest_size=8)
     h.update(int(st.st_size).to_bytes(8, "little"))

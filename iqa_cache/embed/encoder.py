@@ -28,6 +28,7 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import ConfigError, WeightsUnavailable
+from ..sources.datasets import special_kind
 from .preprocess import (
     FEATURE_NAME,
     INIT_SEED,
@@ -263,7 +264,14 @@ def load_image(path: str | os.PathLike | bytes | bytearray, *, exif_transpose: b
     if isinstance(path, (bytes, bytearray, memoryview, np.ndarray)):  # the image's bytes (e.g. a tar member)
         path = io.BytesIO(path)
     try:
-        size = path.getbuffer().nbytes if isinstance(path, io.BytesIO) else os.path.getsize(path)
+        if isinstance(path, io.BytesIO):
+            size = path.getbuffer().nbytes
+        else:
+            st = os.stat(path)
+            kind = special_kind(st.st_mode)
+            if kind:  # a FIFO or a device would block or never end
+                raise ImageLoadError(f"{kind}, not a regular file")
+            size = st.st_size
     except FileNotFoundError:
         raise ImageLoadError("file not found") from None
     except OSError as e:

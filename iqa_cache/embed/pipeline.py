@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,8 +69,14 @@ class Loaded:
 
 
 def read_bytes(path: Path) -> bytearray:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    """A regular file's bytes; OSError for anything else (a FIFO is opened
+    without blocking and refused, never read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        size = st.st_size
         buf = bytearray(size)
         got = f.readinto(buf)
     if got != size:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -96,9 +97,33 @@ class Manifest:
 
 # --------------------------------------------------------------------- helpers
 
+MAX_CSV_BYTES = 2 << 30  # a labels/dataset CSV larger than this (2 GiB) is refused: it is read whole
+
+
+def special_kind(mode: int) -> str:
+    """'' for a regular file's ``st_mode``; else what it is ('a FIFO', 'a
+    character device', ...): reading one may block forever or never end."""
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "" if stat.S_ISREG(mode) else "not a regular file"
+
+
 def _read_csv(csv_path: Path) -> pd.DataFrame:
-    if not csv_path.is_file():
-        raise DatasetError(f"CSV file {csv_path} does not exist")
+    try:
+        st = os.stat(csv_path)
+    except FileNotFoundError:
+        raise DatasetError(f"CSV file {csv_path} does not exist") from None
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"CSV file {csv_path} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+    kind = special_kind(st.st_mode)
+    if kind:
+        raise DatasetError(f"CSV file {csv_path} is {kind}, not a regular file")
+    if st.st_size > MAX_CSV_BYTES:
+        raise DatasetError(f"CSV file {csv_path} is {st.st_size:,} bytes, over the limit of {MAX_CSV_BYTES:,} "
+                           "bytes (2 GiB) for a labels CSV, which is read whole")
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True,
                          encoding="utf-8")

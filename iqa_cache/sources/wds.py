@@ -20,6 +20,7 @@ random split.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -29,11 +30,12 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from ..binning import default_label_range
-from ..errors import DatasetError
+from ..errors import DatasetError, clip
 from .datasets import SPLIT_ALIASES, Manifest, _apply_range, seeded_split
 
 log = logging.getLogger(__name__)
@@ -44,33 +46,49 @@ SPLIT_KEYS = ("split", "set")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 
 
-def expand_braces(pattern: str) -> list[str]:
-    """``a{00..02}b{x,y}`` → a00bx, a00by, a01bx, ...  (ranges keep the
-    width of their zero-padded bounds; a step ``{0..10..5}`` is allowed)."""
+MAX_SHARDS = 100_000  # a --root pattern naming more shards than this is refused before it is expanded further
+
+
+def _expand(pattern: str, where: str) -> Iterator[str]:
+    """The names ``pattern`` expands to, one at a time (nothing is built
+    that the caller does not take)."""
     m = _BRACE.search(pattern)
     if m is None:
-        return [pattern]
+        yield pattern
+        return
     body = m.group(1)
     rng = re.fullmatch(r"(-?\d+)\.\.(-?\d+)(?:\.\.(\d+))?", body)
+    items: Iterable[str]
     if rng:
         a, b = int(rng.group(1)), int(rng.group(2))
         step = int(rng.group(3) or 1)
         if step == 0:
-            raise DatasetError(f"--root {pattern}: brace range '{{{body}}}' has step 0")
+            raise DatasetError(f"--root {clip(where)}: brace range '{{{clip(body)}}}' has step 0")
         bounds = (rng.group(1).lstrip("-"), rng.group(2).lstrip("-"))
         padded = any(len(x) > 1 and x.startswith("0") for x in bounds)  # as bash: {00..10} pads, {0..10} not
         width = max(len(rng.group(1)), len(rng.group(2))) if padded else 0
         vals = range(a, b + 1, step) if a <= b else range(a, b - 1, -step)
-        items = [str(v).zfill(width) for v in vals]
+        items = (str(v).zfill(width) for v in vals)
     elif "," in body:
         items = body.split(",")
     else:  # a literal brace pair
-        items = ["{" + body + "}"]
         head, tail = pattern[:m.end()], pattern[m.end():]
-        return [head + rest for rest in expand_braces(tail)]
-    out = []
+        for rest in _expand(tail, where):
+            yield head + rest
+        return
     for it in items:
-        out.extend(expand_braces(pattern[:m.start()] + it + pattern[m.end():]))
+        yield from _expand(pattern[:m.start()] + it + pattern[m.end():], where)
+
+
+def expand_braces(pattern: str, limit: int = MAX_SHARDS) -> list[str]:
+    """``a{00..02}b{x,y}`` → a00bx, a00by, a01bx, ...  (ranges keep the
+    width of their zero-padded bounds; a step ``{0..10..5}`` is allowed).
+    DatasetError, before building the list, when it names more than
+    ``limit`` names."""
+    out = list(itertools.islice(_expand(pattern, pattern), limit + 1))
+    if len(out) > limit:
+        raise DatasetError(f"--root {clip(pattern)} names more than {limit:,} shards (the limit, MAX_SHARDS); "
+                           "merge shards, or embed the dataset in parts")
     return out
 
 
@@ -79,10 +97,10 @@ def shard_paths(pattern: str | os.PathLike) -> list[Path]:
     or one is missing / not a tar file."""
     paths = [Path(p) for p in expand_braces(str(pattern))]
     if len(set(paths)) != len(paths):
-        raise DatasetError(f"--root {pattern}: names some shard twice")
+        raise DatasetError(f"--root {clip(pattern)}: names some shard twice")
     for p in paths:
         if not p.is_file():
-            raise DatasetError(f"webdataset shard {p} does not exist (from --root {pattern})")
+            raise DatasetError(f"webdataset shard {clip(p)} does not exist (from --root {clip(pattern)})")
     return paths
 
 
