@@ -317,3 +317,26 @@ def test_a_fifo_as_labels_is_named_as_such(small_import, tmp_path):
     out = tmp_path / "out.h5"
     err = one_line_error(do_import(feats, fifo, out), f"CSV file {fifo} is a FIFO (named pipe), not a regular file")
     assert "does not exist" not in err and not out.exists()
+
+
+# ------------------------------------------------------- 6. a grid is counted before it is expanded
+
+def test_a_grid_of_ten_million_configurations_is_refused_before_expanding(feats, tmp_path):
+    import tracemalloc
+
+    from iqa_cache.train.grid.spec import MAX_GRID_CONFIGS
+
+    grid = "seed=0..99999; lr=" + ",".join(f"{i + 1}e-4" for i in range(100))  # 10^7 configurations
+    out = tmp_path / "abl"
+    tracemalloc.start()
+    r = iqa("ablate", "--cache", feats, "--grid", grid, "--out", out, *FAST)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    one_line_error(r, "the grid has 10,000,000 configurations (100,000 seed × 100 lr), over the limit of "
+                   f"{MAX_GRID_CONFIGS:,} (MAX_GRID_CONFIGS)")
+    assert peak < 300 << 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    many_ranges = "seed=" + ",".join(f"{i * 100_000}..{i * 100_000 + 99_999}" for i in range(1000))  # 10^8 seeds
+    one_line_error(iqa("ablate", "--cache", feats, "--grid", many_ranges, "--out", out, *FAST),
+                   f"grid key 'seed' has more than {MAX_GRID_CONFIGS:,} values")
+    assert not out.exists()

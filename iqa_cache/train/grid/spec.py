@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from ...errors import ConfigError
+from ...errors import ConfigError, clip
 from ...seeds import SEED_MAX
 from ..config import GRID_KEYS
 from ..kernels import KERNELS, REWEIGHTS, even_kernel_message
@@ -114,6 +114,9 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
 }
 # Keys whose values may be written as an inclusive range, e.g. seed=0..9.
 RANGE_KEYS = ("seed", "gai_components", "split")
+# The most configurations one grid may have: counted (the product of its keys' numbers of values) before
+# anything is expanded, and refused beyond.
+MAX_GRID_CONFIGS = 100_000
 
 
 def parse_value(key: str, raw: Any) -> Any:
@@ -136,8 +139,11 @@ def expand_ranges(key: str, raws: Sequence[Any]) -> list[Any]:
         a, b = int(m.group(1)), int(m.group(2))
         if key not in RANGE_KEYS:
             raise _bad(key, raw, f"a range A..B is for {', '.join(RANGE_KEYS)} only")
-        if b < a or b - a >= 100_000:
-            raise _bad(key, raw, "use a range A..B with A <= B (at most 100,000 values)")
+        if b < a or b - a >= MAX_GRID_CONFIGS:
+            raise _bad(key, raw, f"use a range A..B with A <= B (at most {MAX_GRID_CONFIGS:,} values)")
+        if len(out) + b - a + 1 > MAX_GRID_CONFIGS:
+            raise ConfigError(f"grid key '{key}' has more than {MAX_GRID_CONFIGS:,} values (the limit of a grid, "
+                              "MAX_GRID_CONFIGS); split it into several ablations")
         out.extend(range(a, b + 1))
     return out
 
@@ -193,10 +199,17 @@ def _axes(items: Sequence[tuple[str, Sequence[Any]]]) -> tuple[tuple[str, tuple[
         if len(raws) == 0:
             raise ConfigError(f"grid key '{key}' has no values")
         values = tuple(parse_value(key, r) for r in expand_ranges(key, raws))
-        dup = [format_value(v) for i, v in enumerate(values) if v in values[:i]]
-        if dup:
-            raise ConfigError(f"grid {key}: value {dup[0]} is given twice")
+        given: set[Any] = set()
+        for v in values:  # a set: 100,000 seeds are checked at once, not pairwise
+            if v in given:
+                raise ConfigError(f"grid {key}: value {clip(format_value(v))} is given twice")
+            given.add(v)
         seen[key] = values
+    n = math.prod(len(v) for v in seen.values())
+    if n > MAX_GRID_CONFIGS:
+        sizes = " × ".join(f"{len(v):,} {k}" for k, v in seen.items())
+        raise ConfigError(f"the grid has {n:,} configurations ({clip(sizes)}), over the limit of "
+                          f"{MAX_GRID_CONFIGS:,} (MAX_GRID_CONFIGS); split it into several ablations")
     return tuple(seen.items())
 
 
