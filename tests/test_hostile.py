@@ -340,3 +340,83 @@ def test_a_grid_of_ten_million_configurations_is_refused_before_expanding(feats,
     one_line_error(iqa("ablate", "--cache", feats, "--grid", many_ranges, "--out", out, *FAST),
                    f"grid key 'seed' has more than {MAX_GRID_CONFIGS:,} values")
     assert not out.exists()
+
+
+# ------------------------------------------------------- 8. the head's size is bounded before allocating
+
+def test_a_head_too_large_is_refused_before_allocating(feats, tmp_path):
+    from iqa_cache.train.config import MAX_BLOCKS, MAX_HEAD_PARAMS, MAX_HIDDEN_DIM
+
+    out = tmp_path / "run"
+    r = iqa("train-head", "--cache", feats, "--out", out, *FAST, "--hidden", 1_000_000_000)
+    assert r.exit_code == 2 and f"1<=x<={MAX_HIDDEN_DIM}" in r.output.replace(" ", "") or (
+        f"less than or equal to {MAX_HIDDEN_DIM}" in r.output), r.output
+    r = iqa("train-head", "--cache", feats, "--out", out, *FAST, "--blocks", 100_000)
+    assert r.exit_code == 2 and str(MAX_BLOCKS) in r.output, r.output
+    one_line_error(iqa("train-head", "--cache", feats, "--out", out, "--epochs", 1, "--no-progress", "--device",
+                       "cpu", "--hidden", MAX_HIDDEN_DIM, "--blocks", MAX_BLOCKS),
+                   f"a head with --hidden 16,384 and --blocks {MAX_BLOCKS} has 137,459,957,761 parameters (768-d "
+                   f"input), over the limit of {MAX_HEAD_PARAMS:,} (MAX_HEAD_PARAMS)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def scored_run(koniq_root, tiny_model, tmp_path_factory):
+    """A run of the tiny encoder (a checkpoint, so predict can rebuild it)
+    and an image to score."""
+    import open_clip
+    import torch
+
+    from iqa_cache.embed.encoder import resolve_model_name
+
+    work = tmp_path_factory.mktemp("scored")
+    torch.manual_seed(7)
+    ckpt = work / "tiny.pt"
+    torch.save(open_clip.create_model(resolve_model_name(tiny_model)[0], pretrained=None).state_dict(), ckpt)
+    h5, run = work / "feats.h5", work / "run"
+    r = iqa("embed", "--dataset", "koniq", "--root", koniq_root, "--model", tiny_model, "--pretrained", ckpt,
+            "--device", "cpu", "--workers", 0, "--out", h5, "--no-progress")
+    assert r.exit_code == 0, r.output
+    r = iqa("train-head", "--cache", h5, "--out", run, *FAST)
+    assert r.exit_code == 0, r.output
+    return run, next((koniq_root / "512x384").iterdir())
+
+
+def tampered(run: Path, tmp_path: Path, edit) -> Path:
+    import json
+    import shutil
+
+    copy = tmp_path / "tampered"
+    shutil.copytree(run, copy)
+    doc = json.loads((copy / "config.json").read_text())
+    doc = edit(doc)
+    (copy / "config.json").write_text(json.dumps(doc))
+    return copy
+
+
+def _head(**kw):
+    def edit(doc):
+        doc["train"]["head"].update(kw)
+        return doc
+    return edit
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (_head(hidden_dim=1e9), "config.json holds a bad setting: head setting hidden_dim must be a whole number, "
+                            "got 1000000000.0"),
+    (_head(hidden_dim=1_000_000_000), "config.json holds a bad setting: --hidden must be from 1 to 16,384, got "
+                                      "1,000,000,000"),
+    (_head(n_blocks=100_000), "config.json holds a bad setting: --blocks must be from 0 to 256, got 100,000"),
+    (_head(n_blocks="2"), "config.json holds a bad setting: head setting n_blocks must be a whole number, got '2'"),
+    (_head(dropout=float("nan")), "config.json holds a bad setting: --dropout must be in [0, 1), got nan"),
+    (lambda doc: [doc], "config.json is a JSON list, not an object of settings"),
+    (lambda doc: {**doc, "train": {**doc["train"], "head": [1, 2]}}, "config.json holds a bad setting"),
+    (lambda doc: {k: v for k, v in doc.items() if k != "bins"}, "config.json lacks 'bins'"),
+    (_head(in_dim=999), "head.pt does not match config.json's head"),
+])
+def test_a_runs_config_json_that_is_wrong_is_one_line(scored_run, tmp_path, edit, needle):
+    run, image = scored_run
+    bad = tampered(run, tmp_path, edit)
+    before = {p.name: p.read_bytes() for p in bad.iterdir()}
+    one_line_error(iqa("predict", "--run", bad, image, "--device", "cpu", "--no-progress"), f"run {bad}: {needle}")
+    assert {p.name: p.read_bytes() for p in bad.iterdir()} == before

@@ -17,6 +17,8 @@ from iqa_cache.device import Device
 from iqa_cache.train.config import (
     FLAT_DEFAULTS,
     FLAT_FIELDS,
+    MAX_BLOCKS,
+    MAX_HIDDEN_DIM,
     PRESETS,
     EmptyBins,
     Kernel,
@@ -133,8 +135,9 @@ class TrainOptions:
                                                  "batch).")] = D["batch_size"]
     loss: Annotated[Loss, typer.Option(help="Regression loss, weighted per sample by --reweight.")
                     ] = Loss(D["loss"])
-    hidden: Annotated[int, typer.Option(help="Width of the head's hidden layers.")] = D["hidden"]
-    blocks: Annotated[int, typer.Option(help="Residual blocks in the head (0 or more).")] = D["blocks"]
+    hidden: Annotated[int, typer.Option(min=1, max=MAX_HIDDEN_DIM, help="Width of the head's hidden layers.")
+                      ] = D["hidden"]
+    blocks: Annotated[int, typer.Option(min=0, max=MAX_BLOCKS, help="Residual blocks in the head.")] = D["blocks"]
     dropout: Annotated[float, typer.Option(help="Dropout on the head's final features (after FDS), in [0, 1).")
                        ] = D["dropout"]
     seed: Annotated[int, typer.Option(help="Seed of the head's initialisation and the batch order.")] = D["seed"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..binning import Bins
-from ..errors import ConfigError
+from ..errors import ConfigError, clip
 from ..seeds import check_seed
 from .kernels import KERNELS, REWEIGHTS, Kernel, Reweight, even_kernel_message, lds_weights
 from .methods import CLOSED_FORM_METHODS, METHODS, Method, MethodConfig, method_conflict
@@ -65,6 +66,11 @@ LOSSES = tuple(e.value for e in Loss)
 SCHEDULES = tuple(e.value for e in Schedule)
 SHUFFLES = tuple(e.value for e in Shuffle)
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
+# The head's size is bounded, and checked before anything is allocated (--hidden, --blocks, a run's config.json)
+MAX_HIDDEN_DIM = 16_384
+MAX_BLOCKS = 256
+MAX_IN_DIM = 65_536  # features wider than any encoder's
+MAX_HEAD_PARAMS = 200_000_000  # 800 MB of float32 weights; training holds about four times that
 
 
 def _plain(value: Any) -> Any:
@@ -97,16 +103,31 @@ class HeadConfig:
     activation: str = "relu"
 
     def __post_init__(self) -> None:
-        if self.in_dim < 1:
-            raise ConfigError(f"the head's input width must be positive, got {self.in_dim}")
-        if self.hidden_dim < 1:
-            raise ConfigError(f"--hidden must be at least 1, got {self.hidden_dim}")
-        if self.n_blocks < 0:
-            raise ConfigError(f"--blocks must be 0 or more, got {self.n_blocks}")
+        for name, value in (("in_dim", self.in_dim), ("hidden_dim", self.hidden_dim), ("n_blocks", self.n_blocks)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ConfigError(f"head setting {name} must be a whole number, got {clip(repr(value))}")
+        if not 1 <= self.in_dim <= MAX_IN_DIM:
+            raise ConfigError(f"the head's input width must be from 1 to {MAX_IN_DIM:,}, got {self.in_dim:,}")
+        if not 1 <= self.hidden_dim <= MAX_HIDDEN_DIM:
+            raise ConfigError(f"--hidden must be from 1 to {MAX_HIDDEN_DIM:,}, got {self.hidden_dim:,}")
+        if not 0 <= self.n_blocks <= MAX_BLOCKS:
+            raise ConfigError(f"--blocks must be from 0 to {MAX_BLOCKS:,}, got {self.n_blocks:,}")
+        if self.n_params > MAX_HEAD_PARAMS:
+            raise ConfigError(f"a head with --hidden {self.hidden_dim:,} and --blocks {self.n_blocks} has "
+                              f"{self.n_params:,} parameters ({self.in_dim:,}-d input), over the limit of "
+                              f"{MAX_HEAD_PARAMS:,} (MAX_HEAD_PARAMS); lower --hidden or --blocks")
+        if not isinstance(self.dropout, numbers.Real) or isinstance(self.dropout, bool):
+            raise ConfigError(f"--dropout must be a number, got {clip(repr(self.dropout))}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATION_NAMES:
-            raise ConfigError(f"activation '{self.activation}' is not one of {', '.join(ACTIVATION_NAMES)}")
+            raise ConfigError(f"activation '{clip(self.activation)}' is not one of {', '.join(ACTIVATION_NAMES)}")
+
+    @property
+    def n_params(self) -> int:
+        """The head's number of weights (without FDS's statistics)."""
+        h = self.hidden_dim
+        return self.in_dim * h + h + self.n_blocks * 2 * (h * h + h) + h + 1
 
 
 @dataclass(frozen=True)

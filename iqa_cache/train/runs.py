@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from ..binning import Bins
-from ..errors import ConfigError, RunError
+from ..errors import ConfigError, RunError, clip
 from ..schema import FEATURE_KEYS
 from .config import HeadConfig, TrainConfig
 
@@ -484,7 +484,10 @@ def load_run(path: str | os.PathLike) -> Run:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
         metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"run {path}: config.json or metrics.json is not valid JSON ({e})") from None
+        raise RunError(f"run {path}: config.json or metrics.json is not valid JSON ({clip(e)})") from None
+    for name, doc in (("config.json", config), ("metrics.json", metrics)):
+        if not isinstance(doc, dict):
+            raise RunError(f"run {path}: {name} is a JSON {type(doc).__name__}, not an object of settings")
     try:
         preds = pd.read_csv(path / "predictions.csv", dtype={"image_id": str, "split": str},
                             keep_default_na=False, na_values={"label": ["", "nan", "NaN"], "pred": ["", "nan", "NaN"]})
@@ -509,18 +512,27 @@ def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualML
     from .head import ResidualMLPHead
 
     run = load_run(path)
-    cfg = run.train_config
-    b = run.config["bins"]
-    bins = Bins(b["lo"], b["hi"], b["size"])
+    try:  # every setting checked (types, bounds: the head's size) before anything is allocated
+        cfg = run.train_config
+        b = run.config["bins"]
+        bins = Bins(b["lo"], b["hi"], b["size"])
+        head_cfg = HeadConfig(**run.config["train"]["head"])
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a bad setting: {str(e).splitlines()[0]}"
+        raise RunError(f"run {path}: config.json {clip(what)}") from None
     if cfg.method.name == "ridge":  # a linear map (iqa_cache.train.ridge)
         from .ridge import LinearHead
 
         head = LinearHead(cfg.head)
     else:
-        head = ResidualMLPHead(HeadConfig(**run.config["train"]["head"]), cfg.fds, bins.n)
+        head = ResidualMLPHead(head_cfg, cfg.fds, bins.n)
     try:
         state = torch.load(Path(path) / "head.pt", map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors come in many types
         raise RunError(f"run {path}: head.pt cannot be loaded safely ({str(e).splitlines()[0][:200]})") from None
-    head.load_state_dict(state)
+    try:
+        head.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:  # shapes or names that config.json does not describe
+        raise RunError(f"run {path}: head.pt does not match config.json's head "
+                       f"({clip(str(e).splitlines()[-1].strip() if str(e).strip() else type(e).__name__)})") from None
     return head.eval()
