@@ -420,3 +420,68 @@ def test_a_runs_config_json_that_is_wrong_is_one_line(scored_run, tmp_path, edit
     before = {p.name: p.read_bytes() for p in bad.iterdir()}
     one_line_error(iqa("predict", "--run", bad, image, "--device", "cpu", "--no-progress"), f"run {bad}: {needle}")
     assert {p.name: p.read_bytes() for p in bad.iterdir()} == before
+
+
+# ------------------------------------------------------- 9. a full disk is one line with the space needed
+
+HDF5_FULL = ("Unable to synchronously create dataset (file write failed: time = Sun Dec  6 22:05:36 2026\n, filename "
+             "= 'x', file descriptor = 4, errno = 28, error message = 'No space left on device', buf = 0x1, total "
+             "write size = 7784, bytes this sub-write = 7784, offset = 258048)")
+
+
+@pytest.fixture()
+def full_disk_on_create(monkeypatch):
+    """h5py as it fails on a full disk (a ValueError, errno 28 in its text)
+    when the cache's feature storage is allocated."""
+    real = h5py.Group.create_dataset
+
+    def create_dataset(self, name, *args, **kwargs):
+        if name == "embeddings":
+            raise ValueError(HDF5_FULL)
+        return real(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
+
+
+def test_a_full_disk_while_import_creates_the_cache_is_one_line(small_import, tmp_path, full_disk_on_create):
+    feats, labels = small_import
+    out = tmp_path / "out.h5"
+    one_line_error(do_import(feats, labels, out), f"no space left on the device while creating the cache {out} "
+                   "(it needs about 3.7 KiB)", "free some space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "x.npy"]
+
+
+def test_a_full_disk_while_embed_creates_the_cache_is_one_line(koniq_root, tiny_model, tmp_path, full_disk_on_create):
+    out = tmp_path / "c.h5"
+    one_line_error(iqa("embed", "--dataset", "koniq", "--root", koniq_root, "--model", tiny_model, "--pretrained",
+                       "none", "--device", "cpu", "--workers", 0, "--out", out, "--no-progress"),
+                   f"no space left on the device while creating the cache {out} (it needs about ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_sorting_windows_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    import iqa_cache.cache.importer as importer
+
+    n, d = 300, 16
+    x = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+    perm = np.random.default_rng(1).permutation(n)
+    h5 = tmp_path / "f.h5"
+    with h5py.File(h5, "w") as f:  # chunked and in another order than the CSV: sorted through windows
+        f.create_dataset("features", data=x[perm], chunks=(32, d))
+        f["ids"] = np.array([f"i{i}" for i in perm]).astype(object).astype(h5py.string_dtype())
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"i{i},{i % 5}\n" for i in range(n)))
+
+    def full_open(path, mode="r", *args, **kwargs):  # the windows' files land on a full disk
+        if str(path).endswith(".rows"):
+            return builtins.open("/dev/full", "wb", buffering=0)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(importer, "open", full_open, raising=False)
+    out = tmp_path / "out.h5"
+    err = one_line_error(do_import(h5, tmp_path / "labels.csv", out),
+                         "no space left on the device while sorting the rows of the features file into "
+                         f"{tmp_path}/.out.h5.importing-", ".windows (it needs about 21.1 KiB)")
+    assert "requested and" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "labels.csv"]

@@ -100,18 +100,34 @@ def describe_file(path: Path) -> str:
 def _is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    return "no space left on device" in str(e).lower() or "disk quota exceeded" in str(e).lower()
+    text = str(e).lower()  # HDF5 reports it in a ValueError or RuntimeError: "..., errno = 28, ..."
+    return ("no space left on device" in text or "disk quota exceeded" in text
+            or re.search(rf"errno = ({errno.ENOSPC}|{errno.EDQUOT})\b", text) is not None)
+
+
+def human_bytes(n: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
 
 
 @contextlib.contextmanager
-def disk_guard(path: Path, what: str):
+def disk_guard(path: Path, what: str, needed: int | None = None):
     """Turn 'no space left on device' while ``what`` into one CacheError
-    naming ``path``."""
+    naming ``path`` and, when known, the space it needs (``needed`` bytes)."""
     try:
         yield
-    except OSError as e:
-        if _is_disk_full(e):
-            raise CacheError(f"no space left on the device while {what} {path}; free some space (or write to "
+    except (OSError, ValueError, RuntimeError) as e:
+        chain, c = [], e  # h5py closing a file after a failed write may raise another error from the first
+        while c is not None and len(chain) < 10:
+            chain.append(c)
+            c = c.__cause__ or c.__context__
+        if any(_is_disk_full(c) for c in chain):
+            space = "" if needed is None else f" (it needs about {human_bytes(needed)})"
+            raise CacheError(f"no space left on the device while {what} {path}{space}; free some space (or write to "
                              "another --out) and run the same command again") from None
         raise
 
@@ -143,15 +159,17 @@ _STALE = r"(creating|final|importing)-(\d+)(\.windows)?"
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete the temporaries that a writer killed while creating, importing
     or finalising ``path`` left beside it (``.<name>.creating-PID``,
-    ``.<name>.importing-PID`` and its ``.windows`` folder...), only those of
+    ``.<name>.importing-PID``, its ``.windows`` folder and the
+    ``..<name>.importing-PID.creating-PID`` it was made from), only those of
     processes that no longer run, and say so.  Call only while holding the
     :class:`WriterLock`.  Returns what was removed."""
     path = Path(path)
     removed = []
     if not path.parent.is_dir():
         return removed
-    for p in sorted(path.parent.glob(f".{glob.escape(path.name)}.*")):
-        m = re.fullmatch(re.escape(f".{path.name}.") + _STALE, p.name)
+    for p in sorted(path.parent.glob(f".*{glob.escape(path.name)}.*")):
+        m = (re.fullmatch(re.escape(f".{path.name}.") + _STALE, p.name)
+             or re.fullmatch(re.escape(f"..{path.name}.") + r"importing-\d+\.(creating)-(\d+)()", p.name))
         if m is None or p.is_symlink() or process_alive(int(m.group(2))):
             continue
         try:

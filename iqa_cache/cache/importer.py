@@ -429,7 +429,7 @@ def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSumma
             _check_out(out, cfg)  # another writer may have made it since the first check
             cache_mod.remove_stale_temporaries(out)
             try:
-                cache_mod.create(tmp, manifest, prov, batch_size=max(1, n))
+                cache_mod.create(tmp, manifest, prov, batch_size=max(1, n), shown=out)
                 with cache_mod.CacheWriter(tmp, sync=False) as w:
                     _write_rows(w, src, order, tmp, progress)
                     w.finalize()
@@ -478,7 +478,7 @@ def _write_by_windows(w, src: FeatureSource, order: np.ndarray, tmp: Path, bar) 
     work.mkdir()
     try:
         step = _block_rows(d)
-        with cache_mod.disk_guard(work, "writing"):
+        with cache_mod.disk_guard(work, "sorting the rows of the features file into", needed=n * (4 * d + 8)):
             for a in range(0, src.shape[0], step):
                 b = min(a + step, src.shape[0])
                 pos = dest[a:b]
@@ -492,10 +492,11 @@ def _write_by_windows(w, src: FeatureSource, order: np.ndarray, tmp: Path, bar) 
                 cuts = np.flatnonzero(np.diff(k[by])) + 1
                 for part in np.split(by, cuts):
                     name = work / f"{int(k[part[0]]):06d}"
+                    # file.write, not ndarray.tofile: a full disk is ENOSPC, not "N requested and M written"
                     with open(name.with_suffix(".rows"), "ab") as f:
-                        x[part].tofile(f)
+                        f.write(np.ascontiguousarray(x[part]).data)
                     with open(name.with_suffix(".pos"), "ab") as f:
-                        pos[part].tofile(f)
+                        f.write(np.ascontiguousarray(pos[part]).data)
                 bar.update(len(use))
         for i, lo in enumerate(range(0, n, win)):
             hi = min(lo + win, n)

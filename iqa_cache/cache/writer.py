@@ -65,7 +65,7 @@ def _splits_bytes(split) -> np.ndarray:
 
 def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, batch_size: int,
            extra_attrs: dict[str, Any] | None = None, identities: Identities | None = None,
-           state: dict[str, Any] | None = None) -> Path:
+           state: dict[str, Any] | None = None, shown: str | os.PathLike | None = None) -> Path:
     """Write an empty cache for ``manifest`` (all rows pending) atomically.
 
     Memory does not depend on the number of images beyond the manifest
@@ -73,7 +73,8 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
     values, written chunk by chunk when the storage is allocated (at
     creation, see :func:`_early_dcpl`).  ``identities``: each image's
     content identity (unknown when not given); ``state``: extra mutable
-    attributes (labels version, history)."""
+    attributes (labels version, history); ``shown``: the name a full disk's
+    message gives (the cache being made, when ``path`` is its temporary)."""
     from .. import __version__
 
     path = Path(path)
@@ -87,7 +88,8 @@ def create(path: str | os.PathLike, manifest, provenance: dict[str, Any], *, bat
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     str_dt = h5py.string_dtype("utf-8")
     try:
-        with disk_guard(path, "creating the cache"):
+        needed = n * (d * np.dtype(dtype).itemsize + REASON_BYTES + 64)  # features, reasons, ids and the rest
+        with disk_guard(Path(shown) if shown is not None else path, "creating the cache", needed):
             with h5py.File(tmp, "w") as f:
                 f.create_dataset("embeddings", shape=(n, d), dtype=np.dtype(dtype),
                                  chunks=(max(1, min(CHUNK_ROWS, n)), d), maxshape=(None, d),
