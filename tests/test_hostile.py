@@ -485,3 +485,54 @@ def test_a_full_disk_while_sorting_windows_is_one_line(tmp_path, monkeypatch):
                          f"{tmp_path}/.out.h5.importing-", ".windows (it needs about 21.1 KiB)")
     assert "requested and" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.h5", "labels.csv"]
+
+
+# ------------------------------------------------------- 10. labels beyond float32
+
+def test_a_label_beyond_float32_is_refused_at_import_naming_the_row(small_import, tmp_path):
+    feats, _ = small_import
+    labels = tmp_path / "big.csv"
+    labels.write_text("id,label\n" + "".join(f"i{i},{'1e39' if i == 4 else i % 5}\n" for i in range(12)))
+    out = tmp_path / "out.h5"
+    one_line_error(do_import(feats, labels, out), f"CSV file {labels}, line 6 (image i4): label '1e39' in column "
+                   "'label' is beyond float32 (at most 3.403e+38 in magnitude)")
+    assert not out.exists()
+
+
+def test_a_label_beyond_float32_is_refused_at_embed_naming_the_row(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 30), (40 * i, 90, 200)).save(root / f"a{i}.jpg")
+    csv = tmp_path / "l.csv"
+    csv.write_text("image,label\na0.jpg,1\na1.jpg,-3.5e38\na2.jpg,2\n")
+    out = tmp_path / "c.h5"
+    one_line_error(iqa("embed", "--dataset", "csv", "--root", root, "--csv", csv, "--pretrained", "none",
+                       "--out", out, "--no-progress"),
+                   f"CSV file {csv}, line 3 (image a1.jpg): label '-3.5e38' in column 'label' is beyond float32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "l.csv"]
+
+
+# ------------------------------------------------------- 11/12. values that made tracebacks or huge lines
+
+def test_a_nul_byte_in_a_csv_id_is_one_line(small_import, tmp_path):
+    feats, _ = small_import
+    labels = tmp_path / "nul.csv"
+    labels.write_text("id,label\n" + "".join(f"i{i}{chr(0) if i == 2 else ''},{i % 5}\n" for i in range(12)))
+    out = tmp_path / "out.h5"
+    one_line_error(do_import(feats, labels, out), f"CSV file {labels}, line 4: id 'i2\\x00' in column 'id' holds a "
+                   "NUL byte")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_ten_million_character_label_gives_a_short_line(small_import, tmp_path):
+    feats, _ = small_import
+    labels = tmp_path / "long.csv"
+    labels.write_text("id,label\n" + "".join(f"i{i},{'9' * 10_000_000 + 'x' if i == 1 else i % 5}\n"
+                                             for i in range(12)))
+    out = tmp_path / "out.h5"
+    err = one_line_error(do_import(feats, labels, out), f"CSV file {labels}, line 3 (image i1): label '999",
+                         "... (9,999,801 more characters)", "is not a number")
+    assert len(err) < 600 and not out.exists()

@@ -347,6 +347,11 @@ def _labels_table(cfg: ImportConfig):
     lcol = _pick_column(df, csv_path, cfg.label_col, ("label", "mos", "score", "quality"), "label", "--label-col")
     scol = _pick_column(df, csv_path, cfg.split_col, ("split", "set"), "split", "--split-col", required=False)
     ids = df[icol].str.strip().to_numpy(dtype=object)
+    nul = np.flatnonzero(df[icol].str.contains("\x00", regex=False).to_numpy())
+    if len(nul):  # an HDF5 string cannot hold it
+        i = int(nul[0])
+        raise DatasetError(f"CSV file {csv_path}, line {i + 2}: id {clip(repr(ids[i]))} in column '{clip(icol)}' "
+                           "holds a NUL byte; refused")
     _check_duplicates(list(ids), csv_path)
     labels = _parse_labels(df[lcol].tolist(), ids, csv_path, lcol)
     if scol is not None:

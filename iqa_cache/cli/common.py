@@ -19,7 +19,7 @@ from iqa_cache.binning import parse_decimal
 from iqa_cache.device import Device  # noqa: F401  (the --device choices, from the library)
 from iqa_cache.embed.decode import DECODERS
 from iqa_cache.embed.preprocess import PRECISIONS, RESIZE_MODES
-from iqa_cache.errors import IqaError
+from iqa_cache.errors import IqaError, clip
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def handle_errors(fn: F) -> F:
         except IqaError as e:
             if STATE.debug:
                 raise
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {one_line(str(e))}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if STATE.debug:
@@ -64,6 +64,15 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+MAX_ERROR_CHARS = 2000  # the library cuts the values it echoes; this is the safety net for the rest
+
+
+def one_line(msg: str) -> str:
+    """An error message on one line, at most about :data:`MAX_ERROR_CHARS`
+    characters (a 10-million-character label must not make a 10 MB line)."""
+    return clip(" ".join(msg.splitlines()), MAX_ERROR_CHARS)
 
 
 _LIST_OR_RANGE = re.compile(r"<list\[(.*?)\]>|<(int|float) range>")

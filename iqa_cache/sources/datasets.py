@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..binning import default_label_range, parse_decimal
-from ..errors import DatasetError
+from ..errors import DatasetError, clip
 from ..seeds import check_seed
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Manifest:
 
 # --------------------------------------------------------------------- helpers
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_CSV_BYTES = 2 << 30  # a labels/dataset CSV larger than this (2 GiB) is refused: it is read whole
 
 
@@ -146,8 +147,8 @@ def _pick_column(df: pd.DataFrame, csv_path: Path, wanted: str | None, candidate
     cols = list(df.columns)
     if wanted is not None:
         if wanted not in cols:
-            raise DatasetError(f"CSV file {csv_path} has no column '{wanted}' ({option}); "
-                               f"columns are: {', '.join(cols)}")
+            raise DatasetError(f"CSV file {csv_path} has no column '{clip(wanted)}' ({option}); "
+                               f"columns are: {clip(', '.join(cols))}")
         return wanted
     lower = {c.lower(): c for c in cols}
     for c in candidates:
@@ -156,7 +157,7 @@ def _pick_column(df: pd.DataFrame, csv_path: Path, wanted: str | None, candidate
     if required:
         raise DatasetError(
             f"CSV file {csv_path} has no {what} column (looked for {', '.join(candidates)}); "
-            f"columns are: {', '.join(cols)}; name it with {option}")
+            f"columns are: {clip(', '.join(cols))}; name it with {option}")
     return None
 
 
@@ -167,8 +168,14 @@ def _parse_labels(values: Sequence[str], names: Sequence[str], csv_path: Path, c
         try:
             out[i] = parse_decimal(v)
         except ValueError as e:
-            raise DatasetError(f"CSV file {csv_path}, line {line} (image {name}): label '{v}' in column "
-                               f"'{column}' {e}") from None
+            raise DatasetError(f"CSV file {csv_path}, line {line} (image {clip(name)}): label '{clip(v)}' in column "
+                               f"'{clip(column)}' {e}") from None
+    big = np.flatnonzero(np.abs(out) > FLOAT32_MAX)  # stored as float32: it would become inf
+    if len(big):
+        i = int(big[0])
+        raise DatasetError(f"CSV file {csv_path}, line {i + 2} (image {clip(names[i])}): label '{clip(values[i])}' in "
+                           f"column '{clip(column)}' is beyond float32 (at most {FLOAT32_MAX:.4g} in magnitude), "
+                           "which labels are stored as")
     return out
 
 
@@ -178,7 +185,8 @@ def _parse_splits(values: Sequence[str], names: Sequence[str], csv_path: Path, c
         s = SPLIT_ALIASES.get(v.strip().lower())
         if s is None:
             raise DatasetError(
-                f"CSV file {csv_path}, line {i + 2} (image {name}): split '{v}' in column '{column}' is not one of "
+                f"CSV file {csv_path}, line {i + 2} (image {clip(name)}): split '{clip(v)}' in column "
+                f"'{clip(column)}' is not one of "
                 f"train/val/test (aliases: {', '.join(sorted(set(SPLIT_ALIASES) - set(SPLITS)))})")
         out.append(s)
     return np.array(out, dtype=object)
@@ -222,19 +230,20 @@ def _check_paths(root: Path, rel_paths: Sequence[str], csv_path: Path) -> None:
         if p == "":
             raise DatasetError(f"CSV file {csv_path}, line {i + 2}: empty image path")
         if "\x00" in p:
-            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path {p!r} holds a NUL byte; refused")
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path {clip(repr(p))} holds a NUL byte; "
+                               "refused")
         if os.path.isabs(p) or p.startswith("~"):
-            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' is absolute; "
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{clip(p)}' is absolute; "
                                f"paths must be relative to the dataset root {root}")
         real = Path(os.path.realpath(root / p))
         if real != root_real and root_real not in real.parents:
-            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' leads outside the dataset root "
-                               f"{root} (to {real}); refused")
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{clip(p)}' leads outside the dataset "
+                               f"root {root} (to {clip(real)}); refused")
         key = _file_key(root / p)
         if key in seen:
             j = seen[key]
-            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{p}' names the same file as "
-                               f"'{rel_paths[j]}' on line {j + 2}; list each image once (it could otherwise "
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image path '{clip(p)}' names the same file as "
+                               f"'{clip(rel_paths[j])}' on line {j + 2}; list each image once (it could otherwise "
                                "be in two splits)")
         seen[key] = i
 
@@ -243,7 +252,8 @@ def _check_duplicates(ids: Sequence[str], csv_path: Path) -> None:
     seen: dict[str, int] = {}
     for i, x in enumerate(ids):
         if x in seen:
-            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image '{x}' already listed on line {seen[x] + 2}")
+            raise DatasetError(f"CSV file {csv_path}, line {i + 2}: image '{clip(x)}' already listed on line "
+                               f"{seen[x] + 2}")
         seen[x] = i
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..binning import default_label_range
 from ..errors import DatasetError, clip
-from .datasets import SPLIT_ALIASES, Manifest, _apply_range, seeded_split
+from .datasets import FLOAT32_MAX, SPLIT_ALIASES, Manifest, _apply_range, seeded_split
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,12 @@ def _number(text: str, where: str) -> float:
     try:
         x = float(text)
     except (TypeError, ValueError):
-        raise DatasetError(f"{where}: label {text!r} is not a number") from None
+        raise DatasetError(f"{where}: label {clip(repr(text))} is not a number") from None
     if not math.isfinite(x):
-        raise DatasetError(f"{where}: label {text!r} is not a finite number")
+        raise DatasetError(f"{where}: label {clip(repr(text))} is not a finite number")
+    if abs(x) > FLOAT32_MAX:
+        raise DatasetError(f"{where}: label {clip(repr(text))} is beyond float32 (at most {FLOAT32_MAX:.4g} in "
+                           "magnitude), which labels are stored as")
     return x
 
 
