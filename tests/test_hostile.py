@@ -536,3 +536,64 @@ def test_a_ten_million_character_label_gives_a_short_line(small_import, tmp_path
     err = one_line_error(do_import(feats, labels, out), f"CSV file {labels}, line 3 (image i1): label '999",
                          "... (9,999,801 more characters)", "is not a number")
     assert len(err) < 600 and not out.exists()
+
+
+def test_feature_files_that_made_tracebacks_are_one_line(small_import, tmp_path):
+    import pandas as pd
+
+    _, labels = small_import
+    ok = tmp_path / "ok.npy"
+    np.save(ok, np.ones((12, 3), np.float32))
+    neg = tmp_path / "neg.npy"
+    neg.write_bytes(ok.read_bytes().replace(b"(12, 3)", b"(-12, 3)"))
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f.create_dataset("features", shape=None, dtype="f4")  # an empty (null) dataspace
+    null = tmp_path / "null.parquet"
+    vectors = [[float(i), 1.0, 2.0] for i in range(12)]
+    vectors[5] = None
+    pd.DataFrame({"id": [f"i{i}" for i in range(12)], "embedding": vectors}).to_parquet(null)
+    out = tmp_path / "out.h5"
+    for feats, needle in ((neg, f"--features {neg} cannot be read as npy"),
+                          (empty, f"{empty} ['features']: the dataset is empty (no dataspace)"),
+                          (null, f"{null}: column 'embedding' is null on 1 row(s) (first: row 5)")):
+        one_line_error(do_import(feats, labels, out), needle)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture()
+def run_with_preds(feats, tmp_path):
+    """A copy of a finished run whose predictions.csv the test rewrites."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    r = iqa("train-head", "--cache", feats, "--out", run, *FAST)
+    assert r.exit_code == 0, r.output
+
+    def set_preds(fn):
+        p = pd.read_csv(run / "predictions.csv")
+        p["pred"] = fn(p["pred"].to_numpy())
+        p.to_csv(run / "predictions.csv", index=False)
+        return run
+    return set_preds
+
+
+def test_report_plots_on_predictions_of_1e308(run_with_preds, tmp_path):
+    def some_huge(pred):
+        pred = pred.copy()
+        pred[::3] = 1e308
+        return pred
+
+    run = run_with_preds(some_huge)
+    plots = tmp_path / "plots"
+    r = iqa("report", run, "--plots", plots)
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output and "1e308" not in r.stdout and "0000000000" not in r.stdout
+    assert sorted(p.name for p in plots.iterdir()) == ["label_histogram.png", "lds_density.png", "per_bin_mae.png",
+                                                       "pred_vs_true.png"]
+
+
+def test_report_on_all_inf_predictions_says_so(run_with_preds, tmp_path):
+    run = run_with_preds(lambda pred: np.full_like(pred, np.inf))
+    one_line_error(iqa("report", run), f"no run has a finite prediction for its test images: run {run} has ",
+                   "every prediction is inf, NaN or beyond float32")

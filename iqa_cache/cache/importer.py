@@ -223,15 +223,18 @@ def open_features(path: Path, cfg: ImportConfig) -> Iterator[tuple[FeatureSource
                 names = []
                 f.visit(lambda n: names.append(n) if isinstance(f[n], h5py.Dataset) else None)
 
-                def get(n, shape_only=False):
-                    return f[n].shape if shape_only else f[n]
+                def get(n, shape_only=False):  # an empty dataspace has shape None
+                    return (f[n].shape or ()) if shape_only else f[n]
 
                 raw, ids, fkey, ikey = _array_reader(names, get, path, cfg)
+                if raw.shape is None:
+                    raise DatasetError(f"{path} ['{clip(fkey)}']: the dataset is empty (no dataspace); features must "
+                                       "be a 2-D array (rows × dimensions)")
             else:
                 raw, ids, fkey, ikey = _read_parquet(path, cfg)
         except DatasetError:
             raise
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, OverflowError, TypeError) as e:  # a crafted header: any of them
             raise DatasetError(f"--features {path} cannot be read as {fmt} ({str(e).splitlines()[0][:200]})") from None
         where = f"{path}" + (f" ['{fkey}']" if fkey else "")
         if not hasattr(raw, "dtype") or not hasattr(raw, "shape"):
@@ -323,6 +326,10 @@ def _read_parquet(path: Path, cfg: ImportConfig):
     ids = _as_ids(df[ikey].to_numpy(), path, ikey) if ikey is not None else None
     if fkey is not None:
         vals = df[fkey].to_numpy()
+        null = [i for i, v in enumerate(vals) if v is None or (np.ndim(v) == 0 and pd.isna(v))]
+        if null and len(vals) and any(np.ndim(v) == 1 for v in vals if v is not None):
+            raise DatasetError(f"{path}: column '{clip(fkey)}' is null on {len(null)} row(s) (first: row {null[0]}); "
+                               "every row needs its vector")
         if len(vals) and np.ndim(vals[0]) == 1:  # one list/array per row
             lengths = {len(v) for v in vals}
             if len(lengths) != 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
+
 from ..errors import ConfigError, RunError
 from ..seeds import check_seed
 from ..train.provenance import run_warnings
@@ -105,6 +107,12 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     baselines = make_baselines(runs, split) if cfg.baseline else []
     all_runs = [r for e in entries for r in e.runs]
     if not any(len(split_arrays(r, split)[1]) for r in all_runs):
+        labelled = [(r, int(np.isfinite(r.predictions.loc[r.predictions["split"] == split, "label"]
+                                        .to_numpy(np.float64)).sum())) for r in all_runs]
+        if any(n for _, n in labelled):  # labels there, but no prediction is a finite number
+            r, n = next((r, n) for r, n in labelled if n)
+            raise RunError(f"no run has a finite prediction for its {split} {runs_noun(all_runs)}: run {r.path} has "
+                           f"{n} labelled, and every prediction is inf, NaN or beyond float32")
         raise RunError(f"none of the runs has {split} {runs_noun(all_runs)} with labels; try --split "
                        f"{'val' if split == 'test' else 'test'}")
     inp = TableInput(entries=entries, baselines=baselines, split=split, edges=cfg.edges, groups=cfg.groups,

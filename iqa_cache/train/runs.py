@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # torch is imported where heads are saved or loaded: `iqa rep
 
 log = logging.getLogger(__name__)
 
+_FLOAT32_MAX = 3.4028234663852886e38
 RUN_FILES = ("config.json", "head.pt", "predictions.csv", "metrics.json")
 MARKER = ".iqa-run"
 RUN_LAYOUT = RUN_FILES + ("history.csv", MARKER, MARKER + ".new")  # every file a run directory may hold
@@ -498,6 +499,10 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"run {path}: predictions.csv lacks column(s) {', '.join(sorted(need - set(preds.columns)))}")
     for c in ("label", "pred"):
         preds[c] = pd.to_numeric(preds[c], errors="coerce")
+    # a head predicts float32 numbers: a larger one (1e308) is damage, read as a prediction that is not finite
+    beyond = preds["pred"].abs() > _FLOAT32_MAX
+    if beyond.any():
+        preds.loc[beyond, "pred"] = float("inf")
     ev = config.get("evaluation") if isinstance(config, dict) else None
     name = f"{ev.get('run_name')} on {ev.get('dataset')}" if isinstance(ev, dict) else path.name  # iqa evaluate
     return Run(path=path, name=name, config=config, predictions=preds, metrics=metrics)
