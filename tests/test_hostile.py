@@ -597,3 +597,65 @@ def test_report_on_all_inf_predictions_says_so(run_with_preds, tmp_path):
     run = run_with_preds(lambda pred: np.full_like(pred, np.inf))
     one_line_error(iqa("report", run), f"no run has a finite prediction for its test images: run {run} has ",
                    "every prediction is inf, NaN or beyond float32")
+
+
+# ------------------------------------------------------- 12. SIGTERM is Ctrl-C everywhere: exit 130, one line
+
+def _stalled(module: str, name: str, ready: Path) -> str:
+    """`iqa` whose ``module.name`` says it started, then waits to be killed."""
+    return (f"import pathlib, sys, time, {module} as m\n"
+            f"def stalled(*a, **k):\n    pathlib.Path({str(ready)!r}).touch()\n    time.sleep(120)\n"
+            f"m.{name} = stalled\n"
+            "from iqa_cache.cli.main import main; sys.argv[0] = 'iqa'; main()")
+
+
+def _term_when_ready(args: list[str], code: str | None, ready: Path | None, delay: float = 0.0):
+    import signal
+    import time
+
+    cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "iqa_cache.cli"]
+    p = subprocess.Popen(cmd + [str(a) for a in args], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    t0 = time.monotonic()
+    while ready is not None and not ready.exists() and p.poll() is None and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    time.sleep(delay)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    return p.returncode, out, err
+
+
+@pytest.mark.slow
+def test_sigterm_during_train_head_is_130_and_leaves_no_run(feats, tmp_path):
+    ready, out = tmp_path / "ready", tmp_path / "run"
+    code, _, err = _term_when_ready(["train-head", "--cache", feats, "--out", out, *FAST],
+                                    _stalled("iqa_cache.train.fit", "train_head", ready), ready)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ready"]
+
+
+@pytest.mark.slow
+def test_sigterm_during_ablate_is_130_and_a_rerun_completes(feats, tmp_path):
+    ready, out = tmp_path / "ready", tmp_path / "abl"
+    args = ["ablate", "--cache", feats, "--grid", "lds=on,off", "--out", out, *FAST]
+    code, _, err = _term_when_ready(args, _stalled("iqa_cache.train.grid.run", "train_and_write", ready), ready)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abl", "ready"]  # the lock went with the process
+    r = iqa(*args)
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "ablation.json", "lds=off", "lds=on", "summary.csv"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.2, 0.6])
+def test_sigterm_in_the_first_second_of_import_is_130_without_a_traceback(small_import, tmp_path, delay):
+    feats, labels = small_import
+    out = tmp_path / "out.h5"
+    code, _, err = _term_when_ready(["import", "--features", feats, "--labels", labels, "--out", out,
+                                     "--no-progress"], None, None, delay)
+    assert code == 130, (code, err)
+    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "x.npy"]

@@ -10,7 +10,7 @@ from iqa_cache.errors import TrainingDiverged
 from iqa_cache.train.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
 
 from .app import app
-from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect
+from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, sigterm_interrupts
 from .train_cmd import TrainOptions, with_train_options
 
 
@@ -63,13 +63,14 @@ def ablate_command(
     if env is not None and env.world > 1:  # under torchrun: whole stacks per rank, rank 0 writes the summary
         from iqa_cache.train.grid import run_ablation_ranks
 
-        with dist.Session(env, base.device) as session:
+        with sigterm_interrupts(), dist.Session(env, base.device) as session:
             result = run_ablation_ranks(data, plan, out, session, overwrite=overwrite, max_stack=max_stack,
                                         progress=progress)
         if result is None:
             return
     else:
-        result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
+        with sigterm_interrupts():  # SIGTERM ends it like Ctrl-C: finished runs kept, exit 130
+            result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
     echo_out(format_summary(result.summary, result.notes))
     n = len(plan.points)
     trained = n - result.n_kept

@@ -21,11 +21,12 @@ from iqa_cache.embed.decode import DECODERS
 from iqa_cache.embed.preprocess import PRECISIONS, RESIZE_MODES
 from iqa_cache.errors import IqaError, clip
 
+from .signals import EXIT_INTERRUPTED, sigterm_as_interrupt
+
 log = logging.getLogger(__name__)
 
 EXIT_BAD_INPUT = 2
 EXIT_WITH_FAILURES = 3
-EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -210,16 +211,12 @@ def echo_out(text: str) -> None:
     sys.stdout.flush()
 
 
-def _sigterm_as_interrupt(signum, frame):  # pragma: no cover - exercised by the subprocess tests
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def sigterm_interrupts():
     """SIGTERM ends a run like Ctrl-C: cleanup runs (committed batches stay,
     temporary files go), exit code 130."""
     try:
-        old = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+        old = signal.signal(signal.SIGTERM, sigterm_as_interrupt)
     except ValueError:  # not the main thread
         yield
         return

@@ -34,7 +34,16 @@ from iqa_cache.train.config import (
 from iqa_cache.train.methods import RankSimRows
 
 from .app import app
-from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, parse_range
+from .common import (
+    CacheFile,
+    Command,
+    Expect,
+    echo_out,
+    handle_errors,
+    parse_expect,
+    parse_range,
+    sigterm_interrupts,
+)
 
 D = FLAT_DEFAULTS  # every training option's default is the library's
 
@@ -255,9 +264,10 @@ def train_head_command(
     if out is None:
         out = Path("runs") / cache.stem / run_name(cfg)
     prepare_run_target(out, overwrite=overwrite, protect={str(cache): "the cache being trained on"})
-    data = cache_mod.load(cache, expect=expected, features=not opts.stream)
-    result = train_head(data, cfg, progress=progress)
-    write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset_name})
+    with sigterm_interrupts():  # SIGTERM ends it like Ctrl-C: exit 130, no half run left
+        data = cache_mod.load(cache, expect=expected, features=not opts.stream)
+        result = train_head(data, cfg, progress=progress)
+        write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset_name})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "
              f"trained in {result.seconds:.1f} s on {result.device}")
     echo_out(format_report(build_report([load_run(out)], ReportConfig(tables=("ranges",), baseline=True))))
