@@ -659,3 +659,20 @@ def test_sigterm_in_the_first_second_of_import_is_130_without_a_traceback(small_
     assert code == 130, (code, err)
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "x.npy"]
+
+
+def test_the_distributed_merge_checks_out_again_under_the_lock(tmp_path):
+    """torchrun's rank 0 checks --out before the ranks embed and again,
+    holding the lock, before it merges: a cache another process wrote
+    meanwhile is not replaced (library level: the merge needs torchrun)."""
+    from types import SimpleNamespace
+
+    from iqa_cache.embed.distributed import merge_shards
+    from iqa_cache.errors import CacheError
+
+    out = tmp_path / "c.h5"
+    out.write_bytes(b"another writer's cache")
+    with pytest.raises(CacheError, match="was written by another process while the ranks embedded"):
+        merge_shards(out, None, SimpleNamespace(overwrite=False), "cpu", 8, [], pipeline="pil", extra={})
+    assert out.read_bytes() == b"another writer's cache"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]

@@ -285,9 +285,12 @@ def merge_shards(out: Path, manifest: Manifest, cfg, device: str, batch: int, pa
     delete the shards."""
     from .loop import planned_attrs
 
-    prov = planned_attrs(manifest, cfg, device)
-    prov["pipeline"] = pipeline
     with cache_mod.WriterLock(out):
+        if out.exists() and not cfg.overwrite:  # made by another writer while the ranks embedded: not ours to replace
+            raise cache_mod.CacheError(f"cache {out} was written by another process while the ranks embedded; the "
+                                       "shards are kept: pass another --out, or --overwrite to replace it")
+        prov = planned_attrs(manifest, cfg, device)
+        prov["pipeline"] = pipeline
         for p in out.parent.glob(f".{out.name}.merging-*"):
             p.unlink(missing_ok=True)  # left by a rank 0 killed while merging
         tmp = out.with_name(f".{out.name}.merging-{os.getpid()}")
