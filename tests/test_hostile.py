@@ -205,7 +205,7 @@ def test_kill_9_during_import_leaves_nothing_after_the_next_one(tmp_path):
     out = tmp_path / "out.h5"
     # killed once the windows folder exists, as it is about to be filled
     code = ("import os, signal, sys, iqa_cache.cache as c\n"
-            "c.disk_guard = lambda *a: os.kill(os.getpid(), signal.SIGKILL)\n"
+            "c.disk_guard = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
             "from iqa_cache.cli.main import main; sys.argv[0] = 'iqa'; main()")
     env = cli_env()
     p = subprocess.run([sys.executable, "-c", code, "import", "--features", str(h5), "--labels",
@@ -609,8 +609,8 @@ def _stalled(module: str, name: str, ready: Path) -> str:
             "from iqa_cache.cli.main import main; sys.argv[0] = 'iqa'; main()")
 
 
-def _term_when_ready(args: list[str], code: str | None, ready: Path | None, delay: float = 0.0):
-    import signal
+def _term_when_ready(args: list[str], code: str | None, ready: Path | None, delay: float = 0.0,
+                     sig: int = 15):
     import time
 
     cmd = [sys.executable, "-c", code] if code else [sys.executable, "-m", "iqa_cache.cli"]
@@ -620,7 +620,7 @@ def _term_when_ready(args: list[str], code: str | None, ready: Path | None, dela
     while ready is not None and not ready.exists() and p.poll() is None and time.monotonic() - t0 < 120:
         time.sleep(0.05)
     time.sleep(delay)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     return p.returncode, out, err
 
@@ -650,12 +650,16 @@ def test_sigterm_during_ablate_is_130_and_a_rerun_completes(feats, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.2, 0.6])
-def test_sigterm_in_the_first_second_of_import_is_130_without_a_traceback(small_import, tmp_path, delay):
+@pytest.mark.parametrize("sig", [15, 2], ids=["SIGTERM", "Ctrl-C"])
+@pytest.mark.parametrize("delay", [0.2, 0.4])
+def test_sigterm_or_ctrl_c_in_the_first_second_of_import_is_130_without_a_traceback(small_import, tmp_path, delay,
+                                                                                    sig):
+    """While the modules load and while Typer reads the commands (a
+    KeyboardInterrupt there was a traceback, or SIGINT's -2)."""
     feats, labels = small_import
     out = tmp_path / "out.h5"
     code, _, err = _term_when_ready(["import", "--features", feats, "--labels", labels, "--out", out,
-                                     "--no-progress"], None, None, delay)
+                                     "--no-progress"], None, None, delay, sig)
     assert code == 130, (code, err)
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv", "x.npy"]

@@ -21,6 +21,7 @@ from iqa_cache.embed.decode import DECODERS
 from iqa_cache.embed.preprocess import PRECISIONS, RESIZE_MODES
 from iqa_cache.errors import IqaError, clip
 
+from . import signals
 from .signals import EXIT_INTERRUPTED, sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            signals.arm()  # SIGTERM and Ctrl-C raise KeyboardInterrupt from here (one that came earlier: now)
             return fn(*args, **kwargs)
         except IqaError as e:
             if STATE.debug:

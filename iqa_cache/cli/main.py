@@ -1,17 +1,17 @@
 """Entry point of the `iqa` console script.
 
-:func:`main` makes SIGTERM end the process like Ctrl-C from its first
-instant (exit code 130, the commands' cleanup runs) and only then imports
-the command modules, so that a Ctrl-C or SIGTERM while they load prints
-``interrupted``, not a traceback.  ``from iqa_cache.cli.main import app``
-gives the application with every command registered.
+:func:`main` defers SIGTERM and Ctrl-C while the command line loads and
+makes them end the command like Ctrl-C once it runs (:mod:`.signals`): a
+SIGTERM at any moment, from the process's first instant, exits with 130
+and the line ``interrupted``, never a traceback or a bare -15.
+``from iqa_cache.cli.main import app`` gives the application with every
+command registered.
 """
 from __future__ import annotations
 
-import signal
 import sys
 
-from .signals import EXIT_INTERRUPTED, sigterm_as_interrupt
+from . import signals
 
 
 def _app():
@@ -36,14 +36,34 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def main() -> None:
-    try:
-        signal.signal(signal.SIGTERM, sigterm_as_interrupt)
-        app = _app()
-    except KeyboardInterrupt:
+def _exit_interrupted(say: bool) -> None:
+    """Exit 130 now.  ``os._exit``, after flushing: CPython ends with SIGINT
+    (-2), even though the interrupt was handled, when its last
+    KeyboardInterrupt was raised inside some C code (an extension's import)."""
+    import logging
+    import os
+
+    if say:
         sys.stderr.write("interrupted\n")
-        raise SystemExit(EXIT_INTERRUPTED) from None
-    app()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(signals.EXIT_INTERRUPTED)
+
+
+def main() -> None:
+    signals.defer()
+    try:
+        _app()()
+    except KeyboardInterrupt:  # pragma: no cover - only if an interrupt escapes the command's handling
+        _exit_interrupted(say=True)
+    except SystemExit as e:
+        if e.code == signals.EXIT_INTERRUPTED:
+            _exit_interrupted(say=False)
+        raise
 
 
 if __name__ == "__main__":
