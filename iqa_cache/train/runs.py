@@ -186,17 +186,9 @@ def foreign(path: Path, allowed: Sequence[str]) -> list[str]:
 def writer_alive(pid: int, host: str | None = None) -> bool:
     """Whether the process that wrote something may still be writing it
     (another host: cannot tell, so yes)."""
-    if host not in (None, socket.gethostname()):
-        return True
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
+    from ..cache.files import process_alive  # h5py: only where runs are written, never for `iqa report`
+
+    return host not in (None, socket.gethostname()) or process_alive(pid)
 
 
 def _inside(child: Path, parent: Path) -> bool:
