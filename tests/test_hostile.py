@@ -659,3 +659,26 @@ def test_the_distributed_merge_checks_out_again_under_the_lock(tmp_path):
         merge_shards(out, None, SimpleNamespace(overwrite=False), "cpu", 8, [], pipeline="pil", extra={})
     assert out.read_bytes() == b"another writer's cache"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.h5"]
+
+
+def test_a_label_beyond_float32_is_refused_in_a_webdataset_shard(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from PIL import Image
+
+    shard = tmp_path / "s0.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, label in enumerate((1.5, 1e39)):
+            img = io.BytesIO()
+            Image.new("RGB", (40, 30), (90, 40 * i, 200)).save(img, format="JPEG")
+            for name, data in ((f"k{i}.jpg", img.getvalue()), (f"k{i}.json", json.dumps({"label": label}).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "c.h5"
+    one_line_error(iqa("embed", "--dataset", "webdataset", "--root", shard, "--pretrained", "none", "--out", out,
+                       "--no-progress"),
+                   f"webdataset shard {shard}, sample k1, json key 'label': label 1e+39 is beyond float32")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0.tar"]
