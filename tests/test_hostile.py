@@ -104,6 +104,7 @@ def test_the_lock_message_names_the_command_that_holds_it(small_import, tmp_path
 
 # ------------------------------------------------------- 2. one writer per ablation folder (and run directory)
 
+@pytest.mark.slow
 def test_a_second_ablate_into_one_out_is_refused_naming_the_holder(feats, tmp_path):
     from iqa_cache.train.grid.run import ablation_lock
 
@@ -254,6 +255,7 @@ def test_hdf5_features_that_point_at_another_file_are_refused(small_import, tmp_
 
 # ------------------------------------------------------- 5. a FIFO listed as an image
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["pil", "tensor"])
 def test_a_fifo_listed_as_an_image_is_a_failed_item_not_a_hang(tmp_path, tiny_model, pipeline):
     root = three_images(tmp_path)
@@ -557,6 +559,7 @@ def run_with_preds(feats, tmp_path):
     return set_preds
 
 
+@pytest.mark.slow
 def test_report_plots_on_predictions_of_1e308(run_with_preds, tmp_path):
     def some_huge(pred):
         pred = pred.copy()
