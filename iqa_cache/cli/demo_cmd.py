@@ -33,7 +33,7 @@ def demo_command(
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(DemoConfig.device),
     progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
 ) -> None:
-    """Generate a KonIQ-like synthetic dataset, embed it, train vanilla / LDS / LDS+FDS heads (several seeds), compare.
+    """Generate a KonIQ-like dataset, embed it, train vanilla / LDS / LDS+FDS / BMC heads (several seeds), compare.
 
     Needs no data and, with --offline, no network.  The images are real
     JPEGs in KonIQ-10k's layout whose labels come from known distortions
@@ -41,7 +41,8 @@ def demo_command(
     distribution, the test split is balanced over the label ranges.  The
     table: mean ± std over the seeds; under it, each variant against vanilla
     on the seed-averaged predictions (paired bootstrap) with the number of
-    seeds that agree in sign.
+    seeds that agree in sign; last, what this run shows: each difference
+    whose interval excludes 0.
     """
     from iqa_cache.demo import demo_text, run_demo
 
