@@ -15,7 +15,7 @@
 The CPU's flags (lscpu: avx512*, amx*) and torch's CPU capability head the
 output; the last line is one JSON object with every number.
 
-    python bench/precision_bench.py --note "shared machine"         # CPU: about 10-15 minutes on 2 cores
+    python bench/precision_bench.py --threads 1 --note "shared"    # CPU: 15-20 minutes on a shared 2-core machine
     python bench/precision_bench.py --quick                         # a smoke run
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/precision_bench.py   # AVX2 kernels only
     python bench/precision_bench.py --device cuda                   # on a GPU (bench/gpu_check.sh)
@@ -146,10 +146,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--skip-mae", action="store_true")
     ap.add_argument("--quick", action="store_true", help="K = 1, 8; 1 step; 2 epochs, 2 seeds")
+    ap.add_argument("--threads", type=int, help="torch CPU threads [torch's default]; 1 avoids OpenMP stalls when "
+                    "other processes hold the cores")
     ap.add_argument("--note", default="", help="printed with the numbers, e.g. 'machine shared with 4 others'")
     args = ap.parse_args()
     if args.quick:
         args.stacks, args.steps, args.repeats, args.epochs, args.seeds = "1,8", 1, 1, 2, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     info = cpu_flags()
     print(f"CPU: {info['cpu']}; flags: {' '.join(info['flags'])}; AMX: {info['amx']}")
