@@ -12,7 +12,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from iqa_cache import cache
 from iqa_cache.cli.main import app
 from iqa_cache.device import resolve_precision
 from iqa_cache.errors import ConfigError
@@ -23,7 +22,7 @@ from iqa_cache.train.head import ResidualMLPHead
 from iqa_cache.train.stacked import HeadStack, train_stack
 from iqa_cache.train.stacked import engine as engine_mod
 
-from .conftest import learnable_problem, write_feature_cache
+from . import test_grid
 
 # Tolerances.  fp32, one GEMM against K batched ones: the same sums in
 # another order, so float32 rounding only.  bf16 / fp16 products: inputs
@@ -37,14 +36,8 @@ AUTOCAST_TOL = {"bf16": dict(rtol=0.05, atol=0.05), "fp16": dict(rtol=0.01, atol
 GRAD_TOL = 0.06
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    x, y, split = learnable_problem(n=600)
-    return cache.load(write_feature_cache(tmp_path_factory.mktemp("p") / "f.h5", x, y, split))
-
-
-BASE = TrainConfig(head=HeadConfig(hidden_dim=32, n_blocks=1), optim=OptimConfig(lr=3e-3), epochs=6,
-                   batch_size=64, device="cpu")
+data = test_grid.data  # the fixture: a cache of 600 rows of a learnable problem
+BASE = replace(test_grid.BASE, epochs=6)
 CHUNKS = TrainConfig.from_flat({"shuffle": "chunks", "chunk_rows": 64}, BASE)
 
 
