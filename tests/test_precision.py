@@ -88,6 +88,22 @@ def test_per_configuration_inputs_keep_the_batched_products():
         torch.testing.assert_close(out[k], heads[k](x[k]), **FP32_TOL)
 
 
+def test_adam_steps_on_the_first_layers_gradient_as_laid_out_by_the_batched_products():
+    from iqa_cache.train.stacked import GroupedAdam
+
+    stack = stack_of(2, shared_gemm=False)
+    _, grads = forward_and_grads(stack, torch.randn(2, 40, 24))
+    assert not grads[0].is_contiguous()  # the [K, H, in] weights' gradient of a product with their transpose
+    want = [p.detach().clone().requires_grad_(True) for p in stack.params]
+    plain = torch.optim.Adam(want, lr=1e-3, foreach=False)
+    for p, g in zip(want, grads):
+        p.grad = g.clone()
+    plain.step()
+    GroupedAdam(stack, [replace(BASE, optim=OptimConfig(lr=1e-3))] * 2).step(grads)
+    for p, w in zip(stack.params, want):
+        torch.testing.assert_close(p, w, **FP32_TOL)
+
+
 def bmm_only(monkeypatch):
     real = engine_mod.init_stack
 
