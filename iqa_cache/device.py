@@ -34,9 +34,15 @@ def resolve_device(device: str) -> str:
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later),
     the units that run bfloat16 matrix products several times faster than
-    float32; AVX-512 with ``avx512_bf16`` alone does not count."""
+    float32; AVX-512 with ``avx512_bf16`` alone does not count, nor AMX that
+    ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN (torch's bfloat16 products) from using."""
+    import os
+
     import torch
 
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
+        return False
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     if probe is not None:
         return bool(probe())

@@ -176,9 +176,14 @@ def test_fp16_loss_scale_skips_an_overflowing_step_and_halves():
 
 
 def test_auto_picks_bf16_only_with_amx_on_a_cpu(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # AMX there, but oneDNN kept from it
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert resolve_precision("auto", "cpu") == "bf16"
     assert resolve_precision("fp16", "cpu") == "fp16" and resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ConfigError, match="'fp8' is not one of fp32, bf16, fp16, auto"):
@@ -186,6 +191,7 @@ def test_auto_picks_bf16_only_with_amx_on_a_cpu(monkeypatch):
 
 
 def test_the_run_records_the_precision_it_ran_with(data, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     assert train_head(data, replace(BASE, epochs=1, precision="auto")).config.precision == "fp32"
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
