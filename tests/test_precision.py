@@ -162,6 +162,15 @@ def test_training_in_lower_precision_keeps_float32_state_and_about_the_same_mae(
     assert res.metrics["test"]["mae"] != want.metrics["test"]["mae"]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_balanced_mse_learns_its_noise_sigma_in_lower_precision(data, precision):
+    cfg = TrainConfig.from_flat({"method": "bmc", "epochs": 3, "precision": precision}, BASE)
+    want, res = train_head(data, replace(cfg, precision="fp32")), train_head(data, cfg)
+    sigmas = [h["noise_sigma"] for h in res.history]
+    assert all(np.isfinite(sigmas)) and sigmas[-1] != cfg.method.bmse_sigma  # the unscaled gradient moved it
+    np.testing.assert_allclose(sigmas, [h["noise_sigma"] for h in want.history], rtol=0.05)
+
+
 def test_fp16_loss_scale_skips_an_overflowing_step_and_halves():
     from iqa_cache.train.stacked.optim import LossScale
 
