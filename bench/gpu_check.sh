@@ -27,6 +27,11 @@
 #
 #   run(command="DIST_ONLY=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=300)  N=... changes the number of
 # images (default 4000; generated in parallel, ~30 s on 16 cores).
+#
+# Stage two's precision bench (fp32 / bf16 x bmm / shared GEMM at K = 1, 8, 32, 64, and the test MAE of fp32
+# against bf16 over 5 seeds) also runs in its own call; results in precision_bench.log / precision_bench.json:
+#
+#   run(command="PRECISION_ONLY=1 bash bench/gpu_check.sh", timeout_s=420)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/iqa-gpu-check}
@@ -47,6 +52,13 @@ torchvision.__version__, 'pillow', PIL.__version__, 'h5py', h5py.__version__, 'o
     "$PY" -c "from iqa_cache.embed.decode import resolve_decoder, torchcodec_available as t; \
 print('jpeg decoder', resolve_decoder('auto'), t())"
 } 2>&1 | tee "$OUT/gpu.txt"
+
+if [ "${PRECISION_ONLY:-0}" = 1 ]; then
+    timeout 400 "$PY" bench/precision_bench.py --device cuda --steps 5 --repeats 5 --epochs 20 \
+        --note "lent GPU machine" 2>&1 | tee "$OUT/precision_bench.log" | tail -30
+    tail -1 "$OUT/precision_bench.log" > "$OUT/precision_bench.json"
+    exit 0
+fi
 
 if [ "${DIST_ONLY:-0}" != 1 ]; then
 # 1. GPU tests, and the CPU tests of the tensor pipeline against this machine's Pillow (~1 min)

@@ -29,3 +29,44 @@ def resolve_device(device: str) -> str:
     if device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"--device '{device}' is not one of auto, cpu, cuda")
     return device
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later),
+    the units that run bfloat16 matrix products several times faster than
+    float32; AVX-512 with ``avx512_bf16`` alone does not count, nor AMX that
+    ``ONEDNN_MAX_CPU_ISA`` keeps oneDNN (torch's bfloat16 products) from using."""
+    import os
+
+    import torch
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa and isa not in ("ALL", "DEFAULT") and "AMX" not in isa:
+        return False
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:  # an older torch: the kernel's flags
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """Stage two's ``--precision`` on the resolved ``device``: 'auto' →
+    'bf16' on a CUDA GPU that supports it or a CPU with AMX
+    (:func:`cpu_has_amx`), else 'fp32'; fp32, bf16 and fp16 as given (bf16
+    on a GPU without it is refused)."""
+    import torch
+
+    is_cuda = str(device).startswith("cuda")
+    if precision == "auto":
+        if is_cuda:
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+        return "bf16" if cpu_has_amx() else "fp32"
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"--precision '{precision}' is not one of fp32, bf16, fp16, auto")
+    if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(f"--precision bf16: the GPU of {device} has no bfloat16 support; use fp16, fp32 or auto")
+    return precision

@@ -24,6 +24,7 @@ from iqa_cache.train.config import (
     Kernel,
     Loss,
     Method,
+    Precision,
     Preset,
     Reweight,
     Schedule,
@@ -168,6 +169,12 @@ class TrainOptions:
                                               "window (caches larger than memory; needs --shuffle chunks; bit for "
                                               "bit the results of the same training in memory).")] = False
     device: Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")] = Device(D["device"])
+    precision: Annotated[Precision, typer.Option(help="Precision of the head's matrix products: fp32, or bf16 / "
+                                                     "fp16 autocast (weights, optimiser, losses, FDS and "
+                                                     "metrics stay float32; fp16 with a dynamic loss scale); "
+                                                     "auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX, "
+                                                     "else fp32. See docs/training.md.")
+                         ] = Precision(D["precision"])
     preset: Annotated[Optional[Preset], typer.Option(help=f"Settings preset: {', '.join(PRESETS)}: the paper's "
                                                           "Adam, epochs, bins, LDS N(12, 10) as gaussian ks 11 "
                                                           "sigma 10, FDS N(5, 2) from epoch 0/1; paper-koniq: lr "

@@ -30,7 +30,7 @@ __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConf
            "ACTIVATION_NAMES", "EmptyBins", "Loss", "Schedule", "Shuffle", "SHUFFLES", "FLAT_FIELDS",
            "FLAT_DEFAULTS", "default_reweight", "run_tag", "SplitConfig", "run_name", "GRID_KEYS", "SUMMARY_FILE",
            "PLAN_FILE",
-           "Method", "METHODS", "MethodConfig"]
+           "Method", "METHODS", "MethodConfig", "Precision", "PRECISIONS"]
 
 
 class EmptyBins(str, Enum):
@@ -53,6 +53,19 @@ class Shuffle(str, Enum):
     chunks = "chunks"
 
 
+class Precision(str, Enum):
+    """The matrix products of stage two (:attr:`TrainConfig.precision`):
+    fp32, or bf16 / fp16 autocast (weights, optimiser state, losses, FDS
+    statistics and metrics stay float32); ``auto``: bf16 where the device
+    runs it fast (a CUDA GPU with bf16, a CPU with AMX), else fp32
+    (:func:`iqa_cache.device.resolve_precision`)."""
+
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    auto = "auto"
+
+
 class Schedule(str, Enum):
     """Learning-rate schedule (:class:`OptimConfig`)."""
 
@@ -65,6 +78,7 @@ EMPTY_BINS = tuple(e.value for e in EmptyBins)
 LOSSES = tuple(e.value for e in Loss)
 SCHEDULES = tuple(e.value for e in Schedule)
 SHUFFLES = tuple(e.value for e in Shuffle)
+PRECISIONS = tuple(e.value for e in Precision)
 ACTIVATION_NAMES = ("relu", "gelu", "silu")
 # The head's size is bounded, and checked before anything is allocated (--hidden, --blocks, a run's config.json)
 MAX_HIDDEN_DIM = 16_384
@@ -297,7 +311,9 @@ class SplitConfig:
 class TrainConfig:
     """Everything that defines a run; saved as ``config.json``.
 
-    ``label_range`` None means the cache's recorded range (KonIQ: 0-100)."""
+    ``label_range`` None means the cache's recorded range (KonIQ: 0-100).
+    ``precision``: see :class:`Precision`; a trained run records the one it
+    ran with (``auto`` resolved, as ``device``)."""
 
     head: HeadConfig = field(default_factory=HeadConfig)
     lds: LDSConfig = field(default_factory=LDSConfig)
@@ -313,10 +329,14 @@ class TrainConfig:
     loss: str = "l1"
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loss", str(_plain(self.loss)))
         object.__setattr__(self, "device", str(_plain(self.device)))
+        object.__setattr__(self, "precision", str(_plain(self.precision)))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -439,7 +459,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "schedule": ("optim", "schedule"),
     "betas": ("optim", "betas"), "eps": ("optim", "eps"), "batch_size": ("", "batch_size"), "loss": ("", "loss"),
     "hidden": ("head", "hidden_dim"), "blocks": ("head", "n_blocks"), "dropout": ("head", "dropout"),
-    "seed": ("", "seed"), "device": ("", "device"),
+    "seed": ("", "seed"), "device": ("", "device"), "precision": ("", "precision"),
     "method": ("method", "name"), "bmse_sigma": ("method", "bmse_sigma"), "bmse_sigma_lr": ("method", "bmse_sigma_lr"),
     "bmse_fix_sigma": ("method", "bmse_fix_sigma"), "gai_components": ("method", "gai_components"),
     "bni_lds": ("method", "bni_lds"), "bni_sigma": ("method", "bni_sigma"), "dist_weight": ("method", "dist_weight"),
@@ -537,7 +557,7 @@ def preset_values(preset: str | None) -> dict[str, Any]:
 GRID_KEYS = ("lds", "reweight", "lds_kernel", "lds_ks", "lds_sigma", "fds", "fds_kernel", "fds_ks", "fds_sigma",
              "bin_size", "lr", "seed", "method", "bmse_sigma", "bmse_fix_sigma", "gai_components", "bni_lds",
              "bni_sigma", "dist_weight", "dist_bw", "ranksim_gamma", "ranksim_lambda", "ranksim_rows", "dw_alpha",
-             "split")
+             "split", "precision")
 SUMMARY_FILE = "summary.csv"
 PLAN_FILE = "ablation.json"
 assert set(GRID_KEYS) <= set(FLAT_FIELDS) and all(set(p) <= set(FLAT_FIELDS) for p in PRESETS.values())

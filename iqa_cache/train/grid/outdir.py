@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...cache import CacheData
-from ...device import resolve_device
+from ...device import resolve_device, resolve_precision
 from ...errors import ConfigError, RunError
 from ...schema import DEFAULT_FEATURE_DTYPE
 from ..config import PLAN_FILE, SUMMARY_FILE, TrainConfig
@@ -51,7 +51,9 @@ class AblationDir:
 
 def expected_train_config(cfg: TrainConfig, feature_dim: int) -> dict[str, Any]:
     """``config.json``'s ``train`` section that training ``cfg`` writes."""
-    full = replace(cfg, head=replace(cfg.head, in_dim=feature_dim), device=resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    full = replace(cfg, head=replace(cfg.head, in_dim=feature_dim), device=device,
+                   precision=resolve_precision(cfg.precision, device))
     return as_json(full.to_dict())
 
 

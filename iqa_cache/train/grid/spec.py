@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ...errors import ConfigError, clip
 from ...seeds import SEED_MAX
-from ..config import GRID_KEYS
+from ..config import GRID_KEYS, PRECISIONS
 from ..kernels import KERNELS, REWEIGHTS, even_kernel_message
 from ..methods import METHODS, RANKSIM_ROWS
 
@@ -110,7 +110,7 @@ PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "method": _choice(METHODS), "bmse_sigma": _POSITIVE, "bmse_fix_sigma": _switch, "gai_components": _count,
     "bni_lds": _switch, "bni_sigma": _POSITIVE, "dist_weight": _NON_NEGATIVE, "dist_bw": _POSITIVE,
     "ranksim_gamma": _NON_NEGATIVE, "ranksim_lambda": _POSITIVE, "ranksim_rows": _choice(RANKSIM_ROWS),
-    "dw_alpha": _NON_NEGATIVE, "split": _split,
+    "dw_alpha": _NON_NEGATIVE, "split": _split, "precision": _choice(PRECISIONS),
 }
 # Keys whose values may be written as an inclusive range, e.g. seed=0..9.
 RANGE_KEYS = ("seed", "gai_components", "split")

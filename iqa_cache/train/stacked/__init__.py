@@ -1,9 +1,13 @@
 """Many heads trained at once: K configurations that share shapes as one stack.
 
 Every parameter of the residual MLP head gets a leading configuration axis
-(weights ``[K, in, out]``, biases ``[K, 1, out]``), so one batched matrix
-product (``torch.baddbmm``) runs a layer for all K heads.  Each configuration
-keeps its own
+(weights ``[K, in, out]``, the first layer's ``[K, H, in]``; biases
+``[K, 1, out]``), so one batched matrix product (``torch.baddbmm``) runs a
+layer for all K heads; when the K configurations see the same rows (a
+chunked order, a full batch, evaluation), the first layer is one product
+with the ``[K*H, in]`` weights (the shared GEMM).  ``--precision`` runs the
+products under autocast (:class:`~iqa_cache.train.stacked.heads.HeadStack`).
+Each configuration keeps its own
 
 * initialisation: the head that the plain loop (``train_head_simple`` in
   ``tests/reference.py``) builds for its seed, copied into its slice;

@@ -13,7 +13,7 @@ import torch
 
 from ...binning import Bins
 from ...cache import CacheData
-from ...device import resolve_device
+from ...device import resolve_device, resolve_precision
 from ...errors import ConfigError, TrainingDiverged
 from ..config import LDSConfig, MethodConfig, TrainConfig
 from ..head import ResidualMLPHead
@@ -29,9 +29,9 @@ from ..results import (
 from ..splits import split_data
 from .data import DeviceData, TrainingRows, check_data, check_fds_bins, check_order, to_device
 from .fds import StackedFDS
-from .heads import EVAL_BUDGET, HeadStack, init_stack
+from .heads import AUTOCAST_DTYPES, EVAL_BUDGET, HeadStack, init_stack
 from .methods import StackLoss
-from .optim import GroupedAdam
+from .optim import GroupedAdam, LossScale
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +69,23 @@ def stack_key(cfg: TrainConfig) -> TrainConfig:
 
 
 def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
-                fds: StackedFDS | None, loss: StackLoss) -> list[float]:
+                fds: StackedFDS | None, loss: StackLoss, scaler: LossScale | None = None) -> list[float]:
     """One pass over the training rows, features calibrated by ``fds`` (None:
     not this epoch), each configuration with its method's ``loss``; returns
-    each configuration's mean training loss."""
+    each configuration's mean training loss.  ``scaler``: fp16's loss scale."""
     loss_sum = torch.zeros(stack.k, device=rows.weights.device)
+    wrt = [*stack.params, loss.log_sigma] if loss.bmse else stack.params
     for xb, yb, wb, bb, n in rows.batches(perm):
         h = stack.features(xb)  # RankSim regularises these, before FDS (as the official code)
         z = fds.calibrate(h, bb) if fds is not None else h
         loss_k = loss(stack.output(z, train=True), yb, wb, h, bb)
-        if loss.bmse:
-            *grads, g_sigma = torch.autograd.grad(loss_k.sum(), [*stack.params, loss.log_sigma])
-            opt.step(grads, loss.sigma_grad(g_sigma))
-        else:
-            opt.step(torch.autograd.grad(loss_k.sum(), stack.params))
+        total = loss_k.sum() if scaler is None else loss_k.sum() * scaler.scale
+        grads = list(torch.autograd.grad(total, wrt))
+        if scaler is None or scaler.unscale(grads, loss_k):
+            if loss.bmse:
+                opt.step(grads[:-1], loss.sigma_grad(grads[-1]))
+            else:
+                opt.step(grads)
         loss_sum += loss_k.detach() * n
     return [s / len(rows) for s in loss_sum.tolist()]
 
@@ -220,6 +223,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
     c0 = cfgs[0]
     device = dev.device
+    precision = resolve_precision(c0.precision, device)  # recorded as it ran, as the device
     bins = c0.bins(data.label_range)
     if not checked:
         for part in drawn.values():
@@ -233,12 +237,12 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         return [fit_ridge(data, c, dev, bins) for c in cfgs]
     head_cfg = replace(c0.head, in_dim=data.feature_dim)
     order = sorted(range(len(cfgs)), key=lambda i: cfgs[i].optim.lr)  # equal learning rates side by side
-    cfgs = [replace(cfgs[i], head=head_cfg, device=device) for i in order]
+    cfgs = [replace(cfgs[i], head=head_cfg, device=device, precision=precision) for i in order]
     parts = [drawn[c.split] for c in cfgs]
     own = SplitRows(parts, dev) if len(drawn) > 1 else None  # drawn splits of several seeds: rows per config
 
     y_means = [float(p.label[p.subset("train")].mean()) for p in parts] if own is not None else dev.y_mean
-    stack = init_stack(cfgs, head_cfg, y_means, device)
+    stack = init_stack(cfgs, head_cfg, y_means, device, AUTOCAST_DTYPES[precision])
     gens = [torch.Generator().manual_seed(c.seed) for c in cfgs]
     labels = data.label[dev.tr]  # the priors' labels: one split per stack (splits_share)
     loss = StackLoss(cfgs, labels, bins, device)
@@ -247,6 +251,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
                            parts=parts if own is not None else None)
     fds = StackedFDS([c.fds for c in cfgs], bins.n, head_cfg.hidden_dim, device) if c0.fds.enabled else None
     best = BestEpochs(stack, cfgs, has_val=len(dev.va) > 0)
+    scaler = LossScale() if precision == "fp16" else None
     for epoch in _epochs(c0.epochs, progress, desc):
         lrs = opt.schedule(epoch)
         if c0.order.chunked:  # one order for the stack, the same in memory and streamed
@@ -254,7 +259,7 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         else:
             perm = torch.stack([torch.randperm(len(rows), generator=g) for g in gens]).to(device)
         calibrating = fds is not None and fds.updated and epoch >= fds.start_smooth
-        train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, loss)
+        train_loss = train_epoch(stack, opt, rows, perm, fds if calibrating else None, loss, scaler)
         if fds is not None and epoch >= fds.start_update:
             if c0.order.chunked:  # in blocks, in memory as streamed: the same numbers
                 fds.update_blocks(stack, dev.blocks("train"), rows.bins, rows.count)
@@ -263,6 +268,9 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         best.record(epoch, lrs, train_loss, validation_mae(stack, dev, own), fds,
                     loss.sigma.tolist() if loss.bmse else None)
 
+    if scaler is not None and scaler.skipped:
+        log.info("fp16: %d step(s) skipped for gradients that overflowed; loss scale now %g", scaler.skipped,
+                 scaler.scale)
     pred_all = predict_rows(stack, dev, "all", best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)
     results = [best.outcome(k, parts[k], bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]

@@ -1,7 +1,8 @@
 """K residual MLP heads of one shape as stacked tensors, run by batched
-matrix products."""
+matrix products, in float32 or with the products under autocast."""
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -13,6 +14,8 @@ from ..head import ACTIVATIONS, ResidualMLPHead
 # Elements of one activation tensor [K, rows, H] in evaluation passes: bounds
 # memory when many configurations evaluate all cached images at once.
 EVAL_BUDGET = 1 << 25
+# --precision (resolved: iqa_cache.device.resolve_precision) -> the dtype of the autocast products
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _linear_names(head_cfg: HeadConfig) -> list[str]:
@@ -24,36 +27,60 @@ def _linear_names(head_cfg: HeadConfig) -> list[str]:
 
 class HeadStack:
     """K residual MLP heads of one shape as stacked tensors: for each linear
-    layer (in head order) a weight ``[K, in, out]`` and a bias ``[K, 1, out]``."""
+    layer (in head order) a weight and a bias ``[K, 1, out]``; the weights
+    ``[K, in, out]``, except the first layer's, ``[K, H, in]`` (as
+    ``nn.Linear`` stores it), so that its K weights are one ``[K*H, in]``
+    matrix for the shared GEMM.
 
-    def __init__(self, head_cfg: HeadConfig, params: list[torch.Tensor]):
+    ``dtype``: the matrix products run under autocast to it (None: float32);
+    the weights, what :meth:`features` and :meth:`output` return, and so
+    the losses, optimiser and FDS statistics stay float32.  ``shared_gemm``:
+    shared inputs ``[B, in]`` go through the first layer as one product
+    ``[B, in] @ [in, K*H]`` instead of K (False: the batched product, as for
+    per-configuration inputs)."""
+
+    def __init__(self, head_cfg: HeadConfig, params: list[torch.Tensor], dtype: torch.dtype | None = None,
+                 shared_gemm: bool = True):
         self.cfg = head_cfg
         self.params = params
         self.act = ACTIVATIONS[head_cfg.activation]()
         self.names = _linear_names(head_cfg)
+        self.dtype = dtype
+        self.shared_gemm = shared_gemm
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The products' precision: autocast to :attr:`dtype` on the
+        parameters' device, or nothing."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.params[0].device.type, dtype=self.dtype)
 
     @property
     def k(self) -> int:
         return int(self.params[0].shape[0])
 
     @classmethod
-    def from_heads(cls, heads: Sequence[ResidualMLPHead], device: str) -> "HeadStack":
+    def from_heads(cls, heads: Sequence[ResidualMLPHead], device: str, **kw) -> "HeadStack":
+        """The heads' weights stacked on ``device``; ``kw``: ``dtype``,
+        ``shared_gemm``."""
         cfg = heads[0].cfg
         params = []
-        for name in _linear_names(cfg):
+        for i, name in enumerate(_linear_names(cfg)):
             mods = [h.get_submodule(name) for h in heads]
-            params.append(torch.stack([m.weight.detach().t() for m in mods]).to(device).contiguous())
+            params.append(torch.stack([m.weight.detach() if i == 0 else m.weight.detach().t() for m in mods])
+                          .to(device).contiguous())
             params.append(torch.stack([m.bias.detach().view(1, -1) for m in mods]).to(device).contiguous())
         for p in params:
             p.requires_grad_(True)
-        return cls(cfg, params)
+        return cls(cfg, params, **kw)
 
     def state_dict_of(self, k: int, params: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Configuration ``k``'s weights as ``ResidualMLPHead`` names them."""
         params = self.params if params is None else params
         out = {}
         for i, name in enumerate(self.names):
-            out[f"{name}.weight"] = params[2 * i][k].detach().t().cpu().contiguous()
+            w = params[2 * i][k].detach()
+            out[f"{name}.weight"] = (w if i == 0 else w.t()).cpu().contiguous()
             out[f"{name}.bias"] = params[2 * i + 1][k].detach().reshape(-1).cpu().clone()
         return out
 
@@ -61,14 +88,24 @@ class HeadStack:
         """Hidden features ``[K, B, H]`` (what FDS calibrates) for
         per-configuration inputs ``[K, B, D]`` or shared inputs ``[B, D]``."""
         p = self.params if params is None else params
-        k = int(p[0].shape[0])
+        with self.autocast():
+            h = self.act(self.first_layer(x, p))
+            for j in range(self.cfg.n_blocks):
+                w1, b1, w2, b2 = p[2 + 4 * j: 6 + 4 * j]
+                h = self.act(h + torch.baddbmm(b2, self.act(torch.baddbmm(b1, h, w1)), w2))
+        return h.float()
+
+    def first_layer(self, x: torch.Tensor, p: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The first linear layer ``[K, B, H]``: shared inputs ``[B, in]``
+        (with :attr:`shared_gemm`) as one product with the ``[K*H, in]``
+        weights and a view of the result; else K batched products."""
+        k, hidden, d = p[0].shape
+        if x.dim() == 2 and self.shared_gemm:
+            out = torch.addmm(p[1].reshape(1, k * hidden), x, p[0].reshape(k * hidden, d).t())
+            return out.view(len(x), k, hidden).transpose(0, 1)
         if x.dim() == 2:
             x = x.expand(k, *x.shape)
-        h = self.act(torch.baddbmm(p[1], x, p[0]))
-        for j in range(self.cfg.n_blocks):
-            w1, b1, w2, b2 = p[2 + 4 * j: 6 + 4 * j]
-            h = self.act(h + torch.baddbmm(b2, self.act(torch.baddbmm(b1, h, w1)), w2))
-        return h
+        return torch.baddbmm(p[1], x, p[0].transpose(1, 2))
 
     def output(self, z: torch.Tensor, params: Sequence[torch.Tensor] | None = None, *,
                train: bool = False) -> torch.Tensor:
@@ -77,7 +114,8 @@ class HeadStack:
         p = self.params if params is None else params
         if train and self.cfg.dropout > 0:
             z = F.dropout(z, self.cfg.dropout, training=True)
-        return torch.baddbmm(p[-1], z, p[-2]).squeeze(-1)
+        with self.autocast():
+            return torch.baddbmm(p[-1], z, p[-2]).squeeze(-1).float()
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
@@ -92,9 +130,10 @@ class HeadStack:
 
 
 def init_stack(cfgs: Sequence[TrainConfig], head_cfg: HeadConfig, y_mean: float | Sequence[float],
-               device: str) -> HeadStack:
+               device: str, dtype: torch.dtype | None = None) -> HeadStack:
     """Each configuration's head initialised for its seed, its output bias at
-    the mean training label (one, or each configuration's own), stacked."""
+    the mean training label (one, or each configuration's own), stacked;
+    ``dtype``: see :class:`HeadStack`."""
     heads = []
     means = [float(y_mean)] * len(cfgs) if isinstance(y_mean, (int, float)) else list(y_mean)
     for c, mean in zip(cfgs, means):
@@ -103,4 +142,4 @@ def init_stack(cfgs: Sequence[TrainConfig], head_cfg: HeadConfig, y_mean: float 
         with torch.no_grad():
             h.fc.bias.fill_(mean)
         heads.append(h)
-    return HeadStack.from_heads(heads, device)
+    return HeadStack.from_heads(heads, device, dtype=dtype)

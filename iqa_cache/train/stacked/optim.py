@@ -72,9 +72,41 @@ class GroupedAdam:
     def step(self, grads: Sequence[torch.Tensor], sigma_grad: torch.Tensor | None = None) -> None:
         """One step with the gradients of the stacked tensors (in stack order)
         and of the noise sigmas."""
+        grads = [g.contiguous() for g in grads]  # fused Adam reads them as laid out as the parameters
         for v, (a, b) in zip(self.views, self.groups):
             for p, g in zip(v, grads):
                 p.grad = g[a:b]
         if self.sigma is not None:
             self.sigma.grad = sigma_grad
         self.opt.step()
+
+
+class LossScale:
+    """fp16's dynamic loss scale for a stack (what ``torch.amp.GradScaler``
+    does for one optimiser): the loss is multiplied by :attr:`scale` before
+    the backward pass, so that small float16 gradients do not flush to zero;
+    :meth:`unscale` divides the gradients back and says whether to step.  A
+    step whose gradients overflow (non-finite in a configuration whose loss is
+    finite) is skipped for the whole stack and the scale halved; after
+    ``growth_interval`` good steps it doubles.  A configuration whose loss
+    itself is non-finite has diverged: it steps as in float32 and is reported
+    as diverged, without stopping the others."""
+
+    def __init__(self, scale: float = 2.0 ** 16, growth_interval: int = 2000):
+        self.scale, self.growth_interval, self.good = scale, growth_interval, 0
+        self.skipped = 0
+
+    def unscale(self, grads: Sequence[torch.Tensor], loss_k: torch.Tensor) -> bool:
+        """Divide ``grads`` (stacked tensors ``[K, ...]``, and 1-D ones such
+        as the noise sigmas) by the scale in place; False: skip this step."""
+        torch._foreach_mul_(list(grads), 1.0 / self.scale)
+        k = loss_k.shape[0]
+        finite = torch.stack([g.reshape(k, -1).isfinite().all(1) for g in grads]).all(0)
+        if bool((~finite & loss_k.detach().isfinite()).any()):
+            self.scale, self.good = self.scale / 2, 0
+            self.skipped += 1
+            return False
+        self.good += 1
+        if self.good >= self.growth_interval:
+            self.scale, self.good = self.scale * 2, 0
+        return True
