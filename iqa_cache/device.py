@@ -70,3 +70,15 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise ConfigError(f"--precision bf16: the GPU of {device} has no bfloat16 support; use fp16, fp32 or auto")
     return precision
+
+
+def set_threads(threads: int | None) -> None:
+    """Let torch's CPU work use at most ``threads`` threads (``--threads``:
+    a shared machine); None leaves torch's default (one per core)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ConfigError(f"--threads must be a whole number of at least 1, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(int(threads))

@@ -383,11 +383,10 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
     that the stacked engine must match."""
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
+    cfg = replace(cfg.resolved(data.label_range, int(data.features.shape[1])), device=device)
     bins = cfg.bins(data.label_range)
     check_data(data, cfg, bins)
     tr, va = data.subset("train"), data.subset("val")
-    head_cfg = replace(cfg.head, in_dim=int(data.features.shape[1]))
-    cfg = replace(cfg, head=head_cfg, device=device)
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -399,7 +398,7 @@ def train_head_simple(data: CacheData, cfg: TrainConfig, *, progress: bool = Fal
     w_tr = torch.from_numpy(cfg.lds.weights(data.label[tr], bins)).to(device)
     x_va, y_va = x_all[va_t], y_all[va_t]
 
-    head = ResidualMLPHead(head_cfg, cfg.fds, bins.n).to(device)
+    head = ResidualMLPHead(cfg.head, cfg.fds, bins.n).to(device)
     with torch.no_grad():
         head.fc.bias.fill_(float(y_tr.mean()))  # start from the mean label, not from 0
     opt = torch.optim.Adam(head.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,

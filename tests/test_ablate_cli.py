@@ -82,8 +82,9 @@ def test_ablate_with_a_toml_grid_and_base_options(feature_cache, tmp_path):
     assert r.exit_code == 0, r.output
     assert "in 1 stack(s)" in r.stderr
     runs = sorted(p.name for p in (tmp_path / "a").iterdir() if p.is_dir())
-    assert len(runs) == 8 and "fds_kernel=laplace,fds_ks=7,seed=1" in runs
-    cfg = json.loads((tmp_path / "a" / "fds_kernel=laplace,fds_ks=7,seed=1" / "config.json").read_text())["train"]
+    assert len(runs) == 8 and "fds=on,fds_kernel=laplace,fds_ks=7,seed=1" in runs  # the constant fds=on too
+    cfg = json.loads((tmp_path / "a" / "fds=on,fds_kernel=laplace,fds_ks=7,seed=1" / "config.json").read_text()
+                     )["train"]
     assert cfg["lds"] == {"enabled": True, "reweight": "sqrt_inv", "kernel": "gaussian", "ks": 5, "sigma": 3.0}
     assert cfg["fds"]["kernel"] == "laplace" and cfg["fds"]["ks"] == 7 and cfg["seed"] == 1
     assert cfg["optim"]["lr"] == 0.01

@@ -152,12 +152,16 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
     r = iqa("train-head", "--cache", feature_cache, "--preset", preset, "--lds", "--fds", "--show-config")
     assert r.exit_code == 0, r.output
     got = json.loads(r.stdout)
-    assert got == {"preset": preset, "train": {
-        "head": PAPER_HEAD, "lds": PAPER_LDS, "fds": PAPER_FDS,
+    n = label_range[1] - label_range[0]
+    assert got == {"preset": preset, "cache": str(feature_cache), "bins": {
+        "lo": label_range[0], "hi": label_range[1], "size": bin_size, "n": 100}, "train": {
+        "head": {**PAPER_HEAD, "in_dim": 24}, "lds": PAPER_LDS, "fds": PAPER_FDS,
         "optim": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "schedule": "constant"},
-        "method": PAPER_METHOD, "order": {"shuffle": "rows", "chunk_rows": 4096, "buffer": 8},
+        "method": {**PAPER_METHOD, "bmse_sigma": n / 10}, "order": {"shuffle": "rows", "chunk_rows": 4096,
+                                                                      "buffer": 8},
         "split": {"seed": None, "ratios": "0.7,0.1,0.2"},
-        "bin_size": bin_size, "label_range": label_range, "epochs": 200, "batch_size": 256, "loss": "l1",
+        "bin_size": bin_size, "label_range": label_range, "epochs": 200, "patience": None, "batch_size": 256,
+        "loss": "l1",
         "seed": 0, "device": "auto"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset
     from iqa_cache.train.imbalance import Bins

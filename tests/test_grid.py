@@ -223,13 +223,29 @@ def test_expansion_reweight_follows_lds_unless_given_and_fds_needs_bins():
     # the names say the reweighting that LDS on/off does not imply (issue 11: not a plain "lds=off")
     assert fixed == {"lds=on,reweight=inverse": "inverse", "lds=off,reweight=inverse": "inverse"}
     plan = expand(parse_grid("fds=on; fds_ks=5,9; bin_size=25,1; lr=0.01"), BASE, (0, 100))
-    assert [p.name for p in plan.points] == ["fds_ks=5,bin_size=25", "fds_ks=5,bin_size=1", "fds_ks=9,bin_size=1"]
+    assert [p.name for p in plan.points] == ["fds=on,fds_ks=5,bin_size=25,lr=0.01",
+                                             "fds=on,fds_ks=5,bin_size=1,lr=0.01", "fds=on,fds_ks=9,bin_size=1,lr=0.01"]
     assert "needs more than 4 label bins" in plan.skipped[0].skipped
     assert plan.points[0].config.optim.lr == 0.01 and plan.points[0].config.fds.enabled
     single = expand(parse_grid("lds=on"), BASE, (0, 100), auto_reweight=True)
     assert [p.name for p in single.points] == ["lds=on"]
     with pytest.raises(ConfigError, match="no configuration to train"):
         expand(parse_grid("lds=on; reweight=none"), BASE, (0, 100))
+
+
+def test_run_names_keep_every_key_the_grid_spells_out_so_two_grids_never_collide():
+    """Issue 27: the constant fds=on stays in the names, so the grid with FDS
+    and the one without name their runs apart (they once both wrote
+    method=vanilla,seed=0); keys that take no effect are still left out."""
+    with_fds = expand(parse_grid("method=vanilla,lds; fds=on; seed=0..1"), BASE, (0, 5), auto_reweight=True)
+    without = expand(parse_grid("method=vanilla,lds; seed=0..1"), BASE, (0, 5), auto_reweight=True)
+    assert [p.name for p in with_fds.points] == ["method=vanilla,fds=on,seed=0", "method=vanilla,fds=on,seed=1",
+                                                 "method=lds,fds=on,seed=0", "method=lds,fds=on,seed=1"]
+    assert [p.name for p in without.points] == ["method=vanilla,seed=0", "method=vanilla,seed=1", "method=lds,seed=0",
+                                                "method=lds,seed=1"]
+    assert not {p.name for p in with_fds.points} & {p.name for p in without.points}
+    off = expand(parse_grid("fds=off; fds_ks=5,9; lr=0.01"), BASE, (0, 100))  # fds_ks does nothing without FDS
+    assert [p.name for p in off.points] == ["fds=off,lr=0.01"] and off.duplicates == 1
 
 
 @pytest.mark.slow

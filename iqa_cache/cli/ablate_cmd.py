@@ -7,10 +7,20 @@ from typing import Annotated
 import typer
 
 from iqa_cache.errors import TrainingDiverged
-from iqa_cache.train.config import GRID_KEYS, PLAN_FILE, SUMMARY_FILE
+from iqa_cache.train.config import GRID_KEYS, LOG_EVERY, PLAN_FILE, SUMMARY_FILE
 
 from .app import app
-from .common import CacheFile, Command, Expect, echo_out, handle_errors, parse_expect, sigterm_interrupts
+from .common import (
+    CacheFile,
+    Command,
+    Expect,
+    LogEvery,
+    Threads,
+    echo_out,
+    handle_errors,
+    parse_expect,
+    sigterm_interrupts,
+)
 from .train_cmd import TrainOptions, with_train_options
 
 
@@ -32,7 +42,9 @@ def ablate_command(
                                                  "grid or other settings); finished runs of the same ones are kept "
                                                  "either way.")] = False,
     expect: Expect = None,
-    progress: Annotated[bool, typer.Option(help="Progress bars on stderr.")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bars on stderr (--no-progress: log lines).")] = True,
+    log_every: LogEvery = LOG_EVERY,
+    threads: Threads = None,
 ) -> None:
     """Train every configuration of a grid on cached features, those that share shapes at once.
 
@@ -49,6 +61,7 @@ def ablate_command(
     process would leave it.
     """
     from iqa_cache import cache as cache_mod
+    from iqa_cache.device import set_threads
     from iqa_cache.embed import distributed as dist
     from iqa_cache.train.grid import expand, format_summary, read_grid, run_ablation
     from iqa_cache.train.runs import check_out_location
@@ -59,18 +72,20 @@ def ablate_command(
     check_out_location(out, {str(cache): "the cache being trained on"})
     data = cache_mod.load(cache, expect=expected, features=not opts.stream)
     plan = expand(spec, base, data.label_range, auto_reweight=opts.reweight is None)
+    set_threads(threads)
     env = dist.from_env()
     if env is not None and env.world > 1:  # under torchrun: whole stacks per rank, rank 0 writes the summary
         from iqa_cache.train.grid import run_ablation_ranks
 
         with sigterm_interrupts(), dist.Session(env, base.device) as session:
             result = run_ablation_ranks(data, plan, out, session, overwrite=overwrite, max_stack=max_stack,
-                                        progress=progress)
+                                        progress=progress, log_every=log_every)
         if result is None:
             return
     else:
         with sigterm_interrupts():  # SIGTERM ends it like Ctrl-C: finished runs kept, exit 130
-            result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress)
+            result = run_ablation(data, plan, out, overwrite=overwrite, max_stack=max_stack, progress=progress,
+                                  log_every=log_every)
     echo_out(format_summary(result.summary, result.notes))
     n = len(plan.points)
     trained = n - result.n_kept
@@ -81,5 +96,7 @@ def ablate_command(
     if result.n_diverged:
         typer.echo(f"warning: {result.n_diverged} of {n} configuration(s) diverged and have no run directory "
                    "(see the summary)", err=True)
-    if result.n_ok == 0:
+    for status, count in result.suspect().items():
+        typer.echo(f"warning: {count} of {n} configuration(s) {status} (see the summary's status column)", err=True)
+    if result.n_trained == 0:
         raise typer.Exit(TrainingDiverged.exit_code)

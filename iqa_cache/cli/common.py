@@ -157,6 +157,12 @@ LabelRange = Annotated[Optional[str], typer.Option(
 OutOfRangeOpt = Annotated[OutOfRange, typer.Option(
     "--out-of-range", help="Labels outside --label-range: error, clip (into the range) or drop (the rows).")]
 SplitSeed = Annotated[int, typer.Option(help="Seed of the random split when the data has none.")]
+Threads = Annotated[Optional[int], typer.Option(min=1, help="CPU threads for training (a shared machine) "
+                                                            "[default: torch's, one per core].",
+                                                show_default=False)]
+LogEvery = Annotated[int, typer.Option(min=0, help="With --no-progress: a log line every this many epochs of a "
+                                                   "stack, with the elapsed time (0: none; one line per finished "
+                                                   "stack always).")]
 
 
 def _not_number(text: str) -> bool:

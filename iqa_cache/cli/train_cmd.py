@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -15,8 +16,11 @@ import typer
 
 from iqa_cache.device import Device
 from iqa_cache.train.config import (
+    BMSE_SIGMA_FRACTION,
+    DEFAULT_BINS,
     FLAT_DEFAULTS,
     FLAT_FIELDS,
+    LOG_EVERY,
     MAX_BLOCKS,
     MAX_HIDDEN_DIM,
     PRESETS,
@@ -39,6 +43,8 @@ from .common import (
     CacheFile,
     Command,
     Expect,
+    LogEvery,
+    Threads,
     echo_out,
     handle_errors,
     parse_expect,
@@ -46,6 +52,7 @@ from .common import (
     sigterm_interrupts,
 )
 
+log = logging.getLogger(__name__)
 D = FLAT_DEFAULTS  # every training option's default is the library's
 
 
@@ -66,7 +73,9 @@ class TrainOptions:
                                                               "smoothed with --lds; none for equal weights "
                                                               "[default: sqrt_inv with --lds, else none].",
                                                          show_default=False)] = D["reweight"]
-    bin_size: Annotated[float, typer.Option(help="Label bin width for LDS and FDS.")] = D["bin_size"]
+    bin_size: Annotated[Optional[float], typer.Option(help="Label bin width for LDS and FDS [default: the label "
+                                                           f"range in {DEFAULT_BINS} bins: 1 on 0-100, 0.05 on "
+                                                           "0-5].", show_default=False)] = D["bin_size"]
     label_range: Annotated[Optional[str], typer.Option(help="Range LO,HI that the label bins cover [default: "
                                                             "the cache's].", metavar="LO,HI")] = D["label_range"]
     lds_kernel: Annotated[Kernel, typer.Option(help="LDS kernel shape.")] = Kernel(D["lds_kernel"])
@@ -96,8 +105,10 @@ class TrainOptions:
                                                 "weights), ridge (closed-form linear probe, strength chosen on "
                                                 "validation); see docs/method.md, docs/protocol.md.")
                       ] = Method(D["method"])
-    bmse_sigma: Annotated[float, typer.Option(help="Balanced MSE: initial noise sigma (in label units).")
-                          ] = D["bmse_sigma"]
+    bmse_sigma: Annotated[Optional[float], typer.Option(help="Balanced MSE: initial noise sigma, in label units "
+                                                             f"[default: {BMSE_SIGMA_FRACTION:g} x the label "
+                                                             "range: 10 on 0-100, 0.5 on 0-5].",
+                                                        show_default=False)] = D["bmse_sigma"]
     bmse_sigma_lr: Annotated[float, typer.Option(help="Balanced MSE: Adam learning rate of log "
                                                       "sigma (constant; a step moves sigma by up to about "
                                                       "this fraction of itself).")] = D["bmse_sigma_lr"]
@@ -136,6 +147,9 @@ class TrainOptions:
                            ] = D["ridge_steps"]
     epochs: Annotated[int, typer.Option(help="Training epochs; the epoch with the best validation MAE is kept.")
                       ] = D["epochs"]
+    patience: Annotated[Optional[int], typer.Option(min=1, help="Stop a configuration this many epochs after its "
+                                                               "best validation epoch [default: train every "
+                                                               "epoch].", show_default=False)] = D["patience"]
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = D["lr"]
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay (L2 penalty).")] = D["weight_decay"]
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule: constant, cosine (to 0 at the last "
@@ -249,9 +263,13 @@ def train_head_command(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory written by iqa (anything "
                                                  "else is refused).")] = False,
     expect: Expect = None,
-    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr (--no-progress: log lines).")] = True,
+    log_every: LogEvery = LOG_EVERY,
+    threads: Threads = None,
     show_config: Annotated[bool, typer.Option(help="Print the resolved training configuration (preset and "
-                                                   "options applied) as JSON and exit without training.")] = False,
+                                                   "options applied, the settings left to the cache resolved for "
+                                                   "--cache: input dimension, label range, bins and their count) "
+                                                   "as JSON and exit without training.")] = False,
 ) -> None:
     """Train a residual MLP head on cached features, with optional LDS and FDS.
 
@@ -259,6 +277,7 @@ def train_head_command(
     history.csv into the run directory and prints the test MAE per label range.
     """
     from iqa_cache import cache as cache_mod
+    from iqa_cache.device import set_threads
     from iqa_cache.report import ReportConfig, build_report, format_report
     from iqa_cache.train.fit import train_head
     from iqa_cache.train.runs import load_run, prepare_run_target, write_run
@@ -266,15 +285,26 @@ def train_head_command(
     expected = parse_expect(expect)
     cfg = opts.config(ctx)
     if show_config:
-        echo_out(json.dumps({"preset": opts.preset_name, "train": cfg.to_dict()}, indent=2))
+        shown: dict[str, Any] = {"preset": opts.preset_name, "cache": str(cache)}
+        if cache.exists():
+            data = cache_mod.load(cache, expect=expected, features=False)
+            cfg = cfg.resolved(data.label_range, data.feature_dim)
+            bins = cfg.bins(data.label_range)
+            shown["bins"] = {"lo": bins.lo, "hi": bins.hi, "size": bins.size, "n": bins.n}
+        else:
+            log.warning("cache %s does not exist: the settings left to the cache are shown as null", cache)
+        echo_out(json.dumps({**shown, "train": cfg.to_dict()}, indent=2))
         return
     if out is None:
         out = Path("runs") / cache.stem / run_name(cfg)
     prepare_run_target(out, overwrite=overwrite, protect={str(cache): "the cache being trained on"})
     with sigterm_interrupts():  # SIGTERM ends it like Ctrl-C: exit 130, no half run left
         data = cache_mod.load(cache, expect=expected, features=not opts.stream)
-        result = train_head(data, cfg, progress=progress)
+        set_threads(threads)
+        result = train_head(data, cfg, progress=progress, log_every=log_every)
         write_run(out, result, data.attrs, cache, overwrite=overwrite, extra={"preset": opts.preset_name})
     echo_out(f"{out}: best epoch {result.best_epoch} (val MAE {result.best_val_mae:.4f}), "
              f"trained in {result.seconds:.1f} s on {result.device}")
+    if result.metrics.get("status", "ok") != "ok":
+        log.warning("%s is %s: %s", out, result.metrics["status"], result.metrics.get("status_reason", ""))
     echo_out(format_report(build_report([load_run(out)], ReportConfig(tables=("ranges",), baseline=True))))

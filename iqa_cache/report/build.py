@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from ..errors import ConfigError, RunError
+from ..metrics import bin_of
 from ..seeds import check_seed
 from ..train.provenance import run_warnings
 from .compare import compare_entries, versus_entries
@@ -92,6 +93,29 @@ class Report:
         return [r for e in self.entries for r in e.runs]
 
 
+def outside_notes(runs: Sequence[Run], edges: Sequence[float] | None, split: str) -> list[str]:
+    """A note when the ``--bins`` edges leave some of the split's items out of
+    every label-range column (the ``All`` column still counts them), one per
+    different set of items; none for the default edges (the label range)."""
+    if edges is None:
+        return []
+    groups: dict[tuple, tuple[str, np.ndarray]] = {}  # runs on the same items: one note
+    for r in runs:
+        ids, lab, _ = split_arrays(r, split)
+        groups.setdefault((len(ids), hash(tuple(ids))), (r.name, lab))
+    notes = []
+    lo, hi = edges[0], edges[-1]
+    for name, lab in groups.values():
+        out = int((bin_of(lab, edges) < 0).sum())
+        if out:
+            whose = f" of run '{name}'" if len(groups) > 1 else ""
+            notes.append(f"note: --bins {','.join(f'{e:g}' for e in edges)} cover {len(lab) - out:,} of "
+                         f"{len(lab):,} {split} {runs_noun(runs)}{whose}; {out:,} lie outside [{lo:g}, {hi:g}] "
+                         f"({int((lab < lo).sum()):,} below, {int((lab > hi).sum()):,} above) and are in no "
+                         "label-range column, only in All")
+    return notes
+
+
 def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Report:
     """Everything ``iqa report`` shows, computed from the runs' predictions."""
     if not runs:
@@ -132,7 +156,7 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     if cfg.versus:
         versus = versus_entries(entries, cfg.versus, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
                                 seed=cfg.boot_seed, confidence=cfg.confidence)
-    notes = run_warnings(all_runs) + inp.notes
+    notes = run_warnings(all_runs) + inp.notes + outside_notes(all_runs, cfg.edges, split)
     off_scale = [r.name for r in all_runs if (r.config.get("evaluation") or {}).get("label_scale_agrees") is False]
     if off_scale:
         notes.append(f"warning: {', '.join(off_scale)}: labels on another scale than the training labels; their "

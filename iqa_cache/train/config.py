@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Kernel", "Reweight", "KERNELS", "REWEIGHTS", "EMPTY_BINS", "HeadConfig", "LDSConfig", "FDSConfig",
            "OptimConfig", "OrderConfig", "TrainConfig", "PRESETS", "Preset", "LOSSES", "SCHEDULES",
            "ACTIVATION_NAMES", "EmptyBins", "Loss", "Schedule", "Shuffle", "SHUFFLES", "FLAT_FIELDS",
-           "FLAT_DEFAULTS", "default_reweight", "run_tag", "SplitConfig", "run_name", "GRID_KEYS", "SUMMARY_FILE",
-           "PLAN_FILE",
+           "FLAT_DEFAULTS", "DEFAULT_BINS", "BMSE_SIGMA_FRACTION", "default_reweight", "run_tag", "SplitConfig",
+           "run_name", "GRID_KEYS", "SUMMARY_FILE", "PLAN_FILE", "LOG_EVERY",
            "Method", "METHODS", "MethodConfig", "Precision", "PRECISIONS"]
 
 
@@ -311,9 +311,15 @@ class SplitConfig:
 class TrainConfig:
     """Everything that defines a run; saved as ``config.json``.
 
-    ``label_range`` None means the cache's recorded range (KonIQ: 0-100).
-    ``precision``: see :class:`Precision`; a trained run records the one it
-    ran with (``auto`` resolved, as ``device``)."""
+    Settings in label units default to None, "from the cache"
+    (:meth:`resolved`): ``label_range`` the cache's recorded range (KonIQ:
+    0-100), ``bin_size`` that range in :data:`DEFAULT_BINS` bins (KonIQ: 1),
+    ``method.bmse_sigma`` :data:`BMSE_SIGMA_FRACTION` of it (KonIQ: 10).
+    Training resolves them and records the numbers it used.
+
+    ``patience`` N stops training N epochs after the best validation epoch
+    (None: every epoch is trained).  ``precision``: see :class:`Precision`; a
+    trained run records the one it ran with (``auto`` resolved, as ``device``)."""
 
     head: HeadConfig = field(default_factory=HeadConfig)
     lds: LDSConfig = field(default_factory=LDSConfig)
@@ -322,9 +328,10 @@ class TrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     order: OrderConfig = field(default_factory=OrderConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
-    bin_size: float = 1.0
+    bin_size: float | None = None
     label_range: tuple[float, float] | None = None
     epochs: int = 200
+    patience: int | None = None
     batch_size: int = 256
     loss: str = "l1"
     seed: int = 0
@@ -339,6 +346,9 @@ class TrainConfig:
             raise ConfigError(f"--precision '{self.precision}' is not one of {', '.join(PRECISIONS)}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.patience is not None and (isinstance(self.patience, bool) or int(self.patience) != self.patience
+                                          or self.patience < 1):
+            raise ConfigError(f"--patience must be a whole number of epochs, at least 1, got {self.patience!r}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         object.__setattr__(self, "seed", check_seed(self.seed, "--seed"))
@@ -350,7 +360,7 @@ class TrainConfig:
             if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
                 raise ConfigError(f"--label-range must be LO,HI with LO below HI, got "
                                   f"{','.join(f'{x:g}' for x in self.label_range)}")
-        if not (math.isfinite(self.bin_size) and self.bin_size > 0):
+        if self.bin_size is not None and not (math.isfinite(self.bin_size) and self.bin_size > 0):
             raise ConfigError(f"--bin-size must be a positive number, got {self.bin_size}")
         if self.method.name in (Method.vanilla.value, Method.lds.value):  # the plain loss, LDS-weighted or not
             plain = Method.lds.value if self.lds.enabled else Method.vanilla.value
@@ -366,8 +376,22 @@ class TrainConfig:
                         "no effect", self.fds.start_smooth, self.epochs)
 
     def bins(self, label_range: tuple[float, float]) -> Bins:
-        lo, hi = self.label_range or label_range
-        return Bins(lo, hi, self.bin_size)
+        """The label bins on a cache whose recorded range is ``label_range``."""
+        r = self.resolved(label_range)
+        return Bins(*r.label_range, r.bin_size)
+
+    def resolved(self, label_range: tuple[float, float], in_dim: int | None = None) -> "TrainConfig":
+        """This configuration on a cache whose recorded label range is
+        ``label_range`` (and whose features have ``in_dim`` dimensions, when
+        given): every setting left to the cache (None) as the number it
+        stands for there.  Idempotent; what training records."""
+        lo, hi = self.label_range or tuple(float(x) for x in label_range)
+        span = hi - lo
+        bin_size = self.bin_size if self.bin_size is not None else span / DEFAULT_BINS
+        sigma = self.method.bmse_sigma if self.method.bmse_sigma is not None else span * BMSE_SIGMA_FRACTION
+        head = replace(self.head, in_dim=int(in_dim)) if in_dim is not None else self.head
+        return replace(self, label_range=(lo, hi), bin_size=bin_size, head=head,
+                       method=replace(self.method, bmse_sigma=sigma))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -447,6 +471,13 @@ class TrainConfig:
         return run_tag(self)
 
 
+# Defaults in label units, as fractions of the label range: on KonIQ's 0-100,
+# bins of 1 (the paper's r = 1, m = 100) and a Balanced MSE noise sigma of 10
+# (the official code's initial sigma for ages, a scale like KonIQ's); on 0-5,
+# bins of 0.05 and sigma 0.5; on 0-1, 0.01 and 0.1.
+DEFAULT_BINS = 100
+BMSE_SIGMA_FRACTION = 0.1
+
 # The flat option names (train-head's options, the grid's keys, the presets'
 # keys) and where each lives in a TrainConfig: (sub-config or '', field).
 FLAT_FIELDS: dict[str, tuple[str, str]] = {
@@ -456,6 +487,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "fds_sigma": ("fds", "sigma"), "fds_momentum": ("fds", "momentum"), "fds_start_update": ("fds", "start_update"),
     "fds_start_smooth": ("fds", "start_smooth"), "fds_empty_bins": ("fds", "empty_bins"),
     "bin_size": ("", "bin_size"), "label_range": ("", "label_range"), "epochs": ("", "epochs"),
+    "patience": ("", "patience"),
     "lr": ("optim", "lr"), "weight_decay": ("optim", "weight_decay"), "schedule": ("optim", "schedule"),
     "betas": ("optim", "betas"), "eps": ("optim", "eps"), "batch_size": ("", "batch_size"), "loss": ("", "loss"),
     "hidden": ("head", "hidden_dim"), "blocks": ("head", "n_blocks"), "dropout": ("head", "dropout"),
@@ -551,6 +583,10 @@ def preset_values(preset: str | None) -> dict[str, Any]:
         raise ConfigError(f"--preset '{preset}' is not one of {', '.join(PRESETS)}")
     return PRESETS[preset]
 
+
+# Without progress bars (--no-progress), training logs a line every LOG_EVERY
+# epochs of a stack (--log-every) and one when a stack is done.
+LOG_EVERY = 10
 
 # The ablation grid's keys (flat option names) and its output files: here so
 # that the CLI declares `iqa ablate` without importing the training engine.

@@ -18,7 +18,7 @@ import torch
 
 from ..cache import CacheData
 from ..errors import TrainingDiverged
-from .config import LOSSES, PRESETS, SCHEDULES, FDSConfig, HeadConfig, LDSConfig, OptimConfig, TrainConfig
+from .config import LOG_EVERY, LOSSES, PRESETS, SCHEDULES, FDSConfig, HeadConfig, LDSConfig, OptimConfig, TrainConfig
 from .head import ResidualMLPHead
 from .results import TrainResult, summarize
 from .stacked import get_lr, train_stack
@@ -33,11 +33,13 @@ def predict(head: ResidualMLPHead, x: torch.Tensor, chunk: int = 65536) -> torch
     return torch.cat([head(x[i:i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x.new_zeros(0)
 
 
-def train_head(data: CacheData, cfg: TrainConfig, *, progress: bool = False) -> TrainResult:
+def train_head(data: CacheData, cfg: TrainConfig, *, progress: bool = False, log_every: int = LOG_EVERY
+               ) -> TrainResult:
     """Train one head on ``data`` (a loaded cache) and return the head of the
     best validation-MAE epoch, its predictions for every cached image and
-    its metrics.  Raises :class:`TrainingDiverged` on a non-finite loss."""
-    (result,) = train_stack(data, [cfg], progress=progress)
+    its metrics.  Raises :class:`TrainingDiverged` on a non-finite loss.
+    Without ``progress``: a log line every ``log_every`` epochs."""
+    (result,) = train_stack(data, [cfg], progress=progress, log_every=log_every)
     if isinstance(result, TrainingDiverged):
         raise result
     return result

@@ -80,9 +80,10 @@ class MethodConfig:
     """The method and its hyper-parameters (each used only by its method).
 
     Balanced MSE (``bmc``, ``gai``, ``bni``): ``bmse_sigma`` the initial
-    noise sigma in label units (10, as the official IMDB-WIKI runs on ages,
-    a scale like KonIQ's 0-100; scale it with your labels), learnt in log
-    space (it stays positive) with Adam at the constant ``bmse_sigma_lr``
+    noise sigma in label units (None: a tenth of the label range, resolved
+    from the cache by :meth:`~iqa_cache.train.config.TrainConfig.resolved`:
+    10 on KonIQ's 0-100, as the official IMDB-WIKI runs on ages), learnt in
+    log space (it stays positive) with Adam at the constant ``bmse_sigma_lr``
     unless ``bmse_fix_sigma``; ``gai_components`` the
     Gaussian mixture's size; ``bni_lds`` smooths the label histogram with the
     LDS kernel and size (``--lds-kernel/--lds-ks``) and ``bni_sigma`` (the
@@ -99,7 +100,7 @@ class MethodConfig:
     on the features' scale); the one with the lowest validation MAE is kept."""
 
     name: str = "vanilla"
-    bmse_sigma: float = 10.0
+    bmse_sigma: float | None = None
     bmse_sigma_lr: float = 1e-2
     bmse_fix_sigma: bool = False
     gai_components: int = 8
@@ -120,7 +121,9 @@ class MethodConfig:
         object.__setattr__(self, "name", str(self.name.value if isinstance(self.name, Enum) else self.name))
         if self.name not in METHODS:
             raise ConfigError(f"--method '{self.name}' is not one of {', '.join(METHODS)}")
-        for opt, value, low in (("bmse-sigma", self.bmse_sigma, 0.0), ("bmse-sigma-lr", self.bmse_sigma_lr, 0.0),
+        if self.bmse_sigma is not None and not (math.isfinite(self.bmse_sigma) and self.bmse_sigma > 0):
+            raise ConfigError(f"--bmse-sigma must be a positive number, got {self.bmse_sigma}")
+        for opt, value, low in (("bmse-sigma-lr", self.bmse_sigma_lr, 0.0),
                                 ("ranksim-lambda", self.ranksim_lambda, 0.0), ("dw-eps", self.dw_eps, 0.0),
                                 ("dist-bw", self.dist_bw, 0.0), ("bni-sigma", self.bni_sigma, 0.0)):
             if not (math.isfinite(value) and value > low):

@@ -1,10 +1,14 @@
-"""What the runs' caches say about them, as warnings shown under every table
-of runs (``iqa report``, ``iqa ablate``'s summary): features of a
-random-weight encoder, which encoder made them, runs on different caches or
-on different contents of one cache.  Torch-free."""
+"""What the runs' caches and their own checks say about them, as warnings
+shown under every table of runs (``iqa report``, ``iqa ablate``'s summary):
+features of a random-weight encoder, which encoder made them, runs on
+different caches or on different contents of one cache, runs worse than
+predicting the mean or unstable after their best epoch
+(:mod:`~iqa_cache.train.status`, recorded in metrics.json).  Torch-free."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
+
+from .status import UNSTABLE, UNSTABLE_FACTOR, WORSE_THAN_MEAN
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -63,4 +67,24 @@ def run_warnings(runs: Sequence[Run]) -> list[str]:
             groups = "; ".join(f"{name_list(v)} (content {k})" for k, v in contents.items())
             notes.append(f"warning: these runs were trained on different contents of the same cache (images "
                          f"re-embedded, or labels/splits updated, in between): {groups}")
+    notes.extend(status_warnings(runs))
+    return notes
+
+
+_STATUS_WHY = {
+    WORSE_THAN_MEAN: "their best validation MAE is not below that of predicting the training mean: their numbers "
+                     "say nothing about the method (check the settings in label units against the label range)",
+    UNSTABLE: f"their validation MAE rose over {UNSTABLE_FACTOR:g} times the best after the best epoch: the epoch "
+              "kept may be a lucky one",
+}
+
+
+def status_warnings(runs: Sequence[Run]) -> list[str]:
+    """One warning per status other than ok (metrics.json), naming its runs."""
+    notes = []
+    for status, why in _STATUS_WHY.items():
+        names = [r.name for r in runs if (r.metrics or {}).get("status") == status]
+        if names:
+            who = f"run '{names[0]}' is" if len(names) == 1 else f"runs {name_list(names)} are"
+            notes.append(f"warning: {who} {status}: {why.replace('their', 'its') if len(names) == 1 else why}")
     return notes

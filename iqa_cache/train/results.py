@@ -15,6 +15,7 @@ from ..cache import CacheData
 from ..metrics import default_edges, mae, per_bin_mae
 from .config import TrainConfig
 from .head import ResidualMLPHead
+from .status import mean_baseline_mae, run_status
 
 
 @dataclass
@@ -47,13 +48,18 @@ def summarize(predictions: pd.DataFrame, label_range: tuple[float, float]) -> di
 
 def package_result(data: CacheData, cfg: TrainConfig, bins: Bins, head: ResidualMLPHead, pred: np.ndarray, *,
                    best_epoch: int, best_val_mae: float, history: list[dict[str, float]], seconds: float,
-                   device: str) -> TrainResult:
+                   device: str, stopped_epoch: int | None = None) -> TrainResult:
     """The selected ``head`` with its predictions ``pred`` for every cached
-    image and their metrics."""
+    image and their metrics; ``stopped_epoch``: the last epoch trained when
+    ``--patience`` stopped it early (None: it ran every epoch)."""
     predictions = pd.DataFrame({"image_id": data.image_id, "split": data.split,
                                 "label": data.label.astype(np.float64), "pred": pred})
     metrics = summarize(predictions, data.label_range)
-    metrics.update({"best_epoch": best_epoch, "best_val_mae": best_val_mae, "epochs": cfg.epochs})
+    metrics.update({"best_epoch": best_epoch, "best_val_mae": best_val_mae, "epochs": cfg.epochs,
+                    "stopped_epoch": stopped_epoch})
+    mean_val = mean_baseline_mae(data.label, data.split)
+    status, why = run_status(history, best_epoch, best_val_mae, mean_val)
+    metrics.update({"mean_val_mae": mean_val, "status": status, "status_reason": why})
     return TrainResult(head=head, config=cfg, bins=bins, best_epoch=best_epoch, best_val_mae=best_val_mae,
                        history=history, predictions=predictions, metrics=metrics, seconds=seconds, device=device)
 

@@ -104,7 +104,7 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
     with _quiet_config_warnings():
         for values in spec.points():
             try:
-                cfg = apply_point(base, values, auto_reweight=auto_reweight)
+                cfg = apply_point(base, values, auto_reweight=auto_reweight).resolved(label_range)
                 check_fds_bins(cfg, cfg.bins(label_range))
             except ConfigError as e:
                 skipped.append((values, str(e)))
@@ -123,11 +123,9 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
         reason = skipped[0][1] if skipped else "no configuration"
         raise ConfigError(f"the grid leaves no configuration to train ({len(skipped)} skipped; first: {reason})")
     order = [k for k, _ in spec.axes]
-    varying = {k for k in order if len({format_value(e[k]) if k in e else None for e, _ in kept}) > 1}
     points = []
-    for eff, cfg in kept:
-        shown = [k for k in order if k in eff and (k in varying or not varying)]
-        name = point_name(eff, shown, cfg)
+    for eff, cfg in kept:  # every key the grid spells out, constants too: two grids' runs never share a name
+        name = point_name(eff, [k for k in order if k in eff], cfg)
         points.append(GridPoint(name=name, values=eff, config=cfg))
     skipped_points = [GridPoint(name=",".join(f"{k}={format_value(v)}" for k, v in values.items()), values=values,
                                 skipped=reason) for values, reason in skipped]

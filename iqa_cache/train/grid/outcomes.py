@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..results import TrainResult
-from ..runs import Run
+from ..runs import Run, load_run
+from ..status import OK, RUN_STATUSES
 from .expand import GridPoint
 
 
@@ -20,12 +21,26 @@ class Outcome:
     same configuration and cache, and was not retrained."""
 
     point: GridPoint
-    status: str  # ok, diverged, skipped
+    status: str  # a trained run's (ok, worse-than-mean, unstable: RUN_STATUSES), diverged, skipped
     message: str = ""
     result: TrainResult | None = None
     run_dir: Path | None = None
     run: Run | None = None
     kept: bool = False
+
+    @classmethod
+    def trained(cls, point: GridPoint, run_dir: Path, *, result: TrainResult | None = None, run: Run | None = None,
+                kept: bool = False) -> "Outcome":
+        """A trained configuration (its run directory ``run_dir``, read
+        unless ``run`` is given), its status and why from the run's metrics
+        (runs written before statuses existed: ok)."""
+        run = run if run is not None else load_run(run_dir)
+        return cls(point, str(run.metrics.get("status", OK)), str(run.metrics.get("status_reason", "")),
+                   result=result, run_dir=run_dir, run=run, kept=kept)
+
+    @property
+    def is_trained(self) -> bool:
+        return self.status in RUN_STATUSES
 
     @property
     def predictions(self) -> pd.DataFrame | None:
@@ -59,7 +74,20 @@ class AblationResult:
 
     @property
     def n_ok(self) -> int:
-        return sum(o.status == "ok" for o in self.outcomes)
+        return sum(o.status == OK for o in self.outcomes)
+
+    @property
+    def n_trained(self) -> int:
+        """Configurations with a run directory, whatever their status."""
+        return sum(o.is_trained for o in self.outcomes)
+
+    def suspect(self) -> dict[str, int]:
+        """How many trained runs have each status other than ok."""
+        out: dict[str, int] = {}
+        for o in self.outcomes:
+            if o.is_trained and o.status != OK:
+                out[o.status] = out.get(o.status, 0) + 1
+        return out
 
     @property
     def n_kept(self) -> int:

@@ -49,10 +49,10 @@ class AblationDir:
         return [i for i, p in enumerate(plan.points) if p.name not in self.keep]
 
 
-def expected_train_config(cfg: TrainConfig, feature_dim: int) -> dict[str, Any]:
+def expected_train_config(cfg: TrainConfig, feature_dim: int, label_range: tuple[float, float]) -> dict[str, Any]:
     """``config.json``'s ``train`` section that training ``cfg`` writes."""
     device = resolve_device(cfg.device)
-    full = replace(cfg, head=replace(cfg.head, in_dim=feature_dim), device=device,
+    full = replace(cfg.resolved(label_range, feature_dim), device=device,
                    precision=resolve_precision(cfg.precision, device))
     return as_json(full.to_dict())
 
@@ -64,7 +64,7 @@ def same_run(run_config: dict[str, Any], cfg: TrainConfig, data: CacheData) -> s
         have_train = as_json(TrainConfig.from_dict(run_config.get("train") or {}).to_dict())
     except (ConfigError, TypeError, ValueError):
         return "other settings"
-    if have_train != expected_train_config(cfg, data.feature_dim):
+    if have_train != expected_train_config(cfg, data.feature_dim, data.label_range):
         return "other settings"
     want = as_json({k: data.attrs.get(k) for k in CACHE_KEYS})
     have = {"feature_dtype": DEFAULT_FEATURE_DTYPE, **(run_config.get("cache") or {})}  # runs from before --dtype

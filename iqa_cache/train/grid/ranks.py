@@ -16,8 +16,9 @@ from typing import Sequence
 
 from ...cache import CacheData
 from ...errors import ConfigError, IqaError, RunError
-from ..runs import load_run
+from ..config import LOG_EVERY
 from ..stacked import plan_stacks
+from ..status import RUN_STATUSES
 from .expand import GridPlan
 from .outcomes import AblationResult, Outcome
 from .outdir import AblationDir
@@ -43,7 +44,8 @@ def assign_stacks(sizes: Sequence[int], world: int) -> list[list[int]]:
 
 
 def run_ablation_ranks(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, session, *,
-                       overwrite: bool = False, max_stack: int = 64, progress: bool = False
+                       overwrite: bool = False, max_stack: int = 64, progress: bool = False,
+                       log_every: int = LOG_EVERY
                        ) -> AblationResult | None:
     """:func:`~iqa_cache.train.grid.run.run_ablation` over the ranks of ``session``
     (:class:`iqa_cache.embed.distributed.Session`, entered); the result on rank 0,
@@ -51,11 +53,12 @@ def run_ablation_ranks(data: CacheData, plan: GridPlan, out_dir: str | os.PathLi
     the others finished their stacks (no rank waits forever)."""
     with contextlib.ExitStack() as held:  # rank 0 holds OUT's lock from the check to the summary
         return _run_ranks(data, plan, Path(out_dir), session, held, overwrite=overwrite, max_stack=max_stack,
-                          progress=progress)
+                          progress=progress, log_every=log_every)
 
 
 def _run_ranks(data: CacheData, plan: GridPlan, out_dir: Path, session, held: contextlib.ExitStack, *,
-               overwrite: bool, max_stack: int, progress: bool) -> AblationResult | None:
+               overwrite: bool, max_stack: int, progress: bool, log_every: int = LOG_EVERY
+               ) -> AblationResult | None:
     t0 = time.perf_counter()
     existing: AblationDir | None = None
     error = None
@@ -75,7 +78,7 @@ def _run_ranks(data: CacheData, plan: GridPlan, out_dir: Path, session, held: co
     failure, outcomes = None, {}
     try:
         outcomes = train_and_write(data, plan, existing if existing is not None else AblationDir(out_dir), todo,
-                                   mine, progress=progress and session.rank == 0)
+                                   mine, progress=progress and session.rank == 0, log_every=log_every)
     except Exception as e:  # reported by rank 0 once every rank is done
         failure = f"rank {session.rank}: {e}"
     done = {i: (o.status, o.message) for i, o in outcomes.items() if not o.kept}
@@ -89,8 +92,8 @@ def _run_ranks(data: CacheData, plan: GridPlan, out_dir: Path, session, held: co
     for part, _ in gathered:
         for i, (status, message) in part.items():
             point = plan.points[i]
-            if status == "ok":
-                merged[i] = Outcome(point, "ok", run_dir=out_dir / point.name, run=load_run(out_dir / point.name))
+            if status in RUN_STATUSES:
+                merged[i] = Outcome.trained(point, out_dir / point.name)
             else:
                 merged[i] = Outcome(point, status, message)
     return finish_ablation(data, plan, existing, merged, n_stacks=len(stacks), t0=t0)

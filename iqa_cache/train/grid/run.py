@@ -12,8 +12,8 @@ from pathlib import Path
 from ...cache import CacheData
 from ...errors import RunError, TrainingDiverged
 from ...schema import item_noun
-from ..config import PLAN_FILE, SUMMARY_FILE
-from ..runs import json_bytes, load_run, output_lock, run_state, write_atomic, write_marker, write_run
+from ..config import LOG_EVERY, PLAN_FILE, SUMMARY_FILE
+from ..runs import json_bytes, output_lock, run_state, write_atomic, write_marker, write_run
 from ..stacked import plan_stacks, train_many
 from .expand import GridPlan
 from .outcomes import AblationResult, Outcome
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *, overwrite: bool = False,
-                 max_stack: int = 64, progress: bool = False, existing: AblationDir | None = None) -> AblationResult:
+                 max_stack: int = 64, progress: bool = False, existing: AblationDir | None = None,
+                 log_every: int = LOG_EVERY) -> AblationResult:
     """Train every configuration of ``plan`` on ``data`` (stacked where shapes
     allow), write each as a run directory ``out_dir/<name>`` and the summary
     as ``out_dir/summary.csv``.  Finished runs of the same configuration on
@@ -39,7 +40,8 @@ def run_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, *,
         existing = start_ablation(data, plan, out_dir, overwrite=overwrite, existing=existing)
         todo = existing.to_train(plan)
         stacks = plan_stacks([plan.points[i].config for i in todo], max_stack) if todo else []
-        outcomes = train_and_write(data, plan, existing, todo, stacks, progress=progress)
+        outcomes = train_and_write(data, plan, existing, todo, stacks, progress=progress,
+                                   log_every=log_every)
         return finish_ablation(data, plan, existing, outcomes, n_stacks=len(stacks), t0=t0)
 
 
@@ -69,7 +71,8 @@ def start_ablation(data: CacheData, plan: GridPlan, out_dir: str | os.PathLike, 
 
 
 def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo: list[int],
-                    stacks: list[list[int]], *, progress: bool = False) -> dict[int, Outcome]:
+                    stacks: list[list[int]], *, progress: bool = False, log_every: int = LOG_EVERY
+                    ) -> dict[int, Outcome]:
     """Train the stacks ``stacks`` (indices into ``todo``, the plan's points to
     train) and write each configuration's run directory as its stack
     finishes; the outcome of every point trained here or kept."""
@@ -82,7 +85,7 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
         from tqdm.auto import tqdm
         bar = tqdm(total=n, desc="ablation", unit="config", dynamic_ncols=True)
     try:
-        for j, res in (train_many(data, cfgs, stacks=stacks, progress=progress) if n else ()):
+        for j, res in (train_many(data, cfgs, stacks=stacks, progress=progress, log_every=log_every) if n else ()):
             i = todo[j]
             point = plan.points[i]
             target = out_dir / point.name
@@ -95,7 +98,7 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
                 write_run(target, res, data.attrs, data.path, overwrite=True, command="iqa ablate",
                           extra={"ablation": {"name": point.name, "grid": point.values,
                                               "grid_source": plan.spec.source}})
-                outcomes[i] = Outcome(point, "ok", result=res, run_dir=target, run=load_run(target))
+                outcomes[i] = Outcome.trained(point, target, result=res)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -106,7 +109,7 @@ def train_and_write(data: CacheData, plan: GridPlan, existing: AblationDir, todo
 
 def kept_outcomes(plan: GridPlan, existing: AblationDir) -> dict[int, Outcome]:
     """The outcomes of the points whose finished runs are kept."""
-    return {i: Outcome(p, "ok", run_dir=existing.path / p.name, run=existing.keep[p.name], kept=True)
+    return {i: Outcome.trained(p, existing.path / p.name, run=existing.keep[p.name], kept=True)
             for i, p in enumerate(plan.points) if p.name in existing.keep}
 
 

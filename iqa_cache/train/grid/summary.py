@@ -40,7 +40,7 @@ def summary_frame(outcomes: Sequence[Outcome], label_range: tuple[float, float],
             row[k] = format_value(o.point.values[k]) if k in o.point.values else ""
         rows.append(row)
     df = pd.DataFrame(rows)
-    rank = [0 if o.status == "ok" else 1 if o.status == "diverged" else 2 for o in outcomes]
+    rank = [0 if o.is_trained else 1 if o.status == "diverged" else 2 for o in outcomes]
     df = df.assign(_rank=rank).sort_values(["_rank", "val_mae"], kind="stable", na_position="last")
     df = df.drop(columns="_rank").reset_index(drop=True)
     df["best_epoch"] = df["best_epoch"].astype("Int64")

@@ -15,7 +15,7 @@ from ...binning import Bins
 from ...cache import CacheData
 from ...device import resolve_device, resolve_precision
 from ...errors import ConfigError, TrainingDiverged
-from ..config import LDSConfig, MethodConfig, TrainConfig
+from ..config import LOG_EVERY, LDSConfig, MethodConfig, TrainConfig
 from ..head import ResidualMLPHead
 from ..methods import CLOSED_FORM_METHODS
 from ..order import chunk_windows
@@ -53,9 +53,9 @@ def splits_share(cfg: TrainConfig) -> bool:
 
 def stack_key(cfg: TrainConfig) -> TrainConfig:
     """Configurations with equal keys can share a stack: they may differ only
-    in LDS settings, seed, learning rate, FDS window (kernel, size, sigma)
-    and method (with its settings; all Balanced MSE ones of a stack share
-    the noise sigma's learning rate), and in their drawn split where
+    in LDS settings, seed, learning rate, FDS window (kernel, size, sigma),
+    patience and method (with its settings; all Balanced MSE ones of a stack
+    share the noise sigma's learning rate), and in their drawn split where
     :func:`splits_share`.  Under ``--shuffle chunks`` the seed
     is the stack's one order of rows: equal seeds only."""
     fds = replace(cfg.fds, kernel="gaussian", ks=1, sigma=1.0) if cfg.fds.enabled else replace(cfg.fds, enabled=False)
@@ -65,7 +65,7 @@ def stack_key(cfg: TrainConfig) -> TrainConfig:
     seed = cfg.seed if cfg.order.chunked else 0
     split = replace(cfg.split, seed=0) if splits_share(cfg) else cfg.split
     return replace(cfg, lds=LDSConfig(), seed=seed, optim=replace(cfg.optim, lr=1.0), fds=fds, method=method,
-                   split=split)
+                   split=split, patience=None)
 
 
 def train_epoch(stack: HeadStack, opt: GroupedAdam, rows: TrainingRows, perm: torch.Tensor,
@@ -140,6 +140,12 @@ class BestEpochs:
         self.epoch = [-1] * stack.k
         self.diverged: dict[int, str] = {}
         self.history: list[list[dict[str, float]]] = [[] for _ in range(stack.k)]
+        self.stopped: dict[int, int] = {}  # configuration -> its last epoch, once its patience ran out
+
+    @property
+    def all_stopped(self) -> bool:
+        """Every configuration has stopped early (--patience): the stack can stop."""
+        return len(self.stopped) == self.stack.k
 
     def record(self, epoch: int, lrs: list[float], train_loss: list[float], val: list[float],
                fds: StackedFDS | None, sigma: list[float] | None = None) -> None:
@@ -150,6 +156,9 @@ class BestEpochs:
                 self.diverged[k] = diverged_message(epoch, tl, lrs[k], self.cfgs[k])
         improved = []
         for k in range(self.stack.k):
+            if k in self.stopped:  # trained on in the stack, but its run ended: as if trained alone
+                improved.append(False)
+                continue
             self.history[k].append({"epoch": epoch, "lr": lrs[k], "train_loss": train_loss[k], "val_mae": val[k]})
             if sigma is not None and self.cfgs[k].method.bmse:
                 self.history[k][-1]["noise_sigma"] = sigma[k]
@@ -157,6 +166,9 @@ class BestEpochs:
             improved.append(better and k not in self.diverged)
             if improved[-1]:
                 self.val[k], self.epoch[k] = (val[k] if self.has_val else math.nan), epoch
+            patience = self.cfgs[k].patience
+            if patience and (k in self.diverged or (self.epoch[k] >= 0 and epoch - self.epoch[k] >= patience)):
+                self.stopped[k] = epoch
         if any(improved):
             mask = torch.tensor(improved, device=self.params[0].device)
             with torch.no_grad():
@@ -182,7 +194,15 @@ class BestEpochs:
             state.update({f"fds.{n}": t for n, t in fds.state_dict_of(k, c.fds, best_epoch).items()})
         head.load_state_dict(state)
         return package_result(data, c, bins, head.eval(), pred, best_epoch=best_epoch, best_val_mae=self.val[k],
-                              history=self.history[k], seconds=seconds, device=device)
+                              history=self.history[k], seconds=seconds, device=device,
+                              stopped_epoch=self.stopped.get(k))
+
+    def summary(self) -> str:
+        """The stack's best validation MAEs so far, and how many stopped, for a log line."""
+        vals = [v for v in self.val if math.isfinite(v)]
+        best = (f"best val MAE {min(vals):.4g}" + (f"-{max(vals):.4g}" if len(vals) > 1 else "")) if vals else \
+            "no finite val MAE yet"
+        return best + (f", {len(self.stopped)} of {self.stack.k} stopped early" if self.stopped else "")
 
 
 def _epochs(n: int, progress: bool, desc: str):
@@ -194,7 +214,7 @@ def _epochs(n: int, progress: bool, desc: str):
 
 
 def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData | None = None,
-                progress: bool = False, desc: str = "training", checked: bool = False
+                progress: bool = False, desc: str = "training", checked: bool = False, log_every: int = LOG_EVERY
                 ) -> list[TrainResult | TrainingDiverged]:
     """Train the configurations ``cfgs`` (equal :func:`stack_key`) together.
 
@@ -205,7 +225,13 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     is the data already on the device; ``checked`` skips the checks (and
     warnings) that :func:`train_many` made once for all stacks.  A cache
     loaded without features (``load(..., features=False)``) is streamed from
-    its file (``--shuffle chunks`` only): the same training as in memory."""
+    its file (``--shuffle chunks`` only): the same training as in memory.
+
+    Without ``progress`` (bars), an INFO log line every ``log_every`` epochs
+    (0: none) and one when the stack is done, each with the elapsed time.
+    A configuration with ``patience`` stops
+    that many epochs after its best validation epoch (its history ends
+    there); the stack stops when all of its configurations have."""
     if not cfgs:
         return []
     drawn = {c.split: split_data(data, c.split) for c in cfgs}  # the same parts for every configuration of a split
@@ -215,10 +241,12 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
             check_order(data, cfgs[0])
         dev = to_device(data, resolve_device(cfgs[0].device), block_rows=_block_rows(cfgs[0]))
         try:
-            return train_stack(data, cfgs, dev=dev, progress=progress, desc=desc, checked=checked)
+            return train_stack(data, cfgs, dev=dev, progress=progress, desc=desc, checked=checked,
+                               log_every=log_every)
         finally:
             dev.close()
     t0 = time.perf_counter()
+    cfgs = [c.resolved(data.label_range, data.feature_dim) for c in cfgs]  # settings left to the cache, as numbers
     if len({stack_key(c) for c in cfgs}) > 1:
         raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
     c0 = cfgs[0]
@@ -267,10 +295,17 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
                 fds.update(stack, rows.x, rows.bins, rows.count)
         best.record(epoch, lrs, train_loss, validation_mae(stack, dev, own), fds,
                     loss.sigma.tolist() if loss.bmse else None)
+        if best.all_stopped:
+            break
+        if not progress and log_every and (epoch + 1) % log_every == 0 and epoch + 1 < c0.epochs:
+            log.info("%s: epoch %d/%d, %.1f s, %s", desc, epoch + 1, c0.epochs, time.perf_counter() - t0,
+                     best.summary())
 
     if scaler is not None and scaler.skipped:
         log.info("fp16: %d step(s) skipped for gradients that overflowed; loss scale now %g", scaler.skipped,
                  scaler.scale)
+    if not progress:
+        log.info("%s: done, %d epoch(s) in %.1f s, %s", desc, epoch + 1, time.perf_counter() - t0, best.summary())
     pred_all = predict_rows(stack, dev, "all", best.params).cpu().numpy().astype(np.float64)
     share = (time.perf_counter() - t0) / len(cfgs)
     results = [best.outcome(k, parts[k], bins, fds, pred_all[k], share, device) for k in range(len(cfgs))]
@@ -289,7 +324,7 @@ def plan_stacks(cfgs: Sequence[TrainConfig], max_stack: int) -> list[list[int]]:
 
 
 def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int = 64, progress: bool = False,
-               stacks: Sequence[Sequence[int]] | None = None
+               stacks: Sequence[Sequence[int]] | None = None, log_every: int = LOG_EVERY
                ) -> Iterator[tuple[int, TrainResult | TrainingDiverged]]:
     """Train every configuration, those that share shapes together in
     stacks of at most ``max_stack`` (or the given ``stacks``: lists of
@@ -297,6 +332,7 @@ def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int =
     none of them are not trained); yield ``(index, result or
     TrainingDiverged)`` as each stack finishes.  Invalid settings raise
     before anything is trained."""
+    cfgs = [c.resolved(data.label_range, data.feature_dim) for c in cfgs]
     stacks = plan_stacks(cfgs, max_stack) if stacks is None else [list(s) for s in stacks]
     checked = set()
     parts = {c.split: split_data(data, c.split) for c in cfgs}  # each split drawn once: a new split column
@@ -321,7 +357,7 @@ def train_many(data: CacheData, cfgs: Sequence[TrainConfig], *, max_stack: int =
                                   else to_device(parts[split], device, block_rows=where[1], shared=same))
             desc = f"stack {s + 1}/{len(stacks)} ({len(members)} config{'s' if len(members) > 1 else ''})"
             results = train_stack(parts[split], [cfgs[i] for i in members], dev=devices[where], progress=progress,
-                                  desc=desc, checked=True)
+                                  desc=desc, checked=True, log_every=log_every)
             yield from zip(members, results)
     finally:
         for d in devices.values():

@@ -182,8 +182,8 @@ class StackLoss:
                 out[i, :len(v)] = v
             return torch.tensor(out, dtype=torch.float32, device=device)
 
-        self.log_sigma = torch.tensor([math.log(c.method.bmse_sigma) for c in cfgs], device=device,
-                                      requires_grad=True)
+        sigmas = [c.resolved((bins.lo, bins.hi)).method.bmse_sigma for c in cfgs]  # None: from the label range
+        self.log_sigma = torch.tensor([math.log(s) for s in sigmas], device=device, requires_grad=True)
         self.sigma_learnt = torch.tensor([c.method.bmse and not c.method.bmse_fix_sigma for c in cfgs],
                                          device=device)
         self.bmc, self.gai, self.bni = rows("bmc"), rows("gai"), rows("bni")
