@@ -155,7 +155,7 @@ def build_report(runs: Sequence[Run], cfg: ReportConfig = ReportConfig()) -> Rep
     versus = None
     if cfg.versus:
         versus = versus_entries(entries, cfg.versus, split=split, edges=cfg.edges, n_boot=cfg.n_boot,
-                                seed=cfg.boot_seed, confidence=cfg.confidence)
+                                seed=cfg.boot_seed, confidence=cfg.confidence, many=cfg.many, few=cfg.few)
     notes = run_warnings(all_runs) + inp.notes + outside_notes(all_runs, cfg.edges, split)
     off_scale = [r.name for r in all_runs if (r.config.get("evaluation") or {}).get("label_scale_agrees") is False]
     if off_scale:

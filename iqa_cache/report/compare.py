@@ -1,17 +1,27 @@
 """``iqa report --compare``: a paired bootstrap of the MAE difference
 between two runs or seed groups, overall and per label range; ``--versus``:
 every row against one, on seed-averaged predictions, with the seeds'
-agreement."""
+agreement, per label range, overall, per shot region and for SRCC/PLCC."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import RunError
-from ..metrics import bin_names, bin_of, paired_bootstrap
-from .loading import range_edges, run_seed, split_arrays
+from ..metrics import (
+    CORRELATIONS,
+    SHOTS,
+    bin_names,
+    bin_of,
+    correlation,
+    paired_bootstrap,
+    paired_bootstrap_corr,
+    shot_of_bins,
+)
+from .loading import range_edges, run_bins, run_seed, split_arrays, train_labels
 from .types import Comparison, Entry, Versus, VersusCell
 
 
@@ -80,22 +90,39 @@ def _seed_pairs(a: Entry, b: Entry) -> list[tuple[int, int | None]]:
     return [(i, b_seed.get(run_seed(r))) for i, r in enumerate(a.runs)]
 
 
+def scale_decimals(label_range: tuple[float, float], base: int = 2) -> int:
+    """Decimals for MAE-like numbers on a label scale: ``base`` on a span of
+    100 (KonIQ's 0-100: 2), one more per factor of ten narrower (0-5, 1-5,
+    0-4 and 0-1: 4)."""
+    span = float(label_range[1]) - float(label_range[0])
+    return base + max(0, math.ceil(math.log10(100.0 / span) - 1e-9)) if span > 0 else base
+
+
 def versus_entries(entries: list[Entry], base_path: str, *, split: str, edges: Sequence[float] | None = None,
-                   n_boot: int = 2000, seed: int = 0, confidence: float = 0.95) -> Versus:
-    """Every row against the row holding ``base_path``: per label range and
-    overall, the paired bootstrap (over the images) of the MAE difference
-    of the *seed-averaged* predictions (each image's prediction averaged
-    over a row's seeds), and in how many seeds the per-seed difference (A's
-    seed s against B's seed s, else against B's seed average) has the same
-    sign as that estimate."""
+                   n_boot: int = 2000, seed: int = 0, confidence: float = 0.95, many: int = 100,
+                   few: int = 20) -> Versus:
+    """Every row against the row holding ``base_path``: per label range,
+    overall and per many/medium/few-shot region (``many``/``few``: as the
+    shots table, the regions of the base's first run), the paired bootstrap
+    (over the images) of the MAE difference of the *seed-averaged*
+    predictions (each image's prediction averaged over a row's seeds), and
+    of the SRCC and PLCC differences; and in how many seeds the per-seed
+    difference (A's seed s against B's seed s, else against B's seed
+    average) has the same sign as that estimate."""
     base = find_entry(entries, base_path, option="--versus")
     ids_b, lab, pb = predictions_matrix(base, split, "--versus")
     if not len(ids_b):
         raise RunError(f"--versus: no {split} images with labels to compare on")
-    edges = range_edges([r for e in entries for r in e.runs], edges)
+    runs = [r for e in entries for r in e.runs]
+    edges = range_edges(runs, edges)
     idx = bin_of(lab, edges)
     names = bin_names(edges)
     strata = {name: np.flatnonzero(idx == i) for i, name in enumerate(names)}
+    b0 = base.runs[0]
+    bins = run_bins(b0)
+    shot = shot_of_bins(bins.counts(train_labels(b0)), many, few)[bins.index(lab)]
+    shots = {f"{s}-shot": np.flatnonzero(shot == s) for s in SHOTS}
+    columns = names + ["All"] + list(shots) + list(CORRELATIONS)
     rows = []
     for e in entries:
         if e is base:
@@ -104,20 +131,31 @@ def versus_entries(entries: list[Entry], base_path: str, *, split: str, edges: S
         if len(ids_a) != len(ids_b) or not np.array_equal(ids_a, ids_b):
             raise RunError(f"--versus: '{e.name}' and '{base.name}' have different {split} images "
                            f"({len(ids_a)} vs {len(ids_b)}); a paired comparison needs the same images")
-        ea, eb = np.abs(lab - pa.mean(axis=0)), np.abs(lab - pb.mean(axis=0))
-        diffs = paired_bootstrap(ea[None], eb[None], strata, n_boot=n_boot, seed=seed, confidence=confidence)
+        ma, mb = pa.mean(axis=0), pb.mean(axis=0)
+        ea, eb = np.abs(lab - ma), np.abs(lab - mb)
+        diffs = paired_bootstrap(ea[None], eb[None], {**strata, **shots}, n_boot=n_boot, seed=seed,
+                                 confidence=confidence)
         by_name = {d.name: d for d in diffs}
+        by_name.update({k: paired_bootstrap_corr(lab, ma, mb, k, n_boot=n_boot, seed=seed, confidence=confidence)
+                        for k in CORRELATIONS})
+        pairs = _seed_pairs(e, base)
         cells = []
-        for name in names + ["All"]:
+        for name in columns:
             d = by_name[name]
-            part = strata.get(name, np.arange(len(lab)))
             agree = 0
-            pairs = _seed_pairs(e, base)
             for i, j in pairs:
-                pb_s = pb[j] if j is not None else pb.mean(axis=0)
-                ds = np.abs(lab - pa[i])[part].mean() - np.abs(lab - pb_s)[part].mean() if len(part) else np.nan
+                pb_s = pb[j] if j is not None else mb
+                if name in CORRELATIONS:
+                    ds = correlation(name, lab, pa[i])[0] - correlation(name, lab, pb_s)[0]
+                else:
+                    part = strata.get(name, shots.get(name, np.arange(len(lab))))
+                    ds = (np.abs(lab - pa[i])[part].mean() - np.abs(lab - pb_s)[part].mean() if len(part)
+                          else np.nan)
                 agree += bool(d.estimate and np.sign(ds) == np.sign(d.estimate))  # no sign: none agrees
             cells.append(VersusCell(diff=d, agree=agree, seeds=len(pairs)))
         rows.append((e.name, cells))
-    return Versus(base=base.name, columns=names + ["All"], rows=rows, n_seeds_base=len(base.runs),
-                  n_images=len(ids_b), n_boot=n_boot, seed=seed, confidence=confidence, split=split)
+    ranges = {r.label_range for r in runs}
+    label_range = next(iter(ranges)) if len(ranges) == 1 else (edges[0], edges[-1])
+    return Versus(base=base.name, columns=columns, rows=rows, n_seeds_base=len(base.runs),
+                  n_images=len(ids_b), n_boot=n_boot, seed=seed, confidence=confidence, split=split,
+                  decimals=scale_decimals(label_range))

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import BootstrapDiff
+from ..metrics import CORRELATIONS, BootstrapDiff
 from .build import Report
 from .loading import run_seed
 from .tables import nan_to_none
@@ -256,21 +256,35 @@ def _format_comparison(c: Comparison, fmt: str, digits: int) -> str:
 def versus_caption(v: Versus) -> str:
     pct = f"{100 * v.confidence:g} %"
     return (f"Each row against {v.base}: MAE(row) − MAE({v.base}) of the seed-averaged predictions (each image's "
-            f"prediction averaged over the row's seeds), with the {pct} interval of a paired bootstrap over the "
-            f"{v.n_images} {v.split} images ({v.n_boot} resamples, seed {v.seed}; per range within the range), "
-            "and k/n: in how many of the row's n seeds the seed's own difference (against the base's run of the "
-            "same seed, else its seed average) has the same sign. Bold: the interval excludes 0 and every seed "
-            "agrees.")
+            f"prediction averaged over the row's seeds) per label range, overall and per many/medium/few-shot "
+            f"region (the shots of {v.base}'s bins; negative: the row is better), then SRCC(row) − SRCC({v.base}) "
+            f"and PLCC(row) − PLCC({v.base}) (positive: the row is better), with the {pct} interval of a paired "
+            f"bootstrap over the {v.n_images} {v.split} images ({v.n_boot} resamples, seed {v.seed}; per range "
+            "or region within it), and k/n: in how many of the row's n seeds the seed's own difference (against "
+            "the base's run of the same seed, else its seed average) has the same sign. Bold: the interval "
+            "excludes 0 and every seed agrees.")
 
 
-def versus_cells(v: Versus, digits: int = 2) -> list[tuple[str, list[str]]]:
+CORR_DECIMALS = 3  # SRCC/PLCC differences, on every label scale
+
+
+def column_decimals(v: Versus) -> list[int]:
+    """Decimals of each --versus column: the label scale's for MAE
+    differences (:attr:`Versus.decimals`), 3 for correlations."""
+    return [CORR_DECIMALS if c in CORRELATIONS else v.decimals for c in v.columns]
+
+
+def versus_cells(v: Versus) -> list[tuple[str, list[str]]]:
     out = []
     for name, cells in v.rows:
         texts = []
-        for c in cells:
+        for c, digits in zip(cells, column_decimals(v)):
             d = c.diff
             if d.estimate is None:
                 texts.append("–")
+                continue
+            if d.low is None:
+                texts.append(f"{_f(d.estimate, digits)} {c.agree}/{c.seeds}")
                 continue
             t = f"{_f(d.estimate, digits)} [{_f(d.low, digits)}, {_f(d.high, digits)}] {c.agree}/{c.seeds}"
             texts.append(f"**{t}**" if not d.contains_zero and c.agree == c.seeds else t)
@@ -281,7 +295,8 @@ def versus_cells(v: Versus, digits: int = 2) -> list[tuple[str, list[str]]]:
 def versus_to_dict(v: Versus) -> dict[str, Any]:
     return {"base": v.base, "n_seeds_base": v.n_seeds_base, "n_images": v.n_images, "n_boot": v.n_boot,
             "seed": v.seed, "confidence": v.confidence, "split": v.split,
-            "statistic": "MAE(row) - MAE(base), seed-averaged predictions",
+            "statistic": "MAE(row) - MAE(base) per range, All and shot region; SRCC and PLCC: row - base; "
+                         "seed-averaged predictions",
             "rows": [{"name": name, "diffs": [{"range": col, "estimate": c.diff.estimate, "low": c.diff.low,
                                                 "high": c.diff.high, "seeds_agreeing": c.agree, "seeds": c.seeds}
                                                for col, c in zip(v.columns, cells)]} for name, cells in v.rows]}
@@ -302,8 +317,9 @@ def _format_versus(v: Versus, fmt: str) -> str:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["run", "base", "range", "estimate", "ci_low", "ci_high", "seeds_agreeing", "seeds"])
         for name, cells in v.rows:
-            for col, c in zip(v.columns, cells):
-                w.writerow([name, v.base, col, _num(c.diff.estimate, 4), _num(c.diff.low, 4), _num(c.diff.high, 4),
+            for col, c, digits in zip(v.columns, cells, column_decimals(v)):
+                k = digits + 2  # two more decimals than the table
+                w.writerow([name, v.base, col, _num(c.diff.estimate, k), _num(c.diff.low, k), _num(c.diff.high, k),
                             c.agree, c.seeds])
         return f"# {versus_caption(v)}\n" + buf.getvalue()
     lines = [f"% {versus_caption(v)}", r"\begin{tabular}{l" + "r" * len(v.columns) + "}", r"\toprule",

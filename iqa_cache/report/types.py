@@ -97,7 +97,8 @@ class VersusCell:
 
 @dataclass
 class Versus:
-    """``--versus``: every row against the base row (MAE(row) − MAE(base))."""
+    """``--versus``: every row against the base row: MAE(row) − MAE(base) per
+    label range, overall and per shot region, then SRCC and PLCC (row − base)."""
 
     base: str
     columns: list[str]
@@ -108,6 +109,7 @@ class Versus:
     seed: int
     confidence: float
     split: str
+    decimals: int = 2  # of the MAE columns, from the label scale (correlations: 3)
 
 
 @dataclass
