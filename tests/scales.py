@@ -34,8 +34,8 @@ def scale_labels(scale: str, n: int, rng: np.random.Generator) -> np.ndarray:
 def import_scale_cache(tmp: Path, scale: str, *, n: int = 600, d: int = 16, seed: int = 0) -> Path:
     """Features whose label is a smooth function of them (plus noise) with
     labels on ``scale``, written as an .npy and a CSV and imported into
-    ``tmp/<scale>.h5`` with the range left to the importer (the labels'
-    whole-number range)."""
+    ``tmp/<scale>.h5`` with the range left to the importer (the first common
+    scale that holds the labels)."""
     from iqa_cache.cache.importer import ImportConfig, import_features
 
     rng = np.random.default_rng(seed)

@@ -57,7 +57,10 @@ def test_clear_gain_clear_loss_and_noise_are_told_apart():
     assert "5/5 seeds agree, 60 test items)" in gain[0]
     assert gain[-1].startswith("gain (5 seeds) vs vanilla (5 seeds): within the noise in [20,40), [40,60)")
     assert loss[0].startswith("loss (5 seeds) vs vanilla (5 seeds), [80,100]: MAE higher (worse) by ")
-    assert not any("lower" in ln for ln in loss)
+    assert not any("better" in ln for ln in loss)
+    # correlations (issue 27's --versus columns): higher is better, so a loss lowers them
+    assert any(ln.startswith("loss (5 seeds) vs vanilla (5 seeds), PLCC: PLCC lower (worse) by 0.") for ln in loss)
+    assert any(ln.startswith("gain (5 seeds) vs vanilla (5 seeds), SRCC: SRCC higher (better) by 0.") for ln in gain)
     assert noise == ["noise (5 seeds) vs vanilla (5 seeds): within the noise everywhere (every 95% interval holds 0)"]
 
 

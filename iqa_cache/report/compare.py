@@ -119,9 +119,11 @@ def versus_entries(entries: list[Entry], base_path: str, *, split: str, edges: S
     names = bin_names(edges)
     strata = {name: np.flatnonzero(idx == i) for i, name in enumerate(names)}
     b0 = base.runs[0]
-    bins = run_bins(b0)
-    shot = shot_of_bins(bins.counts(train_labels(b0)), many, few)[bins.index(lab)]
-    shots = {f"{s}-shot": np.flatnonzero(shot == s) for s in SHOTS}
+    shots = {}
+    if "bins" in b0.config:  # every run iqa writes records its bins
+        bins = run_bins(b0)
+        shot = shot_of_bins(bins.counts(train_labels(b0)), many, few)[bins.index(lab)]
+        shots = {f"{s}-shot": np.flatnonzero(shot == s) for s in SHOTS}
     columns = names + ["All"] + list(shots) + list(CORRELATIONS)
     rows = []
     for e in entries:

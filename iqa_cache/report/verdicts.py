@@ -5,6 +5,7 @@ fixed claim: the lines follow the numbers of the run they describe (``iqa
 demo`` ends with them)."""
 from __future__ import annotations
 
+from ..metrics import CORRELATIONS
 from .types import Versus, VersusCell
 
 HEADING = "What this run shows"
@@ -20,8 +21,9 @@ def _number(x: float, digits: int) -> str:
 
 
 def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
-    """One line per row and label range whose difference to the base stands
-    clear of zero (its interval excludes 0), largest first within a row, then
+    """One line per row and column (label range, shot region, SRCC, PLCC) whose
+    difference to the base stands clear of zero (its interval excludes 0),
+    largest first within a row (correlations: three decimals at least), then
     one line per row naming the ranges within the noise.  A range without
     images, or a row whose every cell is within the noise, says so."""
     pct = f"{v.confidence:.0%}"
@@ -32,9 +34,11 @@ def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
         empty = [col for col, c in zip(v.columns, cells) if c.diff.estimate is None]
         for col, c in sorted(clear, key=lambda t: -abs(t[1].diff.estimate)):
             d = c.diff
-            word = "lower (better)" if d.estimate < 0 else "higher (worse)"
-            lines.append(f"{name} vs {v.base}, {col}: MAE {word} by {abs(d.estimate):.{digits}f} "
-                         f"({pct} interval {_number(d.low, digits)} to {_number(d.high, digits)}; "
+            corr = col in CORRELATIONS  # higher is better; MAE: lower is better
+            metric, k = (col, max(digits, 3)) if corr else ("MAE", digits)
+            word = f"{'higher' if d.estimate > 0 else 'lower'} ({'better' if (d.estimate > 0) == corr else 'worse'})"
+            lines.append(f"{name} vs {v.base}, {col}: {metric} {word} by {abs(d.estimate):.{k}f} "
+                         f"({pct} interval {_number(d.low, k)} to {_number(d.high, k)}; "
                          f"{c.agree}/{c.seeds} seeds agree, {d.n} test items)")
         if noise and not clear:
             lines.append(f"{name} vs {v.base}: within the noise everywhere (every {pct} interval holds 0)")
