@@ -162,7 +162,7 @@ def test_presets_resolve_to_the_papers_full_configuration(feature_cache, preset,
         "split": {"seed": None, "ratios": "0.7,0.1,0.2"},
         "bin_size": bin_size, "label_range": label_range, "epochs": 200, "patience": None, "batch_size": 256,
         "loss": "l1",
-        "seed": 0, "device": "auto"}}
+        "seed": 0, "device": "auto", "precision": "fp32"}}
     # 100 bins on either scale (the paper's m = 100); an explicit option still wins over the preset
     from iqa_cache.train.imbalance import Bins
     assert Bins(*label_range, bin_size).n == 100
