@@ -198,7 +198,7 @@ def test_ablate_rerun_keeps_finished_configurations(feats, tmp_path):
     out = tmp_path / "abl"
     grid = "lds=on; lds_sigma=1,2,3"
     assert ablate(feats, out, grid).exit_code == 0
-    names = ["lds_sigma=1", "lds_sigma=2", "lds_sigma=3"]
+    names = ["lds=on,lds_sigma=1", "lds=on,lds_sigma=2", "lds=on,lds_sigma=3"]
     stamps = {n: (out / n / "head.pt").stat().st_mtime_ns for n in names}
     summary = (out / "summary.csv").read_text()
     r = ablate(feats, out, grid)
@@ -208,20 +208,20 @@ def test_ablate_rerun_keeps_finished_configurations(feats, tmp_path):
     assert (out / "summary.csv").read_text().splitlines()[1:] == summary.splitlines()[1:]
     # one run missing (e.g. removed by hand): only it is trained
     import shutil
-    shutil.rmtree(out / "lds_sigma=2")
+    shutil.rmtree(out / "lds=on,lds_sigma=2")
     r = ablate(feats, out, grid)
     assert r.exit_code == 0 and "kept 2 finished, training 1" in r.stderr
-    assert (out / "lds_sigma=1" / "head.pt").stat().st_mtime_ns == stamps["lds_sigma=1"]
+    assert (out / "lds=on,lds_sigma=1" / "head.pt").stat().st_mtime_ns == stamps["lds=on,lds_sigma=1"]
     # values added to the grid: the finished ones are kept, the new one trained
     r = ablate(feats, out, "lds=on; lds_sigma=1,2,3,4")
     assert r.exit_code == 0 and "kept 3 finished, training 1" in r.stderr
-    assert sorted(_summary_runs(out)) == names + ["lds_sigma=4"]
+    assert sorted(_summary_runs(out)) == names + ["lds=on,lds_sigma=4"]
     # other settings for the same names: refused without --overwrite, naming them
-    one_line_error(ablate(feats, out, grid, "--seed", 4), "lds_sigma=1 (other settings)", "--overwrite")
+    one_line_error(ablate(feats, out, grid, "--seed", 4), "lds=on,lds_sigma=1 (other settings)", "--overwrite")
     r = ablate(feats, out, grid, "--seed", 4, "--overwrite")
     assert r.exit_code == 0 and "kept" not in r.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names
-    assert json.loads((out / "lds_sigma=1" / "config.json").read_text())["train"]["seed"] == 4
+    assert json.loads((out / "lds=on,lds_sigma=1" / "config.json").read_text())["train"]["seed"] == 4
 
 
 def test_ablate_rerun_on_another_cache_is_refused(feats, tmp_path):

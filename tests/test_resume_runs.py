@@ -109,12 +109,12 @@ def test_ablate_killed_while_writing_its_second_run_resumes(feats, tmp_path):
     out = tmp_path / "abl"
     grid = "lds=on; lds_sigma=1,2,3,4"
     killed_at("swap", "ablate", "--cache", feats, "--grid", grid, "--out", out, "--max-stack", 1, *FAST, nth=2)
-    assert [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] == ["lds_sigma=1"]
+    assert [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] == ["lds=on,lds_sigma=1"]
     assert len(hidden_dirs(out)) == 1 and not (out / "summary.csv").exists()
     r = iqa("ablate", "--cache", feats, "--grid", grid, "--out", out, "--max-stack", 1, *FAST)
     assert r.exit_code == 0, r.output
     assert "kept 1 finished, training 3" in r.stderr
-    assert hidden_dirs(out) == [] and sorted(summary(out)) == [f"lds_sigma={s}" for s in (1, 2, 3, 4)]
+    assert hidden_dirs(out) == [] and sorted(summary(out)) == [f"lds=on,lds_sigma={s}" for s in (1, 2, 3, 4)]
 
 
 @pytest.mark.slow
