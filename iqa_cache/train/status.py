@@ -32,13 +32,14 @@ def mean_baseline_mae(labels: np.ndarray, split: np.ndarray) -> float:
 
 def run_status(history: Sequence[dict[str, float]], best_epoch: int, best_val_mae: float,
                mean_val_mae: float) -> tuple[str, str]:
-    """``(status, why)`` of a run (:data:`RUN_STATUSES`); ``why`` is '' for ok."""
+    """``(status, why)`` of a run (:data:`RUN_STATUSES`); ``why`` is '' for ok.
+    History rows without an epoch (ridge's strengths) are not epochs after the best."""
     if not math.isfinite(best_val_mae):
         return OK, ""
     if math.isfinite(mean_val_mae) and not best_val_mae < mean_val_mae:
         return WORSE_THAN_MEAN, (f"best validation MAE {best_val_mae:.4g} is not below the {mean_val_mae:.4g} of "
                                  "predicting the training mean")
-    after = [h["val_mae"] for h in history if h["epoch"] > best_epoch]
+    after = [h["val_mae"] for h in history if "epoch" in h and "val_mae" in h and h["epoch"] > best_epoch]
     worst = max(after, key=lambda v: v if math.isfinite(v) else math.inf, default=None)
     if worst is not None and not worst <= UNSTABLE_FACTOR * best_val_mae:
         return UNSTABLE, (f"validation MAE rose to {worst:.4g} after the best epoch {best_epoch} "
