@@ -161,3 +161,12 @@ def test_runs_on_two_imported_feature_files_are_flagged_as_different_caches(tmp_
     assert r.exit_code == 0 and "these runs were trained on different caches" in r.stdout, r.stdout
     same = iqa("report", runs[0], runs[0].parent / "run_a")
     assert "different caches" not in same.stdout
+
+
+def test_ablation_json_base_is_the_options_not_the_first_grid_point(grid):
+    doc = json.loads((grid / "ablation.json").read_text())
+    base = doc["base"]
+    assert base["epochs"] == 3 and base["head"]["hidden_dim"] == 16  # the options given to ablate
+    assert base["lds"]["enabled"] is False and base["fds"]["enabled"] is False  # no grid value applied
+    first = json.loads((grid / doc["configurations"][0]["name"] / "config.json").read_text())["train"]
+    assert first["lds"]["enabled"] is True  # the grid's first point (lds=on) is not the base

@@ -38,6 +38,7 @@ class GridPlan:
     points: list[GridPoint]
     skipped: list[GridPoint] = field(default_factory=list)
     duplicates: int = 0
+    base: TrainConfig | None = None  # the settings every point starts from (options and preset, no grid value)
 
 
 def _effective(values: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
@@ -135,4 +136,8 @@ def expand(spec: GridSpec, base: TrainConfig, label_range: tuple[float, float], 
     if duplicates:
         log.info("%d grid configuration(s) equal another one once unused settings are dropped: trained once",
                  duplicates)
-    return GridPlan(spec=spec, points=points, skipped=skipped_points, duplicates=duplicates)
+    try:
+        resolved_base = base.resolved(label_range)
+    except ConfigError:  # a base that only the grid's values make trainable (e.g. its bin size)
+        resolved_base = base
+    return GridPlan(spec=spec, points=points, skipped=skipped_points, duplicates=duplicates, base=resolved_base)

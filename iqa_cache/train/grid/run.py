@@ -130,7 +130,7 @@ def finish_ablation(data: CacheData, plan: GridPlan, existing: AblationDir, outc
     notes = notes_of(data, ordered)
     csv_text = summary.to_csv(index=False, float_format="%.6f") + "".join(f"# {n}\n" for n in notes)
     plan_doc = {"grid": plan.spec.to_dict(), "grid_source": plan.spec.source,
-                "base": plan.points[0].config.to_dict() if plan.points else None,
+                "base": plan.base.to_dict() if plan.base is not None else None,
                 "configurations": [{"name": p.name, "grid": p.values} for p in plan.points],
                 "skipped": [{"name": p.name, "reason": p.skipped} for p in plan.skipped],
                 "duplicates": plan.duplicates, "cache": str(Path(data.path).resolve())}
