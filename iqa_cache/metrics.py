@@ -401,6 +401,9 @@ def paired_bootstrap(err_a, err_b, strata: dict[str, np.ndarray] | None = None, 
 
 
 CORRELATIONS = ("SRCC", "PLCC")
+# a difference over fewer test items than this gets no verdict and no bold face (--compare, --versus, the
+# demo's closing lines): two or three images decide nothing, whatever their bootstrap interval says
+MIN_VERDICT_ITEMS = 10
 
 
 def _rowwise_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:

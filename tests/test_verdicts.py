@@ -83,3 +83,32 @@ def test_an_empty_range_is_named():
     cells[1] = VersusCell(diff=BootstrapDiff(name="[20,40)", n=0, estimate=None, low=None, high=None), agree=0,
                           seeds=5)
     assert "noise (5 seeds) vs vanilla (5 seeds): no test items in [20,40)" in verdict_lines(v)
+
+
+def test_a_range_of_few_items_gets_no_verdict_and_no_bold():
+    from iqa_cache.metrics import MIN_VERDICT_ITEMS, BootstrapDiff
+    from iqa_cache.report.render import _verdict, versus_cells
+    from iqa_cache.report.types import VersusCell
+
+    v = constructed_versus()
+    name, cells = v.rows[0]  # gain: its [0,20) difference is clear, over 60 items
+    assert versus_cells(v)[0][1][0].startswith("**")
+    few = BootstrapDiff(name="[0,20)", n=2, estimate=-5.0, low=-6.0, high=-4.0)  # clear, but over 2 images
+    cells[0] = VersusCell(diff=few, agree=5, seeds=5)
+    text = versus_cells(v)[0][1][0]
+    assert not text.startswith("**") and text.endswith("5/5 (n=2)")
+    assert "gain (5 seeds) vs vanilla (5 seeds): too few test items for a verdict in [0,20) (2)" in verdict_lines(v)
+    assert not any(ln.startswith("gain (5 seeds) vs vanilla (5 seeds), [0,20)") for ln in verdict_lines(v))
+    assert _verdict(few, "lds", "vanilla") == "too few images (2) for a verdict"
+    enough = BootstrapDiff(name="[0,20)", n=MIN_VERDICT_ITEMS, estimate=-5.0, low=-6.0, high=-4.0)
+    assert _verdict(enough, "lds", "vanilla") == "lds lower"
+
+
+def test_one_seed_is_never_bold():
+    from iqa_cache.report.render import versus_cells
+    from iqa_cache.report.types import VersusCell
+
+    v = constructed_versus()
+    name, cells = v.rows[0]
+    cells[0] = VersusCell(diff=cells[0].diff, agree=1, seeds=1)
+    assert versus_cells(v)[0][1][0].endswith("1/1") and not versus_cells(v)[0][1][0].startswith("**")

@@ -58,7 +58,8 @@ def test_versus_uses_seed_averaged_predictions_and_counts_agreeing_seeds():
     # ranges where A equals the base: no difference, no agreeing seed
     assert cells[2].diff.estimate == pytest.approx(0.0) and cells[2].agree == 0
     text = versus_cells(v)[0][1][0]
-    assert text.endswith("1/3") and not text.startswith("**")  # bold only when every seed agrees
+    # bold only when every seed agrees; this range's 8 images are marked as too few for a verdict
+    assert text.endswith("1/3 (n=8)") and not text.startswith("**")
 
 
 def test_versus_names_a_base_that_is_not_in_the_report():
@@ -107,4 +108,5 @@ def test_versus_covers_shots_and_correlations_with_digits_for_the_scale():
     assert text["PLCC"].startswith(f"**{want_plcc:.3f} [{cells['PLCC'].diff.low:.3f}, ")
     koniq = versus_entries([Entry("b", [run("b", 0, LABELS + 3)], "run"),
                             Entry("x", [run("x", 0, LABELS)], "run")], "/runs/b_s0", split="test", n_boot=100)
-    assert koniq.decimals == 2 and versus_cells(koniq)[0][1][5] == "**-3.00 [-3.00, -3.00] 1/1**"
+    # one seed: clear of 0, but never bold (one seed cannot show agreement)
+    assert koniq.decimals == 2 and versus_cells(koniq)[0][1][5] == "-3.00 [-3.00, -3.00] 1/1"

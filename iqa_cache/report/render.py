@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..metrics import CORRELATIONS, BootstrapDiff
+from ..metrics import CORRELATIONS, MIN_VERDICT_ITEMS, BootstrapDiff
 from .build import Report
 from .loading import run_seed
 from .tables import nan_to_none
@@ -184,6 +184,8 @@ def format_table(t: Table, fmt: str = "markdown") -> str:
 def _verdict(d: BootstrapDiff, a: str, b: str) -> str:
     if d.contains_zero is None:
         return ""
+    if d.n < MIN_VERDICT_ITEMS:
+        return f"too few images ({d.n}) for a verdict"
     if d.contains_zero:
         return "CI contains 0"
     return f"{a} lower" if d.estimate < 0 else f"{b} lower"
@@ -262,7 +264,8 @@ def versus_caption(v: Versus) -> str:
             f"bootstrap over the {v.n_images} {v.split} images ({v.n_boot} resamples, seed {v.seed}; per range "
             "or region within it), and k/n: in how many of the row's n seeds the seed's own difference (against "
             "the base's run of the same seed, else its seed average) has the same sign. Bold: the interval "
-            "excludes 0 and every seed agrees.")
+            f"excludes 0, every seed agrees, there are at least 2 seeds and at least {MIN_VERDICT_ITEMS} images; "
+            "'(n=K)' marks a cell over fewer images.")
 
 
 CORR_DECIMALS = 3  # SRCC/PLCC differences, on every label scale
@@ -287,7 +290,10 @@ def versus_cells(v: Versus) -> list[tuple[str, list[str]]]:
                 texts.append(f"{_f(d.estimate, digits)} {c.agree}/{c.seeds}")
                 continue
             t = f"{_f(d.estimate, digits)} [{_f(d.low, digits)}, {_f(d.high, digits)}] {c.agree}/{c.seeds}"
-            texts.append(f"**{t}**" if not d.contains_zero and c.agree == c.seeds else t)
+            if d.n < MIN_VERDICT_ITEMS:
+                t += f" (n={d.n})"
+            clear = not d.contains_zero and c.agree == c.seeds and c.seeds >= 2 and d.n >= MIN_VERDICT_ITEMS
+            texts.append(f"**{t}**" if clear else t)
         out.append((name, texts))
     return out
 

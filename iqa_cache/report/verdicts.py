@@ -5,7 +5,7 @@ fixed claim: the lines follow the numbers of the run they describe (``iqa
 demo`` ends with them)."""
 from __future__ import annotations
 
-from ..metrics import CORRELATIONS
+from ..metrics import CORRELATIONS, MIN_VERDICT_ITEMS
 from .types import Versus, VersusCell
 
 HEADING = "What this run shows"
@@ -24,14 +24,20 @@ def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
     """One line per row and column (label range, shot region, SRCC, PLCC) whose
     difference to the base stands clear of zero (its interval excludes 0),
     largest first within a row (correlations: three decimals at least), then
-    one line per row naming the ranges within the noise.  A range without
-    images, or a row whose every cell is within the noise, says so."""
+    one line per row naming the ranges within the noise.  A range of fewer
+    than :data:`~iqa_cache.metrics.MIN_VERDICT_ITEMS` test items gets no
+    verdict; one without items, or a row whose every cell is within the
+    noise, says so."""
     pct = f"{v.confidence:.0%}"
     lines = []
     for name, cells in v.rows:
         clear = [(col, c) for col, c in zip(v.columns, cells) if _clear(c)]
         noise = [col for col, c in zip(v.columns, cells) if c.diff.estimate is not None and not _clear(c)]
         empty = [col for col, c in zip(v.columns, cells) if c.diff.estimate is None]
+        few = [(col, c.diff.n) for col, c in zip(v.columns, cells)
+               if c.diff.estimate is not None and c.diff.n < MIN_VERDICT_ITEMS]
+        clear = [(col, c) for col, c in clear if c.diff.n >= MIN_VERDICT_ITEMS]
+        noise = [col for col in noise if col not in dict(few)]
         for col, c in sorted(clear, key=lambda t: -abs(t[1].diff.estimate)):
             d = c.diff
             corr = col in CORRELATIONS  # higher is better; MAE: lower is better
@@ -44,6 +50,9 @@ def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
             lines.append(f"{name} vs {v.base}: within the noise everywhere (every {pct} interval holds 0)")
         elif noise:
             lines.append(f"{name} vs {v.base}: within the noise in {', '.join(noise)}")
+        if few:
+            lines.append(f"{name} vs {v.base}: too few test items for a verdict in "
+                         + ", ".join(f"{col} ({n})" for col, n in few))
         if empty:
             lines.append(f"{name} vs {v.base}: no test items in {', '.join(empty)}")
     return lines
