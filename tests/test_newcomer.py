@@ -170,3 +170,12 @@ def test_ablation_json_base_is_the_options_not_the_first_grid_point(grid):
     assert base["lds"]["enabled"] is False and base["fds"]["enabled"] is False  # no grid value applied
     first = json.loads((grid / doc["configurations"][0]["name"] / "config.json").read_text())["train"]
     assert first["lds"]["enabled"] is True  # the grid's first point (lds=on) is not the base
+
+
+def test_report_shows_srcc_and_plcc_by_default(grid):
+    r = iqa("report", grid)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("| run | [0,20) |")  # Table 1 first, as always
+    assert "| run | SRCC | KRCC | PLCC | PLCC (logistic) | RMSE |" in r.stdout
+    only = iqa("report", grid, "--tables", "ranges")
+    assert "SRCC" not in only.stdout

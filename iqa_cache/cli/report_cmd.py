@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional, Tuple
 
 import typer
 
-from iqa_cache.report.build import ReportConfig  # light: the report package imports no engine
+from iqa_cache.report.build import DEFAULT_TABLES, ReportConfig  # light: the report package imports no engine
 from iqa_cache.report.select import SELECT_METRICS, SELECT_SPLITS
 from iqa_cache.report.types import FORMATS, SPLITS
 
@@ -45,7 +45,7 @@ def report_command(
     tables: Annotated[Optional[str], typer.Option(
         help="Tables to show, comma-separated: ranges (MAE per label range, the paper's Table 1), values (MAE "
              "per label value, Table 2), shots (many/medium/few-shot MAE, MSE, G-Mean), iqa (SRCC, KRCC, PLCC, "
-             "RMSE), or all [default: ranges, plus values with --groups].", metavar="TABLES")] = None,
+             "RMSE), or all [default: ranges and iqa, plus values with --groups].", metavar="TABLES")] = None,
     groups: Annotated[Optional[str], typer.Option(
         help="Label values for the per-value table: groups separated by ';', values by ',': '3;4;3,4' gives "
              "columns 3, 4, 3&4, All. A label matches v when v-0.5 <= label < v+0.5 [default with --tables "
@@ -97,7 +97,7 @@ def report_command(
         value_groups = tuple(parse_groups(groups)) if groups else None
     except ValueError as e:
         raise typer.BadParameter(str(e).replace("--groups ", ""), param_hint="--groups") from None
-    chosen = parse_tables(tables) if tables else (("ranges", "values") if groups else ("ranges",))
+    chosen = parse_tables(tables) if tables else (("ranges", "values", "iqa") if groups else DEFAULT_TABLES)
     cfg = ReportConfig(split=split.value, edges=edges, tables=chosen, groups=value_groups, many=many, few=few,
                        group_seeds=group_seeds, baseline=baseline,
                        compare=(str(compare[0]), str(compare[1])) if compare else None,

@@ -20,6 +20,8 @@ from .types import SPLITS, Baseline, Comparison, Entry, Table, TableInput, Versu
 if TYPE_CHECKING:
     from ..train.runs import Run
 
+# Table 1's MAE per label range, then SRCC/PLCC (what IQA papers and pyiqa report): the default output
+DEFAULT_TABLES = ("ranges", "iqa")
 MIN_BOOT = 100  # fewer bootstrap resamples give no usable interval
 
 
@@ -36,7 +38,7 @@ class ReportConfig:
 
     split: str = "test"
     edges: tuple[float, ...] | None = None
-    tables: tuple[str, ...] = ("ranges",)
+    tables: tuple[str, ...] = DEFAULT_TABLES
     groups: tuple[tuple[float, ...], ...] | None = None
     many: int = 100
     few: int = 20
