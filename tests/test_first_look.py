@@ -197,3 +197,11 @@ def test_the_readme_test_command_is_what_ci_runs():
     assert demo.endswith("&& .venv/bin/iqa demo") and tests.endswith("&& .venv/bin/python -m pytest")
     ci = next(line for line in (ROOT / ".ci" / "run").read_text().splitlines() if "-m pytest" in line)
     assert ci.replace(" -q ", " ") == tests
+
+
+def test_development_md_lists_every_bench():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    missing = [p.name for p in sorted(bench.iterdir()) if p.suffix in (".py", ".sh") and p.name != "__init__.py"
+               and f"`{p.name}`" not in text]
+    assert not missing, f"docs/development.md does not name {', '.join(missing)}"
