@@ -66,8 +66,10 @@ def test_ablate_on_an_embedded_cache_through_the_cli(embedded_cache, tmp_path):
         table = list(csv.DictReader(row for row in f if not row.startswith("#")))
     assert [t["run"] for t in table] == rows
     vals = [float(t["val_mae"]) for t in table]
-    assert vals == sorted(vals) and all(t["status"] == "ok" for t in table)
-    rep = iqa("report", *[out / n for n in names], "--format", "csv")
+    # 40 images of a random tiny encoder, 3 epochs: a head need not beat the training mean yet, and says so
+    assert vals == sorted(vals) and all(t["status"] == "ok" or t["status"].startswith("worse-than-mean: ")
+                                        for t in table), [t["status"] for t in table]
+    rep = iqa("report", *[out / n for n in names], "--format", "csv", "--tables", "ranges")
     assert rep.exit_code == 0, rep.output
     got = {row[0]: row[-1] for row in csv.reader(io.StringIO(rep.stdout)) if row and row[0] in names}
     for t in table:

@@ -161,9 +161,9 @@ def test_outlier_label_gives_a_bounded_bin_error_not_a_huge_allocation(tmp_path)
     split = np.array(["train"] * 40 + ["val"] * 10 + ["test"] * 10, dtype=object)
     x = rng.normal(size=(60, 8)).astype(np.float32)
     cache = write_feature_cache(tmp_path / "c.h5", x, y, split, label_range=(0.0, 1e11))  # as load_csv makes it
-    for extra in ((), ("--lds",), ("--fds",)):
+    for extra in ((), ("--lds",), ("--fds",)):  # bins of 1 over a range an outlier stretched to 1e11
         r = iqa("train-head", "--cache", cache, "--out", tmp_path / "run", "--epochs", 1, "--hidden", 8,
-                "--device", "cpu", "--no-progress", *extra)
+                "--device", "cpu", "--no-progress", "--bin-size", 1, *extra)
         assert r.exit_code == 2, r.output
         err = r.stderr.strip().splitlines()[-1]
         assert err.startswith("error: ") and "--label-range" in err and "--bin-size" in err, err
@@ -172,6 +172,11 @@ def test_outlier_label_gives_a_bounded_bin_error_not_a_huge_allocation(tmp_path)
     r = iqa("train-head", "--cache", cache, "--out", tmp_path / "run", "--epochs", 1, "--hidden", 8,
             "--device", "cpu", "--no-progress", "--label-range", "0,100", "--lds")
     assert r.exit_code == 0, r.output
+    # the default bins are the range in 100 (issue 27's scale-aware default): bounded, whatever the range
+    r = iqa("train-head", "--cache", cache, "--out", tmp_path / "run2", "--epochs", 1, "--hidden", 8,
+            "--device", "cpu", "--no-progress", "--lds")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["bins"]["n"] == 100
 
 
 def test_plain_training_computes_no_bins(tmp_path, monkeypatch):

@@ -164,7 +164,7 @@ def test_torchrun_rank_killed_then_rerun_equals_one_process(koniq_root, tmp_path
             assert p.poll() is None, p.communicate()
             assert time.monotonic() - t0 < 180, "no progress"
             time.sleep(0.02)
-        pid = int(s1.with_name(s1.name + ".lock").read_text())
+        pid = int(s1.with_name(s1.name + ".lock").read_text().split()[0])  # "PID iqa embed"
         os.kill(pid, signal.SIGKILL)
         _, err = p.communicate(timeout=120)
     finally:
