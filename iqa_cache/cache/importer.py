@@ -32,7 +32,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import cache as cache_mod
-from ..binning import default_label_range
+from ..binning import default_label_range, label_range_note
 from ..errors import CacheError, DatasetError, clip
 from ..schema import IMPORTED, item_noun  # noqa: F401 (re-exported)
 from ..settings import ImportConfig  # noqa: F401  (re-exported: its old place)
@@ -65,6 +65,7 @@ class ImportSummary:
     format: str
     split_counts: dict[str, int]
     id_matching: str
+    label_note: str = ""  # the labels' span and the scale recorded (binning.label_range_note)
 
 
 # ------------------------------------------------------------------ readers
@@ -453,7 +454,8 @@ def import_features(cfg: ImportConfig, *, progress: bool = False) -> ImportSumma
     log.info("imported %d × %d features from %s (%s, matched %s) into %s", n, d, cfg.features,
              info["imported_format"], matching, out)
     return ImportSummary(path=out, n_items=n, feature_dim=d, format=info["imported_format"], split_counts=counts,
-                         id_matching=matching)
+                         id_matching=matching, label_note=label_range_note(
+                             manifest.label, label_range, "declared by --label-range" if cfg.label_range else ""))
 
 
 def _write_rows(w, src: FeatureSource, order: np.ndarray, tmp: Path, progress: bool) -> None:

@@ -167,12 +167,9 @@ def embed_command(
     for line in s.changes:
         echo_out(f"{s.path}: {line}")
     from iqa_cache.binning import label_range_note
+    from iqa_cache.sources.dispatch import OWN_SCALES
 
-    if label_range:
-        declared = "declared by --label-range"
-    else:
-        declared = {"koniq": "KonIQ-10k's own scale", "demo": "KonIQ-10k's own scale",
-                    "spaq": "SPAQ's own scale"}.get(dataset.value, "")
+    declared = "declared by --label-range" if label_range else OWN_SCALES.get(dataset.value, "")
     echo_out(f"{s.path}: " + label_range_note(manifest.label, manifest.label_range, declared))
     if s.already_complete:
         echo_out(f"{s.path}: already complete ({s.n_embedded} embedded, {s.n_failed} failed); nothing to do")

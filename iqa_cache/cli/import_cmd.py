@@ -76,9 +76,4 @@ def import_command(
     c = s.split_counts
     echo_out(f"{s.path}: {s.n_items} items × {s.feature_dim} features from {s.format} (matched {s.id_matching}); "
              f"train/val/test {c['train']}/{c['val']}/{c['test']}")
-    from iqa_cache.binning import label_range_note
-    from iqa_cache.cache import load
-
-    data = load(s.path, features=False)
-    echo_out(f"{s.path}: " + label_range_note(data.label, data.label_range,
-                                              "declared by --label-range" if label_range else ""))
+    echo_out(f"{s.path}: {s.label_note}")

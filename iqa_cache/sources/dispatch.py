@@ -16,6 +16,9 @@ from .datasets import Manifest, load_csv, load_koniq, load_spaq
 from .synth import SynthSpec, ensure_dataset
 from .wds import load_webdataset
 
+# the datasets whose loaders fix the label scale themselves (said after `iqa embed`); the others choose it from
+# the labels (binning.default_label_range) unless --label-range declares it
+OWN_SCALES = {"koniq": "KonIQ-10k's own scale", "demo": "KonIQ-10k's own scale", "spaq": "SPAQ's own scale"}
 DATASETS = ("koniq", "spaq", "csv", "demo", "webdataset")
 DEMO_ROOT = Path("cache") / "demo-data"
 
