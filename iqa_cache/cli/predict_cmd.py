@@ -68,9 +68,9 @@ def predict_command(
     if sum([bool(images), dir is not None, shards is not None]) != 1:
         raise typer.BadParameter("pass image files, --dir or --shards (exactly one of them)",
                                  param_hint="IMAGES / --dir / --shards")
-    from iqa_cache.train.runs import load_run
+    from iqa_cache.train.runs import refuse_ablation_folder
 
-    load_run(run)  # a run that is not finished, or an ablation folder, is refused before any image is listed
+    refuse_ablation_folder(run)  # before any image is listed
     if out is not None:
         check_scores_path(out)
     reader = starts = None

@@ -456,6 +456,15 @@ def best_by_validation(paths: Sequence[Path]) -> Path:
     return min(paths, key=val_mae)
 
 
+def refuse_ablation_folder(path: str | os.PathLike) -> None:
+    """RunError naming the run to pass when ``path`` is an ablation folder
+    where one run is expected (``predict --run``): cheap, reads no run."""
+    inside = ablation_runs(path)
+    if inside is not None:
+        raise RunError(f"{path} is an ablation folder (iqa ablate) of {len(inside)} finished runs, not a run: "
+                       f"pass one of them{', e.g. ' + str(best_by_validation(inside)) if inside else ''}")
+
+
 def load_run(path: str | os.PathLike) -> Run:
     """Read a finished run directory; RunError naming what is missing."""
     path = Path(path)
@@ -464,10 +473,8 @@ def load_run(path: str | os.PathLike) -> Run:
     if not path.is_dir():
         raise RunError(f"{path} is not a run directory")
     missing = [f for f in RUN_FILES if not (path / f).is_file()]
-    if missing and (inside := ablation_runs(path)) is not None:
-        raise RunError(f"{path} is an ablation folder (iqa ablate) of {len(inside)} finished runs, not a run: "
-                       f"pass one of them{', e.g. ' + str(best_by_validation(inside)) if inside else ''}")
     if missing:
+        refuse_ablation_folder(path)
         raise RunError(f"run {path} is not finished (missing {', '.join(missing)})")
     marker = read_marker(path)
     if marker is not None and marker.get("status") != "complete":
