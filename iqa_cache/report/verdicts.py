@@ -6,14 +6,9 @@ demo`` ends with them)."""
 from __future__ import annotations
 
 from ..metrics import CORRELATIONS, MIN_VERDICT_ITEMS
-from .types import Versus, VersusCell
+from .types import Versus
 
 HEADING = "What this run shows"
-
-
-def _clear(cell: VersusCell) -> bool:
-    d = cell.diff
-    return d.estimate is not None and d.contains_zero is False
 
 
 def _number(x: float, digits: int) -> str:
@@ -31,13 +26,16 @@ def verdict_lines(v: Versus, *, digits: int = 2) -> list[str]:
     pct = f"{v.confidence:.0%}"
     lines = []
     for name, cells in v.rows:
-        clear = [(col, c) for col, c in zip(v.columns, cells) if _clear(c)]
-        noise = [col for col, c in zip(v.columns, cells) if c.diff.estimate is not None and not _clear(c)]
-        empty = [col for col, c in zip(v.columns, cells) if c.diff.estimate is None]
-        few = [(col, c.diff.n) for col, c in zip(v.columns, cells)
-               if c.diff.estimate is not None and c.diff.n < MIN_VERDICT_ITEMS]
-        clear = [(col, c) for col, c in clear if c.diff.n >= MIN_VERDICT_ITEMS]
-        noise = [col for col in noise if col not in dict(few)]
+        clear, noise, few, empty = [], [], [], []
+        for col, c in zip(v.columns, cells):
+            if c.diff.estimate is None:
+                empty.append(col)
+            elif c.diff.n < MIN_VERDICT_ITEMS:
+                few.append((col, c.diff.n))
+            elif c.diff.contains_zero is False:
+                clear.append((col, c))
+            else:
+                noise.append(col)
         for col, c in sorted(clear, key=lambda t: -abs(t[1].diff.estimate)):
             d = c.diff
             corr = col in CORRELATIONS  # higher is better; MAE: lower is better
