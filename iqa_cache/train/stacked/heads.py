@@ -34,7 +34,9 @@ class HeadStack:
 
     ``dtype``: the matrix products run under autocast to it (None: float32);
     the weights, what :meth:`features` and :meth:`output` return, and so
-    the losses, optimiser and FDS statistics stay float32.  ``shared_gemm``:
+    the losses, optimiser and FDS statistics stay float32, and so does the
+    final layer (:meth:`output`): its product is cheap and a lower-precision
+    output would round the predictions in proportion to the labels' size.  ``shared_gemm``:
     shared inputs ``[B, in]`` go through the first layer as one product
     ``[B, in] @ [in, K*H]`` instead of K (False: the batched product, as for
     per-configuration inputs)."""
@@ -114,8 +116,10 @@ class HeadStack:
         p = self.params if params is None else params
         if train and self.cfg.dropout > 0:
             z = F.dropout(z, self.cfg.dropout, training=True)
-        with self.autocast():
-            return torch.baddbmm(p[-1], z, p[-2]).squeeze(-1).float()
+        # float32 even under autocast: a bfloat16 output has 8 significant bits, so a
+        # prediction near 90 would be rounded to a step of 0.5 (an error that grows
+        # with the label scale); this product is H multiply-adds a row, ~0.1 % of the head's
+        return torch.baddbmm(p[-1], z.float(), p[-2]).squeeze(-1)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
