@@ -10,14 +10,18 @@
      kept), a few steps each, scaled to an epoch of 7,058 training rows;
   2. the test MAE of fp32 against bf16 over 5 seeds (one stack each, the
      library's engine), with the paired interval of ``iqa report --versus``
-     (the report's own code on run directories written by ``write_run``).
+     (the report's own code on run directories written by ``write_run``),
+     next to fp32 over 5 other seeds against fp32: the same interval for a
+     change that is seed noise only, to read bf16's row against.
 
 The CPU's flags (lscpu: avx512*, amx*) and torch's CPU capability head the
 output; the last line is one JSON object with every number.
 
-    python bench/precision_bench.py --threads 1 --note "shared"    # CPU: 15-20 minutes on a shared 2-core machine
+    python bench/precision_bench.py                                 # CPU: ~7 minutes on an idle 2-core machine
+    python bench/precision_bench.py --threads 1 --note "shared"    # a machine other processes share
     python bench/precision_bench.py --quick                         # a smoke run
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/precision_bench.py   # AVX2 kernels only
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/precision_bench.py --skip-mae --steps 1
+                                                                    # AVX2 kernels only: bf16 is slow there
     python bench/precision_bench.py --device cuda                   # on a GPU (bench/gpu_check.sh)
 """
 from __future__ import annotations
@@ -112,27 +116,38 @@ def time_steps(data, dev, k: int, steps: int, repeats: int, hidden: int) -> dict
 
 
 def mae_versus(data, device: str, epochs: int, seeds: int, hidden: int, tmp: Path) -> tuple[str, dict]:
-    """fp32 and bf16 over ``seeds`` seeds, written as runs, compared by the
-    report's --versus code; returns the rendered report and the numbers."""
-    from iqa_cache.report import ReportConfig, build_report, format_report
+    """fp32 and bf16 over seeds 0..seeds-1, and fp32 over as many other seeds
+    (the noise reference: what another draw of seeds alone changes), written
+    as runs and compared with fp32 by the report's --versus code; returns a
+    table of the differences and the numbers."""
+    from iqa_cache.report.compare import versus_entries
     from iqa_cache.report.loading import load_runs
+    from iqa_cache.report.types import Entry
     from iqa_cache.train.runs import write_run
     from iqa_cache.train.stacked import train_stack
 
-    out, paths = {}, {}
-    for prec in ("fp32", "bf16"):
+    groups = {"fp32": ("fp32", range(seeds)), "bf16": ("bf16", range(seeds)),
+              "fp32, other seeds": ("fp32", range(seeds, 2 * seeds))}
+    out, entries = {}, []
+    for name, (prec, seed_list) in groups.items():
         cfgs = [TrainConfig.from_flat({"seed": s, "epochs": epochs, "lr": 1e-3, "hidden": hidden, "device": device,
-                                       "precision": prec}) for s in range(seeds)]
+                                       "precision": prec}) for s in seed_list]
         t = time.perf_counter()
         results = train_stack(data, cfgs)
-        out[prec] = {"test_mae": [r.metrics["test"]["mae"] for r in results], "seconds": time.perf_counter() - t}
-        paths[prec] = [write_run(tmp / f"{prec}_s{s}", r, data.attrs, tmp / "cache.h5") for s, r in enumerate(results)]
-    runs, _ = load_runs([p for prec in paths for p in paths[prec]])
-    report = build_report(runs, ReportConfig(tables=("ranges",), versus=str(paths["fp32"][0])))
-    cell = report.versus.rows[0][1][-1]  # bf16 against fp32, all test images
-    out["versus_all"] = {"estimate": cell.diff.estimate, "low": cell.diff.low, "high": cell.diff.high,
-                         "seeds_agreeing": cell.agree, "seeds": cell.seeds}
-    return format_report(report), out
+        out[name] = {"test_mae": [r.metrics["test"]["mae"] for r in results], "seconds": time.perf_counter() - t}
+        paths = [write_run(tmp / f"{prec}_s{s}", r, data.attrs, tmp / "cache.h5") for s, r in zip(seed_list, results)]
+        runs, _ = load_runs(paths)
+        entries.append(Entry(name=f"{name} ({len(runs)} seeds)", runs=runs, kind="seeds"))
+    v = versus_entries(entries, str(entries[0].runs[0].path), split="test")
+    lines = ["| vs " + v.base + " | " + " | ".join(v.columns) + " |", "|---|" + "---:|" * len(v.columns)]
+    for name, cells in v.rows:
+        lines.append(f"| {name} | " + " | ".join(
+            "{0:.{3}f} [{1:.{3}f}, {2:.{3}f}] ".format(c.diff.estimate, c.diff.low, c.diff.high,
+                                                       3 if col in ("SRCC", "PLCC") else 2)
+            + f"{c.agree}/{c.seeds}" for col, c in zip(v.columns, cells)) + " |")
+        out[f"versus {name}"] = {col: {"estimate": c.diff.estimate, "low": c.diff.low, "high": c.diff.high,
+                                       "seeds_agreeing": c.agree, "seeds": c.seeds} for col, c in zip(v.columns, cells)}
+    return "\n".join(lines), out
 
 
 def main() -> None:
@@ -142,9 +157,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="training steps per timing")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timings per variant (median kept)")
     ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--epochs", type=int, default=5, help="epochs of the MAE comparison")
+    ap.add_argument("--epochs", type=int, default=20, help="epochs of the MAE comparison")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--skip-mae", action="store_true")
+    ap.add_argument("--skip-timing", action="store_true", help="only the test MAE comparison")
     ap.add_argument("--quick", action="store_true", help="K = 1, 8; 1 step; 2 epochs, 2 seeds")
     ap.add_argument("--threads", type=int, help="torch CPU threads [torch's default]; 1 avoids OpenMP stalls when "
                     "other processes hold the cores")
@@ -173,7 +189,7 @@ def main() -> None:
     names = [f"{p}/{'shared' if s else 'bmm'}" for p, s in VARIANTS]
     print(f"{'K':>4} " + " ".join(f"{n:>12}" for n in names) + "   speed-up vs fp32/bmm: "
           + " ".join(f"{n:>11}" for n in names[1:]))
-    for k in (int(s) for s in args.stacks.split(",")):
+    for k in ([] if args.skip_timing else (int(s) for s in args.stacks.split(","))):
         t = time_steps(data, dev, k, args.steps, args.repeats, args.hidden)
         result["s_per_config_epoch"][k] = t
         base = t["fp32/bmm"]
@@ -183,12 +199,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             text, mae = mae_versus(data, device, args.epochs, args.seeds, args.hidden, Path(tmp))
         result["mae"] = mae
-        print(f"\ntest MAE, {args.seeds} seeds x {args.epochs} epochs (one stack per precision, --shuffle rows):")
-        for prec in ("fp32", "bf16"):
-            v = mae[prec]["test_mae"]
-            print(f"  {prec}: " + " ".join(f"{x:.4f}" for x in v) + f"   mean {np.mean(v):.4f} sd "
-                  f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}   ({mae[prec]['seconds']:.1f} s)")
-        print("\niqa report --versus (fp32 the base):\n" + text)
+        print(f"\ntest MAE, {args.seeds} seeds x {args.epochs} epochs (one stack per group, --shuffle rows):")
+        for name in ("fp32", "bf16", "fp32, other seeds"):
+            v = mae[name]["test_mae"]
+            print(f"  {name:>17}: " + " ".join(f"{x:.4f}" for x in v) + f"   mean {np.mean(v):.4f} sd "
+                  f"{np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f}   ({mae[name]['seconds']:.1f} s)")
+        print("\nMAE(row) - MAE(fp32) of the seed-averaged predictions, 95 % paired bootstrap over the test "
+              "images, seeds agreeing (iqa report --versus); the 'other seeds' row is the noise of drawing "
+              "seeds alone:\n" + text)
     print(json.dumps(result, default=str))
 
 

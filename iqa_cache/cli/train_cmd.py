@@ -186,8 +186,8 @@ class TrainOptions:
     precision: Annotated[Precision, typer.Option(help="Precision of the head's matrix products: fp32, or bf16 / "
                                                      "fp16 autocast (weights, optimiser, losses, FDS and "
                                                      "metrics stay float32; fp16 with a dynamic loss scale); "
-                                                     "auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX, "
-                                                     "else fp32. See docs/training.md.")
+                                                     "auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX or "
+                                                     "AVX-512 bf16, else fp32. See docs/training.md.")
                          ] = Precision(D["precision"])
     preset: Annotated[Optional[Preset], typer.Option(help=f"Settings preset: {', '.join(PRESETS)}: the paper's "
                                                           "Adam, epochs, bins, LDS N(12, 10) as gaussian ks 11 "

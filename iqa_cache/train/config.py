@@ -57,7 +57,7 @@ class Precision(str, Enum):
     """The matrix products of stage two (:attr:`TrainConfig.precision`):
     fp32, or bf16 / fp16 autocast (weights, optimiser state, losses, FDS
     statistics and metrics stay float32); ``auto``: bf16 where the device
-    runs it fast (a CUDA GPU with bf16, a CPU with AMX), else fp32
+    runs it fast (a CUDA GPU with bf16, a CPU with AMX or AVX-512 bf16), else fp32
     (:func:`iqa_cache.device.resolve_precision`)."""
 
     fp32 = "fp32"
