@@ -88,6 +88,23 @@ def _cpuinfo_flag(flag: str) -> bool:
         return False
 
 
+def auto_precision(device: str) -> tuple[str, str]:
+    """``--precision auto`` on the resolved ``device``: the precision and
+    why, in words (for the log)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return "bf16", f"the GPU of {device} runs bfloat16"
+        return "fp32", f"the GPU of {device} has no bfloat16"
+    if cpu_has_amx():
+        return "bf16", "this CPU has AMX"
+    if cpu_has_avx512_bf16():
+        return "bf16", "this CPU has AVX-512 bfloat16"
+    return "fp32", ("no AMX or AVX-512 bfloat16 that torch may use on this CPU (ATEN_CPU_CAPABILITY, "
+                    "ONEDNN_MAX_CPU_ISA); bfloat16 would be converted in software, slower than float32")
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """Stage two's ``--precision`` on the resolved ``device``: 'auto' →
     'bf16' on a CUDA GPU that supports it or a CPU with AMX
@@ -98,9 +115,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
     is_cuda = str(device).startswith("cuda")
     if precision == "auto":
-        if is_cuda:
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
-        return "bf16" if cpu_has_amx() or cpu_has_avx512_bf16() else "fp32"
+        return auto_precision(device)[0]
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"--precision '{precision}' is not one of fp32, bf16, fp16, auto")
     if precision == "bf16" and is_cuda and not torch.cuda.is_bf16_supported(including_emulation=False):

@@ -277,6 +277,18 @@ def test_cli_precision_for_train_head_and_ablate(data):
     assert "--precision" in r.output and "precision" in r.output.split("Keys:")[1]
 
 
+@pytest.mark.parametrize("avx512_bf16, want", [(True, "bf16 (this CPU has AVX-512 bfloat16)"),
+                                                (False, "fp32 (no AMX or AVX-512 bfloat16")])
+def test_cli_says_what_auto_chose_and_why(data, tmp_path, monkeypatch, avx512_bf16, want):
+    cpu_as(monkeypatch, amx=False, avx512_bf16=avx512_bf16)
+    r = CliRunner().invoke(app, ["train-head", "--cache", str(data.path), "--precision", "auto", "--epochs", "1",
+                                 "--out", str(tmp_path / "run"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert f"--precision auto: {want}" in r.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["precision"] == want.split()[0]
+
+
 # -------------------------------------------------------------------- CUDA
 
 @pytest.mark.cuda

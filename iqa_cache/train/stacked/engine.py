@@ -13,7 +13,7 @@ import torch
 
 from ...binning import Bins
 from ...cache import CacheData
-from ...device import resolve_device, resolve_precision
+from ...device import auto_precision, resolve_device, resolve_precision
 from ...errors import ConfigError, TrainingDiverged
 from ..config import LOG_EVERY, LDSConfig, MethodConfig, TrainConfig
 from ..head import ResidualMLPHead
@@ -252,6 +252,8 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
     c0 = cfgs[0]
     device = dev.device
     precision = resolve_precision(c0.precision, device)  # recorded as it ran, as the device
+    if c0.precision == "auto":
+        log.info("--precision auto: %s (%s)", precision, auto_precision(device)[1])
     bins = c0.bins(data.label_range)
     if not checked:
         for part in drawn.values():
