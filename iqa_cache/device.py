@@ -66,7 +66,7 @@ def cpu_has_avx512_bf16() -> bool:
     ``ATEN_CPU_CAPABILITY=avx2``) and ``ONEDNN_MAX_CPU_ISA`` unset or at
     ``avx512_core_bf16`` or above.  Measured on such a CPU (AMD EPYC, no AMX:
     ``bench/precision_bench.py``): bf16 training steps 1.6-1.9x faster than
-    float32 with these kernels, 8-11x slower with AVX2 kernels only."""
+    float32 with these kernels, 7-14x slower with AVX2 kernels only."""
     import torch
 
     if _onednn_cap() in _ONEDNN_BELOW_BF16:

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from iqa_cache import cache
 from iqa_cache.cli.main import app
-from iqa_cache.embed.distributed import part_bounds, rows, shard_path
+from iqa_cache.embed.distributed import part_attrs, part_bounds, rows, shard_path
 from iqa_cache.embed.encoder import EncoderConfig
 from iqa_cache.embed.loop import EmbedConfig, embed
 from iqa_cache.sources.datasets import load_csv, load_koniq
@@ -83,6 +83,26 @@ def test_distributed_flag_needs_torchrun(koniq_root, tiny_model, tmp_path, monke
                                  "--pretrained", "none", "--out", str(tmp_path / "x.h5"), "--distributed"])
     assert r.exit_code == 2 and "--distributed needs torchrun's environment" in r.output
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_merge_names_a_shard_that_is_no_part_of_the_job(koniq_root, tiny_model, tmp_path):
+    """A complete cache in a shard's place that no rank of this job wrote
+    (no part_rows, or another part's): the merge says so and how to go on
+    (a rerun alone would find it 'already complete' and fail the same way)."""
+    from iqa_cache.embed.distributed import merge_shards
+
+    m = load_koniq(koniq_root).head(8)
+    cfg = EmbedConfig(encoder=EncoderConfig(model=tiny_model, pretrained="none"), device="cpu", batch_size=4,
+                      workers=0, sync=False)
+    out = tmp_path / "dist.h5"
+    s0, s1 = shard_path(out, 0, 2), shard_path(out, 1, 2)
+    embed(rows(m, 0, 4), cfg, s0, progress=False)  # no part attributes
+    embed(rows(m, 4, 8), cfg, s1, progress=False, extra_attrs=part_attrs(m, 0, 4, 1, 2))  # the wrong part
+    for parts, held in ([(0, 4, s0), (4, 8, s1)], "no part of a torchrun job"), ([(4, 8, s1)], "rows 0..3"):
+        with pytest.raises(cache.CacheError, match=rf"shard .*{parts[0][2].name} holds {held}, not the part "
+                                                   rf"{parts[0][0]}..{parts[0][1] - 1} of this job; delete it"):
+            merge_shards(out, m, cfg, "cpu", 4, parts, pipeline="pil", extra={})
+    assert not out.exists() and s0.exists() and s1.exists()  # nothing merged, nothing deleted
 
 
 @pytest.mark.slow
@@ -179,7 +199,7 @@ def test_torchrun_rank_killed_then_rerun_equals_one_process(koniq_root, tmp_path
         m = load_koniq(koniq_root).head(n)
         embed(rows(m, 0, n // 2), EmbedConfig(encoder=EncoderConfig(model=str(model), pretrained="none"),
                                               device="cpu", batch_size=2, workers=0, sync=False), s0,
-              progress=False)
+              progress=False, extra_attrs=part_attrs(m, 0, n // 2, 0, 2))  # as rank 0 writes it
     before = s0.stat().st_mtime_ns
     r = torchrun(*args)
     assert r.returncode == 0, r.stderr[-3000:]

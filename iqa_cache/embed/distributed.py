@@ -190,6 +190,13 @@ def rows(manifest: Manifest, start: int, stop: int) -> Manifest:
                    notes=manifest.notes + (f"rows {start}..{stop - 1} of {len(manifest)}",))
 
 
+def part_attrs(manifest: Manifest, start: int, stop: int, rank: int, world: int) -> dict[str, Any]:
+    """What a shard records of its part (rows ``start..stop-1`` of the
+    manifest, rank of world), which the merge checks."""
+    return {"part_of_manifest_sha256": manifest.fingerprint(), "part_rows": [start, stop], "part_rank": rank,
+            "part_world": world}
+
+
 def _check_out(out: Path, manifest: Manifest, cfg, device: str) -> tuple[str, str]:
     """('build' | 'complete' | 'error', message) for an existing ``out``."""
     from .loop import expected_attrs, planned_attrs
@@ -256,8 +263,7 @@ def embed_distributed(manifest: Manifest, cfg, out: str | os.PathLike, *, env: D
                      shard)
             rcfg = replace(cfg, device=device, batch_size=batch, workers=workers)
             s = embed(rows(manifest, a, b), rcfg, shard, progress=progress and sess.rank == 0,
-                      extra_attrs={"part_of_manifest_sha256": manifest.fingerprint(), "part_rows": [a, b],
-                                   "part_rank": sess.rank, "part_world": sess.world})
+                      extra_attrs=part_attrs(manifest, a, b, sess.rank, sess.world))
             mine = {"n_done": s.n_processed_now, "embed_seconds": s.embed_seconds, "pipeline": s.pipeline}
         else:
             log.info("rank %d of %d: no rows to embed (%d images, batches of %d)", sess.rank, sess.world,
@@ -303,10 +309,14 @@ def merge_shards(out: Path, manifest: Manifest, cfg, device: str, batch: int, pa
             with h5py.File(tmp, "r+") as f:
                 for lo, hi, path in parts:
                     attrs = cache_mod.read_attrs(path)
-                    if not attrs.get("complete") or int(attrs["n_images"]) != hi - lo or \
-                            list(attrs.get("part_rows", [])) != [lo, hi]:
+                    if not attrs.get("complete"):
                         raise CacheError(f"shard {path} is not the complete part {lo}..{hi - 1}; run the same "
                                          "command again")
+                    got = [int(x) for x in attrs.get("part_rows", [])]
+                    if int(attrs["n_images"]) != hi - lo or got != [lo, hi]:  # not written by a rank of this job
+                        held = f"rows {got[0]}..{got[1] - 1}" if len(got) == 2 else "no part of a torchrun job"
+                        raise CacheError(f"shard {path} holds {held}, not the part {lo}..{hi - 1} of this job; "
+                                         "delete it and run the same command again")
                     with h5py.File(path, "r") as g:
                         for s in range(0, hi - lo, MERGE_ROWS):
                             e = min(s + MERGE_ROWS, hi - lo)

@@ -118,7 +118,7 @@ class HeadStack:
             z = F.dropout(z, self.cfg.dropout, training=True)
         # float32 even under autocast: a bfloat16 output has 8 significant bits, so a
         # prediction near 90 would be rounded to a step of 0.5 (an error that grows
-        # with the label scale); this product is H multiply-adds a row, ~0.1 % of the head's
+        # with the label scale); this product is H multiply-adds a row, under 0.1 % of the head's
         return torch.baddbmm(p[-1], z.float(), p[-2]).squeeze(-1)
 
     @torch.no_grad()
