@@ -28,8 +28,9 @@
 #   run(command="DIST_ONLY=1 bash bench/gpu_check.sh", carry=[".whl"], timeout_s=300)  N=... changes the number of
 # images (default 4000; generated in parallel, ~30 s on 16 cores).
 #
-# Stage two's precision bench (fp32 / bf16 x bmm / shared GEMM at K = 1, 8, 32, 64, and the test MAE of fp32
-# against bf16 over 5 seeds) also runs in its own call; results in precision_bench.log / precision_bench.json:
+# Stage two's precision: the CUDA tests of tests/test_precision.py, then the bench (fp32 / bf16 x bmm / shared
+# GEMM at K = 1, 8, 32, 64, and the test MAE of fp32 against bf16 over 5 seeds, next to fp32 on 5 other seeds)
+# in its own call; results in pytest_precision.log, precision_bench.log / precision_bench.json:
 #
 #   run(command="PRECISION_ONLY=1 bash bench/gpu_check.sh", timeout_s=420)
 set -uo pipefail
@@ -54,6 +55,9 @@ print('jpeg decoder', resolve_decoder('auto'), t())"
 } 2>&1 | tee "$OUT/gpu.txt"
 
 if [ "${PRECISION_ONLY:-0}" = 1 ]; then
+    # the CUDA tests of autocast, the shared GEMM and auto (~20 s), then the bench
+    timeout 60 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_precision.py 2>&1 \
+        | tee "$OUT/pytest_precision.log" | tail -8
     timeout 400 "$PY" bench/precision_bench.py --device cuda --steps 5 --repeats 5 --epochs 20 \
         --note "lent GPU machine" 2>&1 | tee "$OUT/precision_bench.log" | tail -30
     tail -1 "$OUT/precision_bench.log" > "$OUT/precision_bench.json"
