@@ -10,6 +10,7 @@ JSON line.
     python bench/protocol_bench.py                                  # the size: 10 x 4 x 3 at 80 epochs
     python bench/protocol_bench.py --splits 2 --seeds 1 --epochs 5  # a fraction, for a shared 2-core CPU
     python bench/protocol_bench.py --splits 2 --seeds 1 --epochs 3 --per-split   # + the same heads, a stack per split
+    python bench/protocol_bench.py --precision auto --patience 10                 # bf16 where fast, early stopping
 
 ``--per-split`` then trains the same heads again with one stack per split
 (as before drawn splits could share a stack) and prints the ratio of the two
@@ -28,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.head_bench import koniq_like_features, machine, sync  # noqa: E402
-from iqa_cache.device import resolve_device  # noqa: E402
+from iqa_cache.device import resolve_device, resolve_precision  # noqa: E402
 from iqa_cache.errors import TrainingDiverged  # noqa: E402
 from iqa_cache.train.config import TrainConfig  # noqa: E402
 from iqa_cache.train.stacked import engine  # noqa: E402
@@ -42,12 +43,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16, fp16 or auto (docs/scaling.md)")
+    ap.add_argument("--patience", type=int, default=None, help="early stopping on validation MAE [off]")
     ap.add_argument("--per-split", action="store_true", help="also train the heads with one stack per split")
     a = ap.parse_args()
     device = resolve_device(a.device)
     data = koniq_like_features(0)
+    precision = resolve_precision(a.precision, device)
     cfgs = [TrainConfig.from_flat({"method": m, "split": s, "seed": k, "epochs": a.epochs, "batch_size": 256,
-                                   "device": device})
+                                   "device": device, "precision": precision, "patience": a.patience})
             for s in range(a.splits) for m in METHODS for k in range(a.seeds)]
     inside = [0.0]
     step = engine.train_epoch
@@ -69,14 +73,18 @@ def main() -> None:
     ridge_s = sum(r.seconds for i, r in results.items() if cfgs[i].method.name == "ridge"
                   and not isinstance(r, TrainingDiverged))
     heads = sum(1 for c in cfgs if c.method.name != "ridge")
+    epochs_run = sum(len(r.history) for i, r in results.items() if cfgs[i].method.name != "ridge"
+                     and not isinstance(r, TrainingDiverged))
     out = {"device": machine(device), "splits": a.splits, "seeds": a.seeds, "epochs": a.epochs,
+           "precision": precision, "patience": a.patience, "configuration_epochs": epochs_run,
            "configurations": len(cfgs), "heads": heads, "ridge_runs": len(cfgs) - heads,
            "stacks": len(engine.plan_stacks(cfgs, 64)), "wall_s": round(wall, 2),
            "train_steps_s": round(inside[0], 2), "outside_share": round(1 - inside[0] / wall, 4),
            "ridge_s": round(ridge_s, 2),
            "diverged": sum(isinstance(r, TrainingDiverged) for r in results.values())}
     print(f"{out['configurations']} configurations ({heads} heads, {out['ridge_runs']} ridge) in {out['stacks']} "
-          f"stacks on {out['device']}: wall {wall:.1f} s, training steps {inside[0]:.1f} s, outside them "
+          f"stacks on {out['device']}, {precision}: {epochs_run} configuration-epochs, wall {wall:.1f} s, "
+          f"training steps {inside[0]:.1f} s, outside them "
           f"{100 * out['outside_share']:.1f} % (ridge solves {ridge_s:.2f} s)")
     if a.per_split:
         heads_idx = [i for i, c in enumerate(cfgs) if c.method.name != "ridge"]
