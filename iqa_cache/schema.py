@@ -16,6 +16,8 @@ CHUNK_ROWS = 256
 STATE_BYTES = 8192
 IDENTITY_BYTES = 64 * 1024  # hashed at each end of a file
 HISTORY_LEN = 20
+# The largest finite float32: labels and predictions are stored as float32, beyond it they become inf.
+FLOAT32_MAX = 3.4028234663852886e38
 # Attributes that may change after creation: they live in /state (schema 2).
 STATE_KEYS = ("n_embedded", "n_failed", "complete", "finished_at", "device", "dataset_root", "dataset_source",
               "label_name", "label_range", "split_source", "manifest_sha256", "labels_version", "content_id",

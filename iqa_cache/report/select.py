@@ -10,12 +10,12 @@ settings: picking among them by their test numbers is choosing on test.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..errors import ConfigError, RunError
-from ..metrics import mae, shot_metrics
+from ..metrics import correlation, mae, shot_metrics
 from .loading import _method, group_size, run_bins, run_seed, run_split, split_arrays, train_labels
 from .types import Entry
 
@@ -52,12 +52,9 @@ def validation_score(run: "Run", metric: str, many: int = 100, few: int = 20) ->
     if metric == "mae":
         return mae(lab, pred)
     if metric in ("srcc", "plcc"):
-        from scipy import stats
-
         if len(lab) < 2 or not (np.std(lab) > 0 and np.std(pred) > 0):
             return math.nan
-        fn: Callable = stats.spearmanr if metric == "srcc" else stats.pearsonr
-        return float(fn(pred, lab)[0])
+        return float(correlation(metric.upper(), lab, pred)[0])
     few_mae = shot_metrics(train_labels(run), lab, pred, run_bins(run), many, few)["few"]["mae"]
     return math.nan if few_mae is None else float(few_mae)
 

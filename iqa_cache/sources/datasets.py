@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..binning import default_label_range, parse_decimal
 from ..errors import DatasetError, clip
+from ..schema import FLOAT32_MAX
 from ..seeds import check_seed
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,6 @@ class Manifest:
 
 # --------------------------------------------------------------------- helpers
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_CSV_BYTES = 2 << 30  # a labels/dataset CSV larger than this (2 GiB) is refused: it is read whole
 
 

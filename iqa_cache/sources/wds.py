@@ -36,7 +36,8 @@ import numpy as np
 
 from ..binning import default_label_range
 from ..errors import DatasetError, clip
-from .datasets import FLOAT32_MAX, SPLIT_ALIASES, Manifest, _apply_range, seeded_split
+from ..schema import FLOAT32_MAX
+from .datasets import SPLIT_ALIASES, Manifest, _apply_range, seeded_split
 
 log = logging.getLogger(__name__)
 

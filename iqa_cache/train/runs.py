@@ -36,8 +36,9 @@ import pandas as pd
 
 from ..binning import Bins
 from ..errors import ConfigError, RunError, clip
-from ..schema import FEATURE_KEYS
+from ..schema import FEATURE_KEYS, FLOAT32_MAX
 from .config import HeadConfig, TrainConfig
+from .methods import CLOSED_FORM_METHODS
 
 if TYPE_CHECKING:  # torch is imported where heads are saved or loaded: `iqa report` never needs it
     from .fit import TrainResult
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # torch is imported where heads are saved or loaded: `iqa rep
 
 log = logging.getLogger(__name__)
 
-_FLOAT32_MAX = 3.4028234663852886e38
 RUN_FILES = ("config.json", "head.pt", "predictions.csv", "metrics.json")
 MARKER = ".iqa-run"
 RUN_LAYOUT = RUN_FILES + ("history.csv", MARKER, MARKER + ".new")  # every file a run directory may hold
@@ -499,7 +499,7 @@ def load_run(path: str | os.PathLike) -> Run:
     for c in ("label", "pred"):
         preds[c] = pd.to_numeric(preds[c], errors="coerce")
     # a head predicts float32 numbers: a larger one (1e308) is damage, read as a prediction that is not finite
-    beyond = preds["pred"].abs() > _FLOAT32_MAX
+    beyond = preds["pred"].abs() > FLOAT32_MAX
     if beyond.any():
         preds.loc[beyond, "pred"] = float("inf")
     ev = config.get("evaluation") if isinstance(config, dict) else None
@@ -524,7 +524,7 @@ def load_head(path: str | os.PathLike, map_location: str = "cpu") -> "ResidualML
     except (ConfigError, TypeError, ValueError, KeyError, AttributeError) as e:
         what = f"lacks {e}" if isinstance(e, KeyError) else f"holds a bad setting: {str(e).splitlines()[0]}"
         raise RunError(f"run {path}: config.json {clip(what)}") from None
-    if cfg.method.name == "ridge":  # a linear map (iqa_cache.train.ridge)
+    if cfg.method.name in CLOSED_FORM_METHODS:  # a linear map (iqa_cache.train.ridge)
         from .ridge import LinearHead
 
         head = LinearHead(cfg.head)

@@ -251,9 +251,11 @@ def train_stack(data: CacheData, cfgs: Sequence[TrainConfig], *, dev: DeviceData
         raise ValueError("train_stack needs configurations that differ only in LDS, seed, lr and FDS window")
     c0 = cfgs[0]
     device = dev.device
-    precision = resolve_precision(c0.precision, device)  # recorded as it ran, as the device
-    if c0.precision == "auto":
-        log.info("--precision auto: %s (%s)", precision, auto_precision(device)[1])
+    if c0.precision == "auto":  # recorded as it ran, as the device
+        precision, why = auto_precision(device)
+        log.info("--precision auto: %s (%s)", precision, why)
+    else:
+        precision = resolve_precision(c0.precision, device)
     bins = c0.bins(data.label_range)
     if not checked:
         for part in drawn.values():
