@@ -33,10 +33,11 @@ from . import cache as cache_mod
 from .binning import Bins
 from .device import resolve_device
 from .errors import CacheError
-from .metrics import default_edges, iqa_metrics, mae, per_bin_mae
+from .metrics import iqa_metrics
 from .schema import FEATURE_KEYS, IMPORTED
 from .settings import EvaluateConfig
-from .train.results import TrainResult
+from .train.fit import predict
+from .train.results import TrainResult, summarize
 from .train.runs import load_head, load_run, write_run
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,28 @@ def _norm(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
+def check_evaluable(run, attrs: dict[str, Any], cache_path: str | os.PathLike) -> None:
+    """CacheError unless the run's head can score the cache of ``attrs``:
+    features of the same origin (:func:`provenance_mismatch`), and a
+    dataset name that can name the evaluation's folder."""
+    why = provenance_mismatch(run.cache, attrs)
+    if why:
+        raise CacheError(f"refusing to evaluate run {run.path} on {cache_path}: its features do not come from the "
+                         f"same encoder and preprocessing as the run's training cache ({why})")
+    evaluated_dataset(attrs, cache_path)
+
+
+def evaluated_dataset(attrs: dict[str, Any], cache_path: str | os.PathLike) -> str:
+    """The cache's dataset name (its file name when it has none), which
+    names the evaluation's folder: CacheError when it cannot (a path
+    separator, '.' or '..': the folder would land outside --out)."""
+    dataset = str(attrs.get("dataset") or Path(cache_path).stem)
+    if "/" in dataset or "\\" in dataset or dataset in (".", ".."):
+        raise CacheError(f"cache {cache_path}: its dataset name {dataset!r} (attribute 'dataset') cannot name the "
+                         "evaluation's folder; re-import it with another --name")
+    return dataset
+
+
 def evaluation_name(run_name: str, dataset: str) -> str:
     """The evaluation's directory name (and its report row: 'RUN on DATASET')."""
     return f"{run_name}_on_{dataset}"
@@ -92,19 +115,15 @@ def evaluate_run(run_dir: str | os.PathLike, cache_path: str | os.PathLike, out_
     t0 = time.perf_counter()
     run = load_run(run_dir)
     attrs = cache_mod.read_attrs(cache_path) if data is None else data.attrs
-    why = provenance_mismatch(run.cache, attrs)
-    if why:
-        raise CacheError(f"refusing to evaluate run {run.path} on {cache_path}: its features do not come from the "
-                         f"same encoder and preprocessing as the run's training cache ({why})")
+    check_evaluable(run, attrs, cache_path)
     data = cache_mod.load(cache_path) if data is None else data
     rows = np.flatnonzero(np.isfinite(data.label) & ((data.split == cfg.split) if cfg.split != "all" else True))
     if not len(rows):
         raise CacheError(f"cache {cache_path} has no labelled items in split '{cfg.split}' to evaluate on")
     device = resolve_device(cfg.device)
     head = load_head(run.path, map_location=device)
-    x = torch.from_numpy(data.features[rows]).to(device)
     with torch.no_grad():
-        pred = torch.cat([head(x[i:i + 65536]) for i in range(0, len(x), 65536)]).cpu().numpy().astype(np.float64)
+        pred = predict(head, torch.from_numpy(data.features[rows]).to(device)).cpu().numpy().astype(np.float64)
     label = data.label[rows].astype(np.float64)
     if cfg.label_map is not None:
         label = cfg.label_map[0] * label + cfg.label_map[1]
@@ -117,13 +136,12 @@ def evaluate_run(run_dir: str | os.PathLike, cache_path: str | os.PathLike, out_
     metrics: dict[str, Any] = {"test": {"n": int(len(rows)), **{k: v for k, v in iqa_metrics(label, pred).items()
                                                               if k in ("srcc", "plcc", "krcc")}}}
     if agrees:
-        metrics["test"]["mae"] = mae(label, pred)
-        metrics["test"]["per_bin"] = {k: {"mae": v[0], "n": v[1]}
-                                      for k, v in per_bin_mae(label, pred, default_edges(trained_range)).items()}
+        summary = summarize(scored, trained_range)["test"]
+        metrics["test"].update(mae=summary["mae"], per_bin=summary["per_bin"])
     else:
         log.warning("%s: its label range %s differs from the run's %s: SRCC/PLCC/KRCC only; map the labels with "
                     "--label-map A,B for MAE per range", cache_path, tuple(data.label_range), trained_range)
-    dataset = str(attrs.get("dataset") or Path(cache_path).stem)
+    dataset = evaluated_dataset(attrs, cache_path)
     b = run.config["bins"]
     result = TrainResult(head=head.cpu(), config=run.train_config, bins=Bins(b["lo"], b["hi"], b["size"]),
                          best_epoch=int(run.metrics.get("best_epoch", 0) or 0),

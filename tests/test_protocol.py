@@ -269,6 +269,22 @@ def test_evaluate_refuses_a_cache_of_other_features_naming_the_attribute(problem
     assert "iqa import --feature-source" in provenance_mismatch({**a, "declared_feature_source": None}, a)
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".."])
+def test_evaluate_refuses_a_dataset_name_that_is_not_a_folder_name(problem, base_run, tmp_path, name):
+    """The evaluation's folder is named after the cache's dataset (set freely
+    by `iqa import --name`): a name with a path in it would land outside --out."""
+    from typer.testing import CliRunner
+
+    from iqa_cache.cli.main import app
+
+    x, y, split, _ = problem
+    other = write_feature_cache(tmp_path / "c" / "other.h5", x, y, split, dataset=name)
+    r = CliRunner().invoke(app, ["evaluate", str(base_run), "--cache", str(other), "--out", str(tmp_path / "o" / "ev")])
+    assert r.exit_code != 0
+    assert f"its dataset name {name!r} (attribute 'dataset') cannot name the evaluation's folder" in r.output
+    assert not (tmp_path / "o").exists()  # nothing written, inside --out or beside it
+
+
 # ------------------------------------------------------------ benchmark table
 
 def test_the_benchmark_table_on_constructed_runs(base_run, tmp_path):

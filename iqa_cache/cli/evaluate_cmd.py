@@ -52,12 +52,15 @@ def evaluate_command(
     preprocessing as the run's training cache, naming the attribute.
     """
     from iqa_cache import cache as cache_mod
-    from iqa_cache.evaluate import evaluate_run
+    from iqa_cache.evaluate import check_evaluable, evaluate_run
     from iqa_cache.report import ReportConfig, build_report, format_report, load_runs
 
     cfg = EvaluateConfig(split=split.value, label_map=parse_label_map(label_map), device=device.value,
                          overwrite=overwrite)
     trained, _ = load_runs(runs)  # an ablation folder stands for its runs; unfinished ones are named and skipped
+    attrs = cache_mod.read_attrs(cache)
+    for r in trained:  # every run refused or accepted before the features are read
+        check_evaluable(r, attrs, cache)
     data = cache_mod.load(cache)
     written = [evaluate_run(r.path, cache, out, cfg, data=data) for r in trained]
     for w in written:
