@@ -419,15 +419,21 @@ def _rowwise_corr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def correlation(kind: str, labels, preds) -> np.ndarray:
     """SRCC (Spearman: Pearson of the average ranks) or PLCC (Pearson) of
     each row of ``preds`` (… × n) with ``labels`` (the same shape or n)."""
-    from scipy.stats import rankdata
-
     p = np.atleast_2d(np.asarray(preds, dtype=np.float64))
     lab = np.broadcast_to(np.asarray(labels, dtype=np.float64), p.shape)
+    return _rowwise_corr(_ranked(kind, p), _ranked(kind, lab))
+
+
+def _ranked(kind: str, x: np.ndarray) -> np.ndarray:
+    """What ``kind``'s Pearson correlation is taken of: each row's average
+    ranks (SRCC) or the values themselves (PLCC)."""
     if kind == "SRCC":
-        p, lab = rankdata(p, axis=1), rankdata(lab, axis=1)
-    elif kind != "PLCC":
+        from scipy.stats import rankdata
+
+        return rankdata(x, axis=1)
+    if kind != "PLCC":
         raise ValueError(f"correlation '{kind}' is not one of {', '.join(CORRELATIONS)}")
-    return _rowwise_corr(p, lab)
+    return x
 
 
 def paired_bootstrap_corr(labels, pred_a, pred_b, kind: str, *, n_boot: int = 2000, seed: int = 0,
@@ -448,7 +454,8 @@ def paired_bootstrap_corr(labels, pred_a, pred_b, kind: str, *, n_boot: int = 20
     chunk = max(1, min(n_boot, max_elements // max(1, n)))
     for start in range(0, n_boot, chunk):
         pick = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        stats.append(correlation(kind, lab[pick], a[pick]) - correlation(kind, lab[pick], b[pick]))
+        lab_r = _ranked(kind, lab[pick])  # once for both predictions
+        stats.append(_rowwise_corr(_ranked(kind, a[pick]), lab_r) - _rowwise_corr(_ranked(kind, b[pick]), lab_r))
     s = np.concatenate(stats)
     s = s[np.isfinite(s)]
     if not len(s):
