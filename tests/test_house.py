@@ -72,7 +72,15 @@ def test_long_warnings_are_cut_on_stderr_unless_verbose(capsys):
         setup_logging()
 
 
-def test_half_precision_on_cpu_warns_it_is_slower(caplog):
+def no_fast_bf16(monkeypatch):
+    import iqa_cache.device as d
+
+    monkeypatch.setattr(d, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(d, "cpu_has_avx512_bf16", lambda: False)
+
+
+def test_half_precision_on_cpu_warns_it_is_slower(caplog, monkeypatch):
+    no_fast_bf16(monkeypatch)  # this machine's CPU has AVX-512 bf16: see the next test
     with caplog.at_level(logging.WARNING, logger="iqa_cache.embed.encoder"):
         assert warn_cpu_precision("bf16", "cpu") is True
         assert warn_cpu_precision("fp16", "cpu") is True
@@ -83,7 +91,18 @@ def test_half_precision_on_cpu_warns_it_is_slower(caplog):
     assert "--precision bf16" in texts[0] and "--precision fp16" in texts[1]
 
 
-def test_embed_bf16_on_cpu_warns_through_the_cli(koniq_root, tiny_model, tmp_path):
+def test_bf16_on_a_cpu_with_fast_bf16_warns_only_that_features_differ(caplog, monkeypatch):
+    import iqa_cache.device as d
+
+    monkeypatch.setattr(d, "cpu_has_avx512_bf16", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="iqa_cache.embed.encoder"):
+        assert warn_cpu_precision("bf16", "cpu") is True
+    (text,) = [r.getMessage() for r in caplog.records]
+    assert "faster than fp32" in text and "not bit-comparable" in text and "slower" not in text
+
+
+def test_embed_bf16_on_cpu_warns_through_the_cli(koniq_root, tiny_model, tmp_path, monkeypatch):
+    no_fast_bf16(monkeypatch)
     r = CliRunner().invoke(app, ["embed", "--dataset", "koniq", "--root", str(koniq_root), "--limit", "4",
                                  "--model", tiny_model, "--pretrained", "none", "--device", "cpu",
                                  "--precision", "bf16", "--out", str(tmp_path / "c.h5"), "--no-progress"])
